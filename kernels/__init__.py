@@ -1,0 +1,3 @@
+"""Closed-form infinite-width kernels: ``from kernels import stax``."""
+from kernels import stax
+from kernels.kernel import Kernel

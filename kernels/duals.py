@@ -1,0 +1,279 @@
+"""Dual maps of elementwise activations.
+
+For pre-activations ``(u, v)`` jointly Gaussian with ``Var u = var1``,
+``Var v = var2`` and ``Cov(u, v) = cov12``, a dual map returns
+
+    (E[phi(u) phi(v)], E[phi'(u) phi'(v)])
+
+elementwise over broadcast arrays: the first is the next layer's NNGP, the
+second scales the NTK (Lee et al. 2018, eq. 4; Jacot et al. 2018, Thm. 1).
+By Price's theorem (Price 1958) the second is the derivative of the first in
+``cov12``, which `price_derivative` uses where no closed form is written out.
+
+Closed forms are written so that they stay finite and differentiable at
+correlation one (the diagonal of every kernel): square roots of
+``var1 * var2 - cov12**2`` go through `_safe_sqrt`, and angles use ``atan2``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Dual = Callable[[jax.Array, jax.Array, jax.Array], Tuple[jax.Array, jax.Array]]
+
+
+def _safe_sqrt(x):
+    """sqrt(max(x, 0)), with a finite gradient everywhere (zero where x <= 0).
+
+    One ``maximum`` rather than the usual double ``where``: XLA may recompute
+    ``x`` inside a fusion with different rounding, and two ``where``s that see
+    different signs of a rounding-level ``x`` returned sqrt(1) at correlation one.
+    """
+    return jnp.sqrt(jnp.maximum(x, jnp.finfo(jnp.result_type(x)).tiny))
+
+
+def _sine_squared(cov12, var1, var2):
+    """``var1 var2 - cov12^2``, snapped to zero within rounding of correlation one.
+
+    A pair at correlation one (every kernel's diagonal) gets ``var1 var2 - cov12^2``
+    of a few ulps of either sign from rounding, which an angle turns into
+    ``sqrt(eps)`` (1e-8 in float64, 3e-4 in float32) per layer; below 16 ulps
+    of ``var1 var2`` the difference is taken to be zero, so the diagonal is exact.
+    """
+    product = var1 * var2
+    s2 = product - cov12 ** 2
+    return jnp.where(s2 <= 16 * jnp.finfo(jnp.result_type(s2)).eps * product, 0, s2)
+
+
+def _angle(cov12, var1, var2):
+    """(theta, sqrt(var1 var2 - cov12^2)) with theta the angle between u and v."""
+    s = _safe_sqrt(_sine_squared(cov12, var1, var2))
+    return jnp.arctan2(s, cov12), s
+
+
+def abrelu_dual(a: float, b: float) -> Dual:
+    """phi(x) = a x for x < 0, b x for x >= 0.
+
+    With J the arc-cosine kernel of degree one (Cho & Saul 2009, eq. 6),
+    ``E[phi phi] = (b - a)^2 J + a b cov12`` since ``phi = (b - a) relu(x) + a x``
+    and ``E[relu(u) v] = cov12 / 2``; likewise
+    ``E[phi' phi'] = a b + (b - a)^2 (pi - theta) / (2 pi)``.
+    """
+    def dual(cov12, var1, var2):
+        theta, s = _angle(cov12, var1, var2)
+        arc1 = (s + (jnp.pi - theta) * cov12) / (2 * jnp.pi)
+        arc0 = (jnp.pi - theta) / (2 * jnp.pi)
+        return (b - a) ** 2 * arc1 + a * b * cov12, a * b + (b - a) ** 2 * arc0
+    return dual
+
+
+def rectified_monomial_dual(degree: int) -> Dual:
+    """phi(x) = max(x, 0)^degree: the arc-cosine kernel of that degree (Cho & Saul 2009).
+
+    Uses the three-term recursion, derived from Price's theorem and the
+    degree-0 and degree-1 closed forms, with ``s^2 = var1 var2 - cov12^2``:
+    ``K_n = (2n - 1) cov12 K_{n-1} + (n - 1)^2 s^2 K_{n-2}`` for n >= 2.
+    It has no division by ``sin(theta)``, so it is finite at correlation one.
+    """
+    def arc(n, cov12, theta, s):
+        k0 = (jnp.pi - theta) / (2 * jnp.pi)
+        if n == 0:
+            return k0
+        k1 = (s + (jnp.pi - theta) * cov12) / (2 * jnp.pi)
+        for m in range(2, n + 1):
+            k0, k1 = k1, (2 * m - 1) * cov12 * k1 + (m - 1) ** 2 * s ** 2 * k0
+        return k1
+
+    def dual(cov12, var1, var2):
+        theta, s = _angle(cov12, var1, var2)
+        nngp = arc(degree, cov12, theta, s)
+        dot = degree ** 2 * arc(degree - 1, cov12, theta, s) if degree > 0 else jnp.zeros_like(nngp)
+        return nngp, dot
+    return dual
+
+
+def erf_dual(a: float, b: float, c: float) -> Dual:
+    """phi(x) = a erf(b x) + c (Williams 1997, eq. 11).
+
+    ``E[erf(bu) erf(bv)] = (2/pi) arcsin(2 b^2 cov12 / sqrt((1 + 2 b^2 var1)(1 + 2 b^2 var2)))``;
+    ``E[phi' phi'] = (4 a^2 b^2 / pi) / sqrt((1 + 2b^2 var1)(1 + 2b^2 var2) - 4 b^4 cov12^2)``.
+    """
+    def dual(cov12, var1, var2):
+        d1, d2 = 1 + 2 * b ** 2 * var1, 1 + 2 * b ** 2 * var2
+        num = 2 * b ** 2 * cov12
+        det = d1 * d2 - num ** 2
+        nngp = a ** 2 * (2 / jnp.pi) * jnp.arctan2(num, _safe_sqrt(det)) + c ** 2
+        dot = 4 * a ** 2 * b ** 2 / jnp.pi / jnp.sqrt(det)
+        return nngp, dot
+    return dual
+
+
+def sin_dual(a: float, b: float, c: float) -> Dual:
+    """phi(x) = a sin(b x + c): Gaussian characteristic function of u -+ v.
+
+    ``E[sin(bu+c) sin(bv+c)] = (exp(-b^2 (var1+var2-2cov12)/2) - cos(2c) exp(-b^2 (var1+var2+2cov12)/2)) / 2``
+    and the cosine counterpart with a plus sign for ``E[phi' phi'] / (a b)^2``.
+    """
+    def dual(cov12, var1, var2):
+        minus = jnp.exp(-b ** 2 * (var1 + var2 - 2 * cov12) / 2)
+        plus = jnp.cos(2 * c) * jnp.exp(-b ** 2 * (var1 + var2 + 2 * cov12) / 2)
+        return a ** 2 * (minus - plus) / 2, (a * b) ** 2 * (minus + plus) / 2
+    return dual
+
+
+def exp_dual(a: float, b: float) -> Dual:
+    """phi(x) = a exp(b x): ``E[phi phi] = a^2 exp(b^2 (var1 + var2 + 2 cov12) / 2)``."""
+    def dual(cov12, var1, var2):
+        nngp = a ** 2 * jnp.exp(b ** 2 * (var1 + var2 + 2 * cov12) / 2)
+        return nngp, b ** 2 * nngp
+    return dual
+
+
+def gaussian_dual(a: float, b: float) -> Dual:
+    """phi(x) = a exp(b x^2), b < 1/(2 var): ``E[phi phi] = a^2 det(I - 2 b Sigma)^{-1/2}``.
+
+    ``E[phi' phi'] = d/dcov12 E[phi phi] = 4 a^2 b^2 cov12 det^{-3/2}`` (Price's theorem).
+    """
+    def dual(cov12, var1, var2):
+        det = (1 - 2 * b * var1) * (1 - 2 * b * var2) - 4 * b ** 2 * cov12 ** 2
+        nngp = a ** 2 / jnp.sqrt(det)
+        return nngp, 4 * a ** 2 * b ** 2 * cov12 / det ** 1.5
+    return dual
+
+
+def sign_dual() -> Dual:
+    """phi(x) = sign(x): ``E = (2/pi) arcsin(rho)``; its derivative is zero almost everywhere."""
+    def dual(cov12, var1, var2):
+        s = _safe_sqrt(_sine_squared(cov12, var1, var2))
+        nngp = (2 / jnp.pi) * jnp.arctan2(cov12, s)
+        return nngp, jnp.zeros_like(nngp)
+    return dual
+
+
+def _hermite_coefficients(i: int, m: int) -> float:
+    """a_{i,m} with x^i = sum_m a_{i,m} He_m(x): i! / (m! ((i-m)/2)! 2^((i-m)/2))."""
+    j = (i - m) // 2
+    return math.factorial(i) / (math.factorial(m) * math.factorial(j) * 2 ** j)
+
+
+def _polynomial_moment(coef: Sequence[float]):
+    """E[p(u) p(v)] for a polynomial p with coefficients ``coef`` (lowest first).
+
+    Expanding ``p(sigma z)`` in probabilists' Hermite polynomials, orthogonal
+    under correlated Gaussians (``E[He_m(z1) He_n(z2)] = delta_mn m! rho^m``),
+    gives ``sum_m m! cov12^m g_m(var1) g_m(var2)`` with
+    ``g_m(v) = sum_{i >= m, i = m mod 2} coef_i a_{i,m} v^((i-m)/2)``.
+    """
+    coef = [float(x) for x in coef]
+    degree = len(coef) - 1
+
+    def moment(cov12, var1, var2):
+        total = 0.
+        for m in range(degree + 1):
+            terms = [(coef[i] * _hermite_coefficients(i, m), (i - m) // 2)
+                     for i in range(m, degree + 1, 2) if coef[i] != 0]
+            if not terms:
+                continue
+            g1 = sum(c * var1 ** p for c, p in terms)
+            g2 = sum(c * var2 ** p for c, p in terms)
+            total = total + math.factorial(m) * cov12 ** m * g1 * g2
+        if isinstance(total, float):
+            return jnp.zeros_like(cov12 * var1 * var2)
+        return total
+    return moment
+
+
+def polynomial_dual(coef: Sequence[float]) -> Dual:
+    """phi(x) = sum_i coef[i] x^i, exact for any input variances (Hermite expansion)."""
+    coef = list(coef)
+    derivative = [i * coef[i] for i in range(1, len(coef))] or [0.]
+    nngp_fn, dot_fn = _polynomial_moment(coef), _polynomial_moment(derivative)
+    return lambda cov12, var1, var2: (nngp_fn(cov12, var1, var2), dot_fn(cov12, var1, var2))
+
+
+def hermite_polynomial_coefficients(degree: int) -> list:
+    """Coefficients of He_n(x) / sqrt(n!) (probabilists' Hermite, unit norm under N(0, 1))."""
+    coef = [0.] * (degree + 1)
+    for k in range(degree // 2 + 1):
+        coef[degree - 2 * k] = ((-1) ** k * math.factorial(degree)
+                                / (math.factorial(k) * math.factorial(degree - 2 * k) * 2 ** k))
+    norm = math.sqrt(math.factorial(degree))
+    return [c / norm for c in coef]
+
+
+def gelu_dual() -> Dual:
+    """phi(x) = x Phi(x), Phi the standard normal CDF.
+
+    Writing ``Phi(u) = P(z1 <= u)`` with independent ``z1, z2 ~ N(0, 1)``,
+    ``E[phi(u) phi(v)] = E[u v 1{w1 >= 0} 1{w2 >= 0}]`` for ``w = (u - z1, v - z2)``,
+    a second moment of a Gaussian over the positive quadrant of ``w``. With
+    ``r`` the correlation of ``w`` and ``D = sqrt(1 - r^2)`` (Rosenbaum 1961):
+    ``P(w >= 0) = 1/4 + arcsin(r) / (2 pi)``, ``E[w1^2 1] / var(w1) = P + r D / (2 pi)``,
+    ``E[w1 w2 1] / sd1 sd2 = r P + D / (2 pi)``. The projection of (u, v) on w
+    gives the rest. The derivative dual follows by Price's theorem.
+    """
+    def nngp(cov12, var1, var2):
+        # w covariance
+        s11, s22, s12 = var1 + 1, var2 + 1, cov12
+        sd1, sd2 = jnp.sqrt(s11), jnp.sqrt(s22)
+        r = s12 / (sd1 * sd2)
+        dd = _safe_sqrt(1 - r ** 2)
+        p = 0.25 + jnp.arctan2(r, dd) / (2 * jnp.pi)
+        m11 = s11 * (p + r * dd / (2 * jnp.pi))
+        m22 = s22 * (p + r * dd / (2 * jnp.pi))
+        m12 = sd1 * sd2 * (r * p + dd / (2 * jnp.pi))
+        # regression of (u, v) on w: Cov([u, v], w) = [[var1, cov12], [cov12, var2]] = A Sigma_w
+        det = s11 * s22 - s12 ** 2
+        cu1, cu2 = var1, cov12  # Cov(u, w1), Cov(u, w2)
+        cv1, cv2 = cov12, var2
+        # A = C Sigma_w^{-1}; Sigma_w^{-1} = [[s22, -s12], [-s12, s11]] / det
+        au1 = (cu1 * s22 - cu2 * s12) / det
+        au2 = (cu2 * s11 - cu1 * s12) / det
+        av1 = (cv1 * s22 - cv2 * s12) / det
+        av2 = (cv2 * s11 - cv1 * s12) / det
+        residual = cov12 - (au1 * cv1 + au2 * cv2)  # Cov(u - A_u w, v - A_v w)
+        second = au1 * av1 * m11 + (au1 * av2 + au2 * av1) * m12 + au2 * av2 * m22
+        return residual * p + second
+    return with_price_derivative(nngp)
+
+
+def with_price_derivative(nngp_fn) -> Dual:
+    """A dual from its first half alone: ``E[phi' phi'] = d E[phi phi] / d cov12`` (Price 1958)."""
+    def dual(cov12, var1, var2):
+        cov12, var1, var2 = jnp.broadcast_arrays(cov12, var1, var2)
+        value, dot = jax.jvp(lambda c: nngp_fn(c, var1, var2), (cov12,), (jnp.ones_like(cov12),))
+        return value, dot
+    return dual
+
+
+def gauss_hermite_dual(fn, deg: int, df=None) -> Dual:
+    """E[fn(u) fn(v)] and E[df(u) df(v)] by a ``deg x deg`` Gauss–Hermite rule.
+
+    ``u = sqrt(var1) x1``, ``v = cov12 / sqrt(var1) x1 + sqrt(var2 - cov12^2 / var1) x2``
+    with ``x1, x2`` independent standard normals. Exact for polynomials of degree
+    below ``2 deg`` in each variable; tested against closed forms.
+    """
+    if df is None:
+        df = jnp.vectorize(jax.grad(fn))
+    nodes, weights = np.polynomial.hermite_e.hermegauss(deg)
+    weights = weights / weights.sum()
+
+    def expectation(f, cov12, var1, var2):
+        dtype = jnp.result_type(cov12)
+        x = jnp.asarray(nodes, dtype)
+        w = jnp.asarray(weights, dtype)
+        sd1 = jnp.sqrt(var1)[..., None, None]
+        slope = jnp.where(var1 > 0, cov12 / jnp.where(var1 > 0, jnp.sqrt(var1), 1), 0)[..., None, None]
+        rest = _safe_sqrt(var2 - jnp.where(var1 > 0, cov12 ** 2 / jnp.where(var1 > 0, var1, 1), 0))[..., None, None]
+        u = sd1 * x[:, None]
+        v = slope * x[:, None] + rest * x[None, :]
+        return jnp.einsum("...ij,i,j->...", f(u) * f(v), w, w)
+
+    def dual(cov12, var1, var2):
+        cov12, var1, var2 = jnp.broadcast_arrays(cov12, var1, var2)
+        return expectation(fn, cov12, var1, var2), expectation(df, cov12, var1, var2)
+    return dual

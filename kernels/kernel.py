@@ -1,0 +1,143 @@
+"""The `Kernel` value that flows through a network's layers.
+
+A layer's kernel rule maps one `Kernel` to another. The arrays hold the
+covariances of the layer's outputs at infinite width (Neal 1996; Lee et al. 2018)
+and the neural tangent kernel (Jacot et al. 2018), averaged over channels.
+
+Layout (inside the library):
+
+* ``full=True`` keeps every pair of positions:
+  ``nngp, ntk: (N1, N2, *S, *S')``, ``cov1: (N1, *S, *S')``, ``cov2: (N2, *S, *S')``;
+* ``full=False`` keeps only equal positions:
+  ``nngp, ntk: (N1, N2, *S)``, ``cov1: (N1, *S)``, ``cov2: (N2, *S)``;
+
+where ``S`` are the spatial sizes (none for an MLP). ``cov1``/``cov2`` are each
+example's covariance with itself, which the dual maps of activations need.
+``cov2 is None`` means ``x2 is None``: the second batch is the first.
+
+At the public boundary `to_neural_tangents_layout` interleaves position axes as
+neural-tangents does: ``(N1, N2, S_1, S'_1, S_2, S'_2, ...)``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Kernel:
+    """Infinite-width kernels of a layer's outputs for two batches of inputs.
+
+    Attributes:
+      nngp: covariance of outputs, ``(N1, N2, ...)`` (see module docstring).
+      ntk: neural tangent kernel, same shape as ``nngp``.
+      cov1: covariance of each example of the first batch with itself.
+      cov2: the same for the second batch, or ``None`` when it is the first.
+      full: whether position pairs are kept (static).
+      channels: number of channels of the finite layer this kernel stands for;
+        only the ``standard`` parameterization and channel concatenation need it (static).
+      is_gaussian: whether the outputs are one Gaussian field (true after Dense, Conv,
+        attention), so that an activation's dual map applies to them (static).
+    """
+
+    nngp: jax.Array
+    ntk: jax.Array
+    cov1: jax.Array
+    cov2: Optional[jax.Array]
+    full: bool = dataclasses.field(metadata=dict(static=True), default=False)
+    channels: int = dataclasses.field(metadata=dict(static=True), default=1)
+    is_gaussian: bool = dataclasses.field(metadata=dict(static=True), default=False)
+
+    def replace(self, **changes) -> "Kernel":
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def spatial_ndim(self) -> int:
+        extra = self.nngp.ndim - 2
+        return extra // 2 if self.full else extra
+
+    @property
+    def spatial_shape(self) -> tuple:
+        return tuple(self.nngp.shape[2:2 + self.spatial_ndim])
+
+    @property
+    def cov2_or_cov1(self) -> jax.Array:
+        return self.cov1 if self.cov2 is None else self.cov2
+
+    def map_all(self, fn) -> "Kernel":
+        """Applies ``fn`` (acting on trailing position axes) to every array."""
+        return self.replace(
+            nngp=fn(self.nngp),
+            ntk=fn(self.ntk),
+            cov1=fn(self.cov1),
+            cov2=None if self.cov2 is None else fn(self.cov2),
+        )
+
+
+def input_kernel(x1: jax.Array, x2: Optional[jax.Array], full: bool) -> Kernel:
+    """The kernel of the inputs themselves: channel-averaged inner products.
+
+    Args:
+      x1: ``(N1, *S, C)``.
+      x2: ``(N2, *S, C)`` or ``None``.
+      full: keep position pairs.
+    """
+    d = x1.ndim - 2
+    channels = x1.shape[-1]
+    letters = "abcdefgh"[:d]
+    primed = "ijklmnop"[:d]
+
+    def pair(a, b):
+        if full:
+            spec = f"x{letters}c,y{primed}c->xy{letters}{primed}"
+        else:
+            spec = f"x{letters}c,y{letters}c->xy{letters}"
+        return jnp.einsum(spec, a, b) / channels
+
+    def self_cov(a):
+        if full:
+            spec = f"x{letters}c,x{primed}c->x{letters}{primed}"
+        else:
+            spec = f"x{letters}c,x{letters}c->x{letters}"
+        return jnp.einsum(spec, a, a) / channels
+
+    nngp = pair(x1, x1 if x2 is None else x2)
+    if x2 is None:
+        # The same bits as nngp's diagonal, so that correlation one is exact.
+        cov1 = jnp.moveaxis(jnp.diagonal(nngp, axis1=0, axis2=1), -1, 0)
+    else:
+        cov1 = self_cov(x1)
+    return Kernel(
+        nngp=nngp,
+        ntk=jnp.zeros_like(nngp),
+        cov1=cov1,
+        cov2=None if x2 is None else self_cov(x2),
+        full=full,
+        channels=channels,
+    )
+
+
+def position_variances(cov: jax.Array, full: bool, d: int) -> jax.Array:
+    """Per-position variances ``(N, *S)`` from a self-covariance ``cov``."""
+    if not full or d == 0:
+        return cov
+    n, spatial = cov.shape[0], cov.shape[1:1 + d]
+    size = 1
+    for s in spatial:
+        size *= s
+    flat = cov.reshape(n, size, size)
+    return jnp.diagonal(flat, axis1=1, axis2=2).reshape((n,) + spatial)
+
+
+def to_neural_tangents_layout(array: jax.Array, batch_ndim: int, full: bool, d: int) -> jax.Array:
+    """Reorders ``(B..., S_1..S_d, S'_1..S'_d)`` into neural-tangents' interleaved order."""
+    if not full or d == 0:
+        return array
+    order = list(range(batch_ndim))
+    for i in range(d):
+        order += [batch_ndim + i, batch_ndim + d + i]
+    return jnp.transpose(array, order)

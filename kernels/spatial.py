@@ -1,0 +1,117 @@
+"""How convolution and pooling act on covariances over positions.
+
+All functions act on the trailing position axes of an array, so the same code
+serves ``nngp``/``ntk`` (two batch axes) and ``cov1``/``cov2`` (one):
+``(..., *S, *S')`` when ``full`` and ``(..., *S)`` otherwise, ``d = len(S)``.
+
+A convolution has independent weights at each filter offset, so only equal
+offsets of the two inputs correlate: ``K'[p, p'] = mean_t K[s p + t, s p' + t]``
+(Novak et al. 2019, "Bayesian deep CNNs with many channels are GPs", eq. 7).
+Averaging shares one weight over a window, so every pair of offsets correlates:
+``K'[p, p'] = sum_{t, t'} K[s p + t, s p' + t'] / w^2`` (Novak et al. 2019, §3.2).
+Both are separable over spatial dimensions, so they are applied one dimension
+(one pair of axes) at a time.
+"""
+from __future__ import annotations
+
+import math
+
+import jax.numpy as jnp
+from jax import lax
+
+PADDINGS = ("VALID", "SAME", "CIRCULAR")
+
+
+def output_size(size: int, window: int, stride: int, padding: str) -> int:
+    if padding == "VALID":
+        return (size - window) // stride + 1
+    return -(-size // stride)
+
+
+def pad_amounts(size: int, window: int, stride: int, padding: str) -> tuple:
+    """(low, high) padding as XLA's SAME rule; CIRCULAR wraps by the same amounts."""
+    if padding == "VALID":
+        return (0, 0)
+    out = output_size(size, window, stride, padding)
+    total = max((out - 1) * stride + window - size, 0)
+    return (total // 2, total - total // 2)
+
+
+def _pad(a, axes, amounts, padding):
+    widths = [(0, 0)] * a.ndim
+    for ax in axes:
+        widths[ax] = amounts
+    if padding == "CIRCULAR":
+        return jnp.pad(a, widths, mode="wrap")
+    return jnp.pad(a, widths)
+
+
+def _strided(a, axis, start, count, stride):
+    return lax.slice_in_dim(a, start, start + stride * (count - 1) + 1, stride, axis)
+
+
+def conv_positions(a, full: bool, d: int, filter_shape, strides, padding: str):
+    """Covariance after a convolution's spatial mixing, before weights' variance.
+
+    Returns the mean over filter offsets of the (padded) covariance: the
+    weight variance and the bias are applied by the caller.
+    """
+    for i, (k, s) in enumerate(zip(filter_shape, strides)):
+        if full:
+            axes = (a.ndim - 2 * d + i, a.ndim - d + i)
+        else:
+            axes = (a.ndim - d + i,)
+        size = a.shape[axes[0]]
+        out = output_size(size, k, s, padding)
+        a = _pad(a, axes, pad_amounts(size, k, s, padding), padding)
+        total = 0.
+        for t in range(k):
+            piece = a
+            for ax in axes:
+                piece = _strided(piece, ax, t, out, s)
+            total = total + piece
+        a = total
+    return a / math.prod(filter_shape)
+
+
+def _window_counts(size, window, stride, padding):
+    ones = jnp.pad(jnp.ones(size), pad_amounts(size, window, stride, padding))
+    out = output_size(size, window, stride, padding)
+    return sum(_strided(ones, 0, t, out, stride) for t in range(window))
+
+
+def pool_positions(a, d: int, window_shape, strides, padding: str, normalize_edges: bool, average: bool):
+    """Covariance after local sum or average pooling; needs position pairs (``full``)."""
+    for i, (w, s) in enumerate(zip(window_shape, strides)):
+        for ax in (a.ndim - 2 * d + i, a.ndim - d + i):
+            size = a.shape[ax]
+            out = output_size(size, w, s, padding)
+            padded = _pad(a, (ax,), pad_amounts(size, w, s, padding), padding)
+            a = sum(_strided(padded, ax, t, out, s) for t in range(w))
+            if average:
+                if normalize_edges and padding == "SAME":
+                    counts = _window_counts(size, w, s, padding)
+                else:
+                    counts = jnp.full((out,), float(w))
+                shape = [1] * a.ndim
+                shape[ax] = out
+                a = a / counts.reshape(shape).astype(a.dtype)
+    return a
+
+
+def global_pool_positions(a, d: int, average: bool):
+    """Covariance of the global sum or mean over positions; needs ``full``."""
+    axes = tuple(range(a.ndim - 2 * d, a.ndim))
+    return a.mean(axes) if average else a.sum(axes)
+
+
+def diagonal_mean(a, full: bool, d: int):
+    """Mean over positions of the equal-position covariance (a Flatten readout)."""
+    if d == 0:
+        return a
+    if full:
+        lead = a.shape[:a.ndim - 2 * d]
+        size = math.prod(a.shape[a.ndim - d:])
+        a = jnp.diagonal(a.reshape(lead + (size, size)), axis1=-2, axis2=-1)
+        return a.mean(-1)
+    return a.mean(tuple(range(a.ndim - d, a.ndim)))

@@ -1,0 +1,9 @@
+"""Layers and combinators with neural-tangents' names: each returns ``(init_fn, apply_fn, kernel_fn)``."""
+from kernels.stax.attention import GlobalSelfAttention
+from kernels.stax.combinators import FanInConcat, FanInProd, FanInSum, FanOut, parallel, repeat, serial
+from kernels.stax.elementwise import (ABRelu, Abs, Cos, Elementwise, ElementwiseNumerical, Erf, Exp, Gaussian,
+                                      Gelu, Hermite, LeakyRelu, Monomial, Polynomial, RectifiedMonomial, Rbf,
+                                      Relu, Sigmoid_like, Sign, Sin)
+from kernels.stax.layer import KernelFn, Layer
+from kernels.stax.linear import (AvgPool, Conv, Dense, Flatten, GlobalAvgPool, GlobalSumPool, Identity,
+                                 LayerNorm, SumPool)

@@ -1,0 +1,165 @@
+"""Combinators: series, parallel branches, fan-out and fan-in.
+
+Branches carry independent weights, so kernels of a sum add, kernels of a
+channel concatenation average by channel counts, and a product of independent
+Gaussian fields has the product kernel (its NTK by the product rule).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from kernels.kernel import Kernel
+from kernels.stax.layer import KernelFn, Layer, any_requirement, describe, leaf
+
+
+def serial(*layers) -> Layer:
+    """Layers in series: the output of each is the input of the next."""
+    layers = [Layer(*layer) for layer in layers]
+    names = ", ".join(layer.kernel_fn.name for layer in layers)
+    name = f"serial({names})"
+
+    def init_fn(rng, input_shape):
+        params = []
+        for layer in layers:
+            rng, key = jax.random.split(rng)
+            input_shape, p = layer.init_fn(key, input_shape)
+            params.append(p)
+        return input_shape, tuple(params)
+
+    def apply_fn(params, x, **kwargs):
+        for layer, p in zip(layers, params):
+            x = layer.apply_fn(p, x, **kwargs)
+        return x
+
+    def rule(k):
+        for layer in layers:
+            k = layer.kernel_fn.rule(k)
+        return k
+
+    def needs_full(out):
+        for layer in reversed(layers):
+            out = layer.kernel_fn.needs_full(out)
+        return out
+
+    return Layer(init_fn, apply_fn, KernelFn(name, rule, needs_full))
+
+
+def repeat(layer, n: int) -> Layer:
+    """``layer`` applied ``n`` times, each time with its own weights."""
+    if int(n) != n or n < 1:
+        raise ValueError(f"repeat: n must be a positive integer, got {n!r}")
+    return serial(*[layer] * int(n))
+
+
+def parallel(*layers) -> Layer:
+    """Applies the i-th layer to the i-th of a list of inputs."""
+    layers = [Layer(*layer) for layer in layers]
+    name = f"parallel({', '.join(layer.kernel_fn.name for layer in layers)})"
+
+    def _check(inputs, what):
+        if len(inputs) != len(layers):
+            raise ValueError(f"{name}: expects {len(layers)} {what}, got {len(inputs)}")
+
+    def init_fn(rng, input_shapes):
+        _check(input_shapes, "input shapes")
+        keys = jax.random.split(rng, len(layers))
+        outs = [layer.init_fn(key, shape) for layer, key, shape in zip(layers, keys, input_shapes)]
+        return [o[0] for o in outs], tuple(o[1] for o in outs)
+
+    def apply_fn(params, inputs, **kwargs):
+        _check(inputs, "inputs")
+        return [layer.apply_fn(p, x, **kwargs) for layer, p, x in zip(layers, params, inputs)]
+
+    def rule(ks):
+        _check(ks, "inputs (use FanOut before parallel)")
+        return tuple(layer.kernel_fn.rule(k) for layer, k in zip(layers, ks))
+
+    def needs_full(out):
+        outs = out if isinstance(out, tuple) else (out,) * len(layers)
+        return tuple(layer.kernel_fn.needs_full(o) for layer, o in zip(layers, outs))
+
+    return Layer(init_fn, apply_fn, KernelFn(name, rule, needs_full))
+
+
+def FanOut(num: int) -> Layer:
+    """Copies its input into ``num`` branches."""
+    def needs_full(out):
+        return any_requirement(out)
+    return leaf(describe("FanOut", num=num), lambda rng, shape: ([shape] * num, ()),
+                lambda params, x, **kwargs: [x] * num, lambda k: (k,) * num, needs_full)
+
+
+def _fan_in(name, init_fn, apply_fn, combine):
+    def rule(ks):
+        if isinstance(ks, Kernel) or len(ks) < 1:
+            raise ValueError(f"{name}: expects a list of branches (after FanOut and parallel)")
+        shapes = {k.nngp.shape for k in ks}
+        if len(shapes) != 1:
+            raise ValueError(f"{name}: branches' kernels differ in shape {sorted(shapes)}; "
+                             "their outputs must have the same spatial shape")
+        return combine(ks)
+    return Layer(init_fn, apply_fn, KernelFn(name, rule))
+
+
+def _fields(ks, field):
+    return [getattr(k, field) for k in ks]
+
+
+def FanInSum() -> Layer:
+    """Sum of branches: kernels add (the branches' weights are independent)."""
+    def combine(ks):
+        first = ks[0]
+        add = lambda f: sum(_fields(ks, f)[1:], _fields(ks, f)[0])
+        return first.replace(nngp=add("nngp"), ntk=add("ntk"), cov1=add("cov1"),
+                             cov2=None if first.cov2 is None else add("cov2"),
+                             is_gaussian=all(k.is_gaussian for k in ks))
+    return _fan_in("FanInSum()", lambda rng, shapes: (shapes[0], ()),
+                   lambda params, xs, **kwargs: sum(xs[1:], xs[0]), combine)
+
+
+def FanInProd() -> Layer:
+    """Elementwise product of branches: ``nngp = prod nngp_i``,
+    ``ntk = sum_i ntk_i prod_{j != i} nngp_j`` (product rule)."""
+    def combine(ks):
+        def prod(arrays):
+            out = arrays[0]
+            for a in arrays[1:]:
+                out = out * a
+            return out
+        nngps = _fields(ks, "nngp")
+        ntk = sum(k.ntk * prod(nngps[:i] + nngps[i + 1:]) if len(ks) > 1 else k.ntk for i, k in enumerate(ks))
+        first = ks[0]
+        return first.replace(nngp=prod(nngps), ntk=ntk, cov1=prod(_fields(ks, "cov1")),
+                             cov2=None if first.cov2 is None else prod(_fields(ks, "cov2")),
+                             is_gaussian=first.is_gaussian and len(ks) == 1)
+
+    def apply_fn(params, xs, **kwargs):
+        out = xs[0]
+        for x in xs[1:]:
+            out = out * x
+        return out
+    return _fan_in("FanInProd()", lambda rng, shapes: (shapes[0], ()), apply_fn, combine)
+
+
+def FanInConcat(axis: int = -1) -> Layer:
+    """Concatenation along the channel axis: kernels average, weighted by channel counts."""
+    name = describe("FanInConcat", axis=axis)
+
+    def init_fn(rng, shapes):
+        ndim = len(shapes[0])
+        if axis % ndim != ndim - 1:
+            raise ValueError(f"{name}: only concatenation along the channel (last) axis is supported")
+        return tuple(shapes[0][:-1]) + (sum(s[-1] for s in shapes),), ()
+
+    def combine(ks):
+        if axis not in (-1, ks[0].spatial_ndim + 1):
+            raise ValueError(f"{name}: only concatenation along the channel (last) axis is supported")
+        total = sum(k.channels for k in ks)
+        mean = lambda f: sum(k.channels * getattr(k, f) for k in ks) / total
+        first = ks[0]
+        return first.replace(nngp=mean("nngp"), ntk=mean("ntk"), cov1=mean("cov1"),
+                             cov2=None if first.cov2 is None else mean("cov2"), channels=total,
+                             is_gaussian=first.is_gaussian and len(ks) == 1)
+
+    return _fan_in(name, init_fn, lambda params, xs, **kwargs: jnp.concatenate(xs, axis), combine)

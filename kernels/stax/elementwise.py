@@ -1,0 +1,205 @@
+"""Elementwise activations: the function for finite networks, its dual map for kernels.
+
+The kernel rule is the same for every activation (Lee et al. 2018, eq. 4;
+Jacot et al. 2018, Thm. 1): ``nngp' = E[phi(u) phi(v)]``, ``ntk' = ntk E[phi'(u) phi'(v)]``
+with ``(u, v)`` Gaussian with the input kernel's covariances. The dual maps live
+in `kernels.duals`, each with its source.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax.scipy.special import erf
+
+from kernels import duals
+from kernels.kernel import Kernel, position_variances
+from kernels.stax.layer import describe, leaf
+
+
+def activation_rule(name: str, dual: duals.Dual):
+    """``Kernel -> Kernel`` for an elementwise activation with dual map ``dual``."""
+    def rule(k: Kernel) -> Kernel:
+        if not k.is_gaussian:
+            raise ValueError(f"{name}: its inputs must be Gaussian at infinite width (the outputs of Dense, "
+                             "Conv or GlobalSelfAttention, possibly pooled, summed or normalized); it follows "
+                             "the network's inputs, another activation, Flatten, FanInProd or FanInConcat")
+        d = k.spatial_ndim
+        var1 = position_variances(k.cov1, k.full, d)
+        var2 = position_variances(k.cov2_or_cov1, k.full, d)
+        shape = k.spatial_shape
+
+        if k.full:
+            def left(v):
+                return v.reshape((v.shape[0],) + shape + (1,) * d)
+
+            def right(v):
+                return v.reshape((v.shape[0],) + (1,) * d + shape)
+            nngp, dot = dual(k.nngp, left(var1)[:, None], right(var2)[None])
+            cov1 = dual(k.cov1, left(var1), right(var1))[0]
+            cov2 = None if k.cov2 is None else dual(k.cov2, left(var2), right(var2))[0]
+        else:
+            nngp, dot = dual(k.nngp, var1[:, None], var2[None])
+            cov1 = dual(k.cov1, k.cov1, k.cov1)[0]
+            cov2 = None if k.cov2 is None else dual(k.cov2, k.cov2, k.cov2)[0]
+        return k.replace(nngp=nngp, ntk=k.ntk * dot, cov1=cov1, cov2=cov2, is_gaussian=False)
+    return rule
+
+
+def _activation(name: str, fn, dual: duals.Dual):
+    return leaf(name, lambda rng, input_shape: (input_shape, ()),
+                lambda params, x, **kwargs: fn(x), activation_rule(name, dual))
+
+
+def ABRelu(a: float, b: float, do_stabilize: bool = False):
+    """``a x`` for ``x < 0``, ``b x`` for ``x >= 0`` (arc-cosine kernel, Cho & Saul 2009)."""
+    return _activation(describe("ABRelu", a=a, b=b), lambda x: jnp.where(x < 0, a * x, b * x),
+                       duals.abrelu_dual(a, b))
+
+
+def Relu(do_stabilize: bool = False):
+    """``max(x, 0)``."""
+    return _activation("Relu()", jax.nn.relu, duals.abrelu_dual(0., 1.))
+
+
+def LeakyRelu(alpha: float, do_stabilize: bool = False):
+    """``alpha x`` for ``x < 0``, ``x`` otherwise."""
+    return _activation(describe("LeakyRelu", alpha=alpha), lambda x: jnp.where(x < 0, alpha * x, x),
+                       duals.abrelu_dual(alpha, 1.))
+
+
+def Abs(do_stabilize: bool = False):
+    """``|x|``."""
+    return _activation("Abs()", jnp.abs, duals.abrelu_dual(-1., 1.))
+
+
+def Erf(a: float = 1., b: float = 1., c: float = 0.):
+    """``a erf(b x) + c`` (Williams 1997)."""
+    return _activation(describe("Erf", a=a, b=b, c=c), lambda x: a * erf(b * x) + c, duals.erf_dual(a, b, c))
+
+
+def Sigmoid_like():
+    """``erf(x / 2.4020563531719796) / 2 + 1/2``, an Erf close to the logistic sigmoid."""
+    return _activation("Sigmoid_like()", lambda x: 0.5 * erf(x / 2.4020563531719796) + 0.5,
+                       duals.erf_dual(0.5, 1 / 2.4020563531719796, 0.5))
+
+
+def Gelu(approximate: bool = False):
+    """``x Phi(x)`` with ``Phi`` the standard normal CDF (Hendrycks & Gimpel 2016)."""
+    if approximate:
+        raise ValueError("Gelu(approximate=True): only the exact GELU has a closed-form kernel")
+    return _activation("Gelu()", lambda x: jax.nn.gelu(x, approximate=False), duals.gelu_dual())
+
+
+def Sin(a: float = 1., b: float = 1., c: float = 0.):
+    """``a sin(b x + c)``."""
+    return _activation(describe("Sin", a=a, b=b, c=c), lambda x: a * jnp.sin(b * x + c), duals.sin_dual(a, b, c))
+
+
+def Cos(a: float = 1., b: float = 1., c: float = 0.):
+    """``a cos(b x + c) = a sin(b x + c + pi/2)``."""
+    return _activation(describe("Cos", a=a, b=b, c=c), lambda x: a * jnp.cos(b * x + c),
+                       duals.sin_dual(a, b, c + jnp.pi / 2))
+
+
+def Rbf(gamma: float = 1.):
+    """``sqrt(2) sin(sqrt(2 gamma) x + pi/4)``: its NNGP is ``exp(-gamma E(u - v)^2)``,
+    the RBF kernel of the pre-activations (Rahimi & Recht 2007)."""
+    a, b, c = 2 ** 0.5, (2 * gamma) ** 0.5, jnp.pi / 4
+    return _activation(describe("Rbf", gamma=gamma), lambda x: a * jnp.sin(b * x + c), duals.sin_dual(a, b, c))
+
+
+def Gaussian(a: float = 1., b: float = -1.):
+    """``a exp(b x^2)``; finite for ``b < 1 / (2 var)``."""
+    return _activation(describe("Gaussian", a=a, b=b), lambda x: a * jnp.exp(b * x ** 2), duals.gaussian_dual(a, b))
+
+
+def Exp(a: float = 1., b: float = 1.):
+    """``a exp(b x)``."""
+    return _activation(describe("Exp", a=a, b=b), lambda x: a * jnp.exp(b * x), duals.exp_dual(a, b))
+
+
+def Sign():
+    """``sign(x)``: NNGP ``(2/pi) arcsin(rho)``; its derivative, and so its NTK term, is zero."""
+    return _activation("Sign()", jnp.sign, duals.sign_dual())
+
+
+def Monomial(degree: int):
+    """``x^degree``, exact for any input variance (Hermite expansion)."""
+    _check_degree("Monomial", degree)
+    coef = [0.] * degree + [1.]
+    return _activation(describe("Monomial", degree=degree), lambda x: x ** degree, duals.polynomial_dual(coef))
+
+
+def RectifiedMonomial(degree: int):
+    """``max(x, 0)^degree``: the arc-cosine kernel of that degree (Cho & Saul 2009)."""
+    _check_degree("RectifiedMonomial", degree)
+    return _activation(describe("RectifiedMonomial", degree=degree),
+                       lambda x: jnp.where(x > 0, x, 0.) ** degree if degree else (x > 0).astype(x.dtype),
+                       duals.rectified_monomial_dual(degree))
+
+
+def Polynomial(coef):
+    """``sum_i coef[i] x^i``, exact for any input variance (Hermite expansion)."""
+    coef = [float(c) for c in coef]
+    if not coef:
+        raise ValueError("Polynomial: coef must not be empty")
+
+    def fn(x):
+        out = jnp.zeros_like(x)
+        for c in reversed(coef):
+            out = out * x + c
+        return out
+    return _activation(describe("Polynomial", coef=tuple(coef)), fn, duals.polynomial_dual(coef))
+
+
+def Hermite(degree: int):
+    """The normalized probabilists' Hermite polynomial ``He_n(x) / sqrt(n!)``.
+
+    neural-tangents' kernel assumes unit-variance inputs (then ``E = rho^n``);
+    ours is exact for any variance, through the same Hermite expansion as `Polynomial`.
+    """
+    _check_degree("Hermite", degree)
+    coef = duals.hermite_polynomial_coefficients(degree)
+    layer = Polynomial(coef)
+    name = describe("Hermite", degree=degree)
+    return leaf(name, layer.init_fn, layer.apply_fn, activation_rule(name, duals.polynomial_dual(coef)))
+
+
+def _check_degree(name, degree):
+    if int(degree) != degree or degree < 0:
+        raise ValueError(f"{name}: degree must be a non-negative integer, got {degree!r}")
+
+
+def Elementwise(fn=None, nngp_fn=None, d_nngp_fn=None):
+    """Any activation with a user-supplied dual map, in neural-tangents' signature.
+
+    Args:
+      fn: the activation, for finite networks.
+      nngp_fn: ``(cov12, var1, var2) -> E[fn(u) fn(v)]``.
+      d_nngp_fn: ``(cov12, var1, var2) -> E[fn'(u) fn'(v)]``; by default the
+        derivative of ``nngp_fn`` in ``cov12`` (Price's theorem, Price 1958).
+    """
+    if nngp_fn is None:
+        raise ValueError("Elementwise: nngp_fn is required; use ElementwiseNumerical for a numerical dual")
+    if d_nngp_fn is None:
+        dual = duals.with_price_derivative(nngp_fn)
+    else:
+        def dual(cov12, var1, var2):
+            return nngp_fn(cov12, var1, var2), d_nngp_fn(cov12, var1, var2)
+
+    def missing(x):
+        raise ValueError("Elementwise: no fn was given, so there is no finite network")
+    return _activation("Elementwise()", fn if fn is not None else missing, dual)
+
+
+def ElementwiseNumerical(fn, deg: int, df=None):
+    """Any activation, its dual by a ``deg x deg`` Gauss–Hermite rule.
+
+    Args:
+      fn: the activation.
+      deg: quadrature points per dimension (25 gives about 1e-8 for smooth ``fn``).
+      df: its derivative; by default ``jax.grad(fn)``.
+    """
+    if deg < 1:
+        raise ValueError(f"ElementwiseNumerical: deg must be positive, got {deg}")
+    return _activation(describe("ElementwiseNumerical", deg=deg), fn, duals.gauss_hermite_dual(fn, deg, df))

@@ -1,0 +1,30 @@
+"""Builds a network from the JSON spec used by the reference files (tests/data/*.README.md)."""
+import json
+
+from kernels import stax
+
+_TUPLE_EXEMPT = {("Polynomial", "coef")}
+
+
+def _kwargs(layer, kwargs):
+    return {k: (tuple(v) if isinstance(v, list) and (layer, k) not in _TUPLE_EXEMPT else v)
+            for k, v in kwargs.items()}
+
+
+def _serial(items):
+    layers = []
+    for name, arg in items:
+        if name == "parallel":
+            layers.append(stax.parallel(*[_serial(branch) for branch in arg]))
+        elif name == "serial":
+            layers.append(_serial(arg))
+        else:
+            layers.append(getattr(stax, name)(**_kwargs(name, arg)))
+    return stax.serial(*layers)
+
+
+def network_from_spec(spec):
+    """``spec``: a JSON string or list of ``[LayerName, kwargs]``; returns ``(init_fn, apply_fn, kernel_fn)``."""
+    if isinstance(spec, (str, bytes)):
+        spec = json.loads(spec)
+    return _serial(spec)
