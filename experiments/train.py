@@ -1,0 +1,227 @@
+"""Training engine: gradient descent and minibatch SGD of any `apply_fn` under MSE.
+
+Convention (shared with `theory`'s `predict` functions and neural-tangents'
+`predict.gradient_descent_mse`, so a trained network and its prediction are
+compared at the same t):
+
+    loss(params) = ||f(params, X) - Y||^2 / (2 * Y.size)
+    params <- params - learning_rate * grad loss(params)        (one step)
+    t = step * learning_rate
+
+`Y.size` counts every entry of the targets (examples x outputs). For the
+network linearised around its initialisation, with J = df/dparams of shape
+(Y.size, P) and the empirical NTK Theta = J J^T on the training points
+(outputs flattened), one step maps the training residual r = f - Y to
+(I - learning_rate * Theta / Y.size) r, hence
+
+    r_s = (I - learning_rate * Theta / Y.size)^s r_0  ->  exp(-t Theta / Y.size) r_0
+
+as learning_rate -> 0 at fixed t. This is eq. (10)-(11) of Lee et al. 2019,
+"Wide Neural Networks of Any Depth Evolve as Linear Models Under Gradient
+Descent" (§2.2), with their 1/|D| replaced by 1/Y.size; `tests/experiments`
+checks both the discrete and the continuous form on a linear model.
+
+Minibatch SGD (`batch_size` set) draws, at every step, `batch_size` training
+examples without replacement from `fold_in(key, step)` and uses the same loss
+restricted to the batch (divided by the batch's target size), an unbiased
+estimate of the full gradient; time is still `step * learning_rate`.
+
+Many seeds at once: `init_ensemble` stacks the parameters of one network per
+seed (leading axis), and `train_ensemble` runs `train` under `jax.vmap` over
+that axis. Everything from the first to the last step is one `jax.jit` call:
+a `lax.scan` over the recorded steps whose body runs the steps in between
+with `lax.fori_loop`.
+"""
+import functools
+import warnings
+from typing import Any, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+
+class Trajectory(NamedTuple):
+    """What `train` records at each of the R recorded steps.
+
+    With `train_ensemble`, every field except `steps` and `times` gains a
+    leading seed axis S. N training points, M test points, K outputs.
+    """
+
+    steps: np.ndarray               # (R,) int: the steps recorded
+    times: np.ndarray               # (R,) float: steps * learning_rate
+    train_outputs: jax.Array        # (R, N, K)
+    train_loss: jax.Array           # (R,)
+    test_outputs: Optional[jax.Array]  # (R, M, K), if x_test was given
+    test_loss: Optional[jax.Array]     # (R,), if y_test was given
+    ntk: Optional[Any]              # ntk_fn(params) stacked over R, if ntk_fn was given
+    params: Any                     # the parameters after the last recorded step
+
+
+def mse_loss(outputs, targets):
+    """||outputs - targets||^2 / (2 * targets.size): the module's convention."""
+    return jnp.sum((outputs - targets) ** 2) / (2 * targets.size)
+
+
+def init_ensemble(init_fn, input_shape, seeds):
+    """Parameters of one network per seed, stacked on a leading axis.
+
+    Args:
+      init_fn: `init_fn(rng, input_shape) -> (output_shape, params)`, the
+        neural-tangents / `jax.example_libraries.stax` signature.
+      input_shape: e.g. `(-1, features)`.
+      seeds: integers; seed s initialises with `jax.random.PRNGKey(s)`, so a
+        network is the same whether it is initialised alone or in an ensemble.
+
+    Returns:
+      The params pytree with a leading axis of length `len(seeds)`.
+    """
+    seeds = jnp.asarray([int(s) for s in seeds])
+    # jitted as a whole: run eagerly, every small op would compile on its own
+    init_all = jax.jit(jax.vmap(lambda seed: init_fn(jax.random.PRNGKey(seed), input_shape)[1]))
+    return init_all(seeds)
+
+
+def train(apply_fn, params, x_train, y_train, *, learning_rate, record_steps,
+          x_test=None, y_test=None, ntk_fn=None, batch_size=None, key=None):
+    """Train one network by gradient descent (or SGD) and record its trajectory.
+
+    Args:
+      apply_fn: `apply_fn(params, x) -> (N, K)`.
+      params: the initial parameters.
+      x_train: `(N, ...)` inputs; y_train: `(N, K)` targets, shaped like the
+        network's outputs.
+      learning_rate: step size (time advances by it every step).
+      record_steps: nondecreasing step numbers >= 0 at which to record; 0
+        records the initialisation. The last one is the number of steps run.
+      x_test: optional `(M, ...)` inputs whose outputs are recorded.
+      y_test: optional `(M, K)` targets (needs `x_test`) for the test loss.
+      ntk_fn: optional `ntk_fn(params) -> array or pytree`, recorded at every
+        recorded step, e.g. `lambda p: empirical_ntk(x_train, x0, p)`.
+      batch_size: None for full-batch gradient descent, else the SGD batch size.
+      key: PRNG key for the SGD batches (required with `batch_size`).
+
+    Returns:
+      A `Trajectory`.
+    """
+    return _run(apply_fn, params, x_train, y_train, learning_rate, record_steps,
+                x_test, y_test, ntk_fn, batch_size, key, ensemble=False)
+
+
+def train_ensemble(apply_fn, params, x_train, y_train, *, learning_rate, record_steps,
+                   x_test=None, y_test=None, ntk_fn=None, batch_size=None, key=None):
+    """`train` for S networks at once, vmapped over the leading axis of `params`.
+
+    Args are those of `train`, except that `params` carries a leading seed axis
+    (from `init_ensemble`) and, for SGD, network i uses
+    `jax.random.split(key, S)[i]` as its key. The data is shared.
+
+    Returns:
+      A `Trajectory` whose recorded fields have a leading axis S.
+    """
+    return _run(apply_fn, params, x_train, y_train, learning_rate, record_steps,
+                x_test, y_test, ntk_fn, batch_size, key, ensemble=True)
+
+
+def _run(apply_fn, params, x_train, y_train, learning_rate, record_steps,
+         x_test, y_test, ntk_fn, batch_size, key, ensemble):
+    steps = np.asarray(record_steps)
+    if steps.ndim != 1 or steps.size == 0 or not np.issubdtype(steps.dtype, np.integer):
+        raise ValueError(f"record_steps must be a non-empty 1-d list of ints, got {record_steps!r}")
+    if steps[0] < 0 or np.any(np.diff(steps) < 0):
+        raise ValueError(f"record_steps must be >= 0 and nondecreasing, got {steps.tolist()}")
+    if not learning_rate > 0:
+        raise ValueError(f"learning_rate must be positive, got {learning_rate}")
+    x_train, y_train = jnp.asarray(x_train), jnp.asarray(y_train)
+    n_train = x_train.shape[0]
+    if y_test is not None and x_test is None:
+        raise ValueError("y_test was given without x_test")
+    if batch_size is not None:
+        if not 1 <= batch_size <= n_train:
+            raise ValueError(f"batch_size must lie in [1, {n_train}], got {batch_size}")
+        if key is None:
+            raise ValueError("SGD (batch_size set) needs a PRNG key")
+    first = jax.tree_util.tree_map(lambda a: a[0], params) if ensemble else params
+    _check_shapes("train", apply_fn, first, x_train, y_train)
+    if y_test is not None:
+        _check_shapes("test", apply_fn, first, jnp.asarray(x_test), jnp.asarray(y_test))
+
+    if ensemble:
+        n_seeds = jax.tree_util.tree_leaves(params)[0].shape[0]
+        key = jax.random.split(key, n_seeds) if key is not None else jnp.zeros((n_seeds, 2), jnp.uint32)
+    elif key is None:
+        key = jnp.zeros((2,), jnp.uint32)  # unused by gradient descent
+    run = _compiled_run(apply_fn, ntk_fn, float(learning_rate), batch_size, ensemble)
+    final, recorded = run(params, key, jnp.asarray(np.diff(steps, prepend=0), jnp.int32),
+                          x_train, y_train,
+                          None if x_test is None else jnp.asarray(x_test),
+                          None if y_test is None else jnp.asarray(y_test))
+    trajectory = Trajectory(
+        steps=steps, times=steps * float(learning_rate),
+        train_outputs=recorded["train_outputs"], train_loss=recorded["train_loss"],
+        test_outputs=recorded.get("test_outputs"), test_loss=recorded.get("test_loss"),
+        ntk=recorded.get("ntk"), params=final)
+    _warn_if_diverged(trajectory, learning_rate)
+    return trajectory
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_run(apply_fn, ntk_fn, learning_rate, batch_size, ensemble):
+    """The jitted training loop, cached so that calls differing only in data,
+    parameters, keys or record steps (same count) reuse one compilation."""
+
+    def one_network(params, key, segment_lengths, x_train, y_train, x_test, y_test):
+        def step(_, carry):
+            params, step_number = carry
+            if batch_size is None:
+                x, y = x_train, y_train
+            else:
+                batch = jax.random.choice(jax.random.fold_in(key, step_number),
+                                          x_train.shape[0], (batch_size,), replace=False)
+                x, y = x_train[batch], y_train[batch]
+            grads = jax.grad(lambda p: mse_loss(apply_fn(p, x), y))(params)
+            params = jax.tree_util.tree_map(lambda p, g: p - learning_rate * g, params, grads)
+            return params, step_number + 1
+
+        def record(params):
+            outputs = apply_fn(params, x_train)
+            out = {"train_outputs": outputs, "train_loss": mse_loss(outputs, y_train)}
+            if x_test is not None:
+                out["test_outputs"] = apply_fn(params, x_test)
+                if y_test is not None:
+                    out["test_loss"] = mse_loss(out["test_outputs"], y_test)
+            if ntk_fn is not None:
+                out["ntk"] = ntk_fn(params)
+            return out
+
+        def segment(carry, length):
+            carry = lax.fori_loop(0, length, step, carry)
+            return carry, record(carry[0])
+
+        (params, _), recorded = lax.scan(
+            segment, (params, jnp.zeros((), jnp.int32)), segment_lengths)
+        return params, recorded
+
+    if ensemble:
+        return jax.jit(jax.vmap(one_network, in_axes=(0, 0, None, None, None, None, None)))
+    return jax.jit(one_network)
+
+
+def _check_shapes(split, apply_fn, params, x, y):
+    out = jax.eval_shape(apply_fn, params, x)
+    if out.shape != y.shape:
+        raise ValueError(
+            f"apply_fn maps x_{split} {tuple(x.shape)} to outputs {tuple(out.shape)}, "
+            f"but y_{split} has shape {tuple(y.shape)}; they must match")
+
+
+def _warn_if_diverged(trajectory, learning_rate):
+    loss = np.asarray(trajectory.train_loss)
+    bad = ~np.isfinite(loss)
+    if bad.any():
+        first = trajectory.steps[np.argmax(bad.any(axis=tuple(range(loss.ndim - 1))))]
+        warnings.warn(
+            f"training loss is not finite from recorded step {first} on: learning_rate "
+            f"{learning_rate} is likely above the stable limit 2 * Y.size / lambda_max(Theta)",
+            RuntimeWarning, stacklevel=3)
