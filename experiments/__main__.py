@@ -1,0 +1,100 @@
+"""Command line: `widekit` (or `python -m experiments`).
+
+    widekit list
+    widekit run NAME [--size tiny|small|paper] [--out DIR] [--shard I/N] [--seed S]
+    widekit collect NAME [--out DIR] [--figures DIR]
+
+`run` defaults to `--size small` and `--out runs/NAME` under the working
+directory; `--shard I/N` (0 <= I < N) runs every N-th piece starting at I, so
+the tasks 0..N-1 of a scheduler's job array split one sweep. Rerunning skips
+saved pieces. When all pieces are saved, the results JSON and figure PNG are
+written to the out folder and the agreement with theory is printed.
+`collect --figures DIR` also copies them to `DIR/NAME.json` and `DIR/NAME.png`
+(e.g. the committed `figures/`, which nothing else writes).
+"""
+import argparse
+import os
+import shutil
+import sys
+
+from experiments import registry, runner
+
+
+def _shard(text):
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected I/N such as 0/4, got {text!r}") from None
+    if not 0 <= index < count:
+        raise argparse.ArgumentTypeError(f"need 0 <= I < N in I/N, got {text!r}")
+    return index, count
+
+
+def _parser():
+    parser = argparse.ArgumentParser(
+        prog="widekit", description="Wide finite networks held against their infinite-width theory.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("list", help="list the named experiments")
+    run = commands.add_parser("run", help="run an experiment (or one shard of it)")
+    run.add_argument("name")
+    run.add_argument("--size", choices=runner.SIZES, default="small")
+    run.add_argument("--out", help="output folder (default: runs/NAME)")
+    run.add_argument("--shard", type=_shard, default=(0, 1), metavar="I/N",
+                     help="run pieces i with i %% N == I (default 0/1: all)")
+    run.add_argument("--seed", type=int, help="replace the config's base seed")
+    run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    collect = commands.add_parser("collect", help="merge shards, write results and figure")
+    collect.add_argument("name")
+    collect.add_argument("--out", help="output folder (default: runs/NAME)")
+    collect.add_argument("--figures", help="also copy NAME.png and NAME.json here")
+    return parser
+
+
+def _print_record(record, out, name):
+    print(f"{name} [{record['size']}]: results in {os.path.join(out, 'results.json')}, "
+          f"figure in {os.path.join(out, name + '.png')}")
+    print("agreement with theory:")
+    for key, value in record["agreement"].items():
+        print(f"  {key}: {value:.4g}" if isinstance(value, float) else f"  {key}: {value}")
+
+
+def main(argv=None):
+    """Entry point of the `widekit` console script; returns the exit status."""
+    import matplotlib
+    matplotlib.use("Agg")  # files only, never a window
+
+    args = _parser().parse_args(argv)
+    if args.command == "list":
+        if not registry.EXPERIMENTS:
+            print("no experiments registered")
+        for name in sorted(registry.EXPERIMENTS):
+            print(f"{name:24s} {registry.describe(name)}")
+        return 0
+    try:
+        module = registry.load_experiment(args.name)
+    except KeyError as error:
+        print(f"widekit: {error.args[0]}", file=sys.stderr)
+        return 2
+    out = args.out or runner.default_out(args.name)
+    try:
+        if args.command == "run":
+            record = runner.run(args.name, module, size=args.size, out=out, shard=args.shard,
+                                seed=args.seed, progress=not args.no_progress)
+        else:
+            record = runner.collect(args.name, module, out=out)
+    except runner.RunFolderError as error:
+        print(f"widekit: {error}", file=sys.stderr)
+        return 1
+    if args.command == "collect" and args.figures:
+        os.makedirs(args.figures, exist_ok=True)
+        shutil.copyfile(os.path.join(out, "results.json"),
+                        os.path.join(args.figures, f"{args.name}.json"))
+        shutil.copyfile(os.path.join(out, f"{args.name}.png"),
+                        os.path.join(args.figures, f"{args.name}.png"))
+    if record is not None:
+        _print_record(record, out, args.name)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,29 @@
+"""The named experiments: name -> module path, imported only when asked for.
+
+To add one, write a module following the protocol in `experiments.runner`
+and add its line here. Lazy imports keep `widekit list` fast and let one
+experiment's missing optional dependency leave the others usable.
+"""
+import importlib
+
+EXPERIMENTS = {
+    # "ntk-convergence": "experiments.ntk_convergence",
+}
+
+
+def load_experiment(name):
+    """The module registered under `name`; KeyError lists the known names."""
+    if name not in EXPERIMENTS:
+        known = ", ".join(sorted(EXPERIMENTS)) or "none registered"
+        raise KeyError(f"no experiment named {name!r} (known: {known})")
+    entry = EXPERIMENTS[name]
+    return importlib.import_module(entry) if isinstance(entry, str) else entry
+
+
+def describe(name):
+    """The first line of the experiment module's docstring."""
+    try:
+        module = load_experiment(name)
+    except ImportError as error:
+        return f"(cannot be imported: {error})"
+    return (module.__doc__ or "").strip().split("\n")[0]

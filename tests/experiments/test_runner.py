@@ -1,0 +1,147 @@
+"""The runner and command line, on the test-only experiment `toy-linear`:
+sharding splits the pieces, reruns skip finished pieces, a crash loses only
+the piece in progress."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from experiments import registry, runner
+from experiments.__main__ import main
+from tests.experiments import toy_linear
+
+N_TINY = 12  # 4 widths x 3 seeds
+
+
+@pytest.fixture(autouse=True)
+def toy(monkeypatch):
+    monkeypatch.setitem(registry.EXPERIMENTS, "toy-linear", "tests.experiments.toy_linear")
+    monkeypatch.setattr(toy_linear, "FAIL_ON", None)
+    toy_linear.CALLS.clear()
+    return toy_linear
+
+
+def saved(out):
+    return sorted(os.listdir(os.path.join(out, "pieces")))
+
+
+def test_run_writes_results_figure_and_prints_agreement(tmp_path, capsys):
+    out = tmp_path / "toy"
+    assert main(["run", "toy-linear", "--size", "tiny", "--out", str(out), "--no-progress"]) == 0
+    assert len(toy_linear.CALLS) == N_TINY and len(saved(out)) == N_TINY
+    record = json.loads((out / "results.json").read_text())
+    assert record["size"] == "tiny" and record["config"]["widths"] == [16, 64, 256, 1024]
+    assert -0.8 < record["agreement"]["slope"] < -0.2
+    assert (out / "toy-linear.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    printed = capsys.readouterr().out
+    assert "agreement with theory" in printed and "theory slope: -0.5" in printed
+    # the figure can be redrawn from the JSON alone
+    toy_linear.plot(runner.load_results(out)["results"])
+
+
+def test_default_out_is_runs_name_under_cwd(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "toy-linear", "--size", "tiny", "--no-progress"]) == 0
+    assert (tmp_path / "runs" / "toy-linear" / "results.json").exists()
+
+
+def test_shards_split_the_pieces_and_collect_merges_them(tmp_path, capsys):
+    out = str(tmp_path / "sharded")
+    args = ["run", "toy-linear", "--size", "tiny", "--out", out, "--no-progress", "--shard"]
+    assert main(args + ["0/3"]) == 0
+    assert toy_linear.CALLS == [p for i, p in enumerate(toy_linear.pieces(toy_linear.Config.tiny()))
+                                if i % 3 == 0]
+    assert main(args + ["2/3"]) == 0
+    assert saved(out) == [f"{i:05d}.npz" for i in range(N_TINY) if i % 3 != 1]
+    assert not os.path.exists(os.path.join(out, "results.json"))
+    assert "widekit collect toy-linear" in capsys.readouterr().err
+    # collecting too early names what is missing
+    assert main(["collect", "toy-linear", "--out", out]) == 1
+    assert "4 of 12 pieces missing, e.g. indices [1, 4, 7, 10]" in capsys.readouterr().err
+    # the last shard to finish writes the results
+    assert main(args + ["1/3"]) == 0
+    assert len(toy_linear.CALLS) == N_TINY  # every piece ran exactly once
+    first = json.loads(open(os.path.join(out, "results.json")).read())
+    figures = tmp_path / "figures"
+    assert main(["collect", "toy-linear", "--out", out, "--figures", str(figures)]) == 0
+    assert len(toy_linear.CALLS) == N_TINY
+    assert json.loads((figures / "toy-linear.json").read_text()) == first
+    assert (figures / "toy-linear.png").exists()
+
+
+def test_rerun_skips_finished_pieces(tmp_path):
+    out = str(tmp_path / "toy")
+    runner.run("toy-linear", toy_linear, "tiny", out, progress=False)
+    before = {name: os.path.getmtime(os.path.join(out, "pieces", name)) for name in saved(out)}
+    toy_linear.CALLS.clear()
+    record = runner.run("toy-linear", toy_linear, "tiny", out, progress=False)
+    assert toy_linear.CALLS == [] and record is not None
+    assert before == {name: os.path.getmtime(os.path.join(out, "pieces", name)) for name in saved(out)}
+
+
+def test_crash_midway_loses_only_the_piece_in_progress(tmp_path, monkeypatch):
+    out = str(tmp_path / "toy")
+    pieces = toy_linear.pieces(toy_linear.Config.tiny())
+    monkeypatch.setattr(toy_linear, "FAIL_ON", pieces[5])
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        runner.run("toy-linear", toy_linear, "tiny", out, progress=False)
+    assert saved(out) == [f"{i:05d}.npz" for i in range(5)]
+    monkeypatch.setattr(toy_linear, "FAIL_ON", None)
+    toy_linear.CALLS.clear()
+    record = runner.run("toy-linear", toy_linear, "tiny", out, progress=False)
+    assert toy_linear.CALLS == pieces[5:]  # nothing finished is redone
+    assert record["agreement"]["theory slope"] == -0.5
+
+
+def test_kill_while_saving_leaves_no_half_written_piece(tmp_path, monkeypatch):
+    """A kill between writing the temporary file and renaming it: the piece is
+    not counted as finished, and no partial file takes its name."""
+    out = str(tmp_path / "toy")
+    real_replace, renames = os.replace, []
+
+    def replace_then_die(source, target):
+        renames.append(target)
+        if len(renames) == 4:  # run.json, then pieces 0, 1; die saving piece 2
+            raise KeyboardInterrupt
+        real_replace(source, target)
+
+    monkeypatch.setattr(runner.os, "replace", replace_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run("toy-linear", toy_linear, "tiny", out, progress=False)
+    monkeypatch.setattr(runner.os, "replace", real_replace)
+    assert saved(out) == ["00000.npz", "00001.npz"]  # and no temporary file left behind
+    toy_linear.CALLS.clear()
+    runner.run("toy-linear", toy_linear, "tiny", out, progress=False)
+    assert toy_linear.CALLS == toy_linear.pieces(toy_linear.Config.tiny())[2:]
+
+
+def test_folder_of_another_config_is_refused(tmp_path, capsys):
+    out = str(tmp_path / "toy")
+    assert main(["run", "toy-linear", "--size", "tiny", "--out", out, "--no-progress"]) == 0
+    assert main(["run", "toy-linear", "--size", "tiny", "--out", out, "--seed", "7",
+                 "--no-progress"]) == 1
+    assert "already holds a run of toy-linear [tiny]" in capsys.readouterr().err
+    # --seed reaches the config
+    other = str(tmp_path / "seeded")
+    assert main(["run", "toy-linear", "--size", "tiny", "--out", other, "--seed", "7",
+                 "--no-progress"]) == 0
+    assert runner.load_results(other)["config"]["seed"] == 7
+
+
+def test_command_line_errors(tmp_path, capsys):
+    assert main(["run", "no-such-thing"]) == 2
+    assert "no experiment named 'no-such-thing' (known: toy-linear)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["run", "toy-linear", "--shard", "3/3"])
+    assert "need 0 <= I < N" in capsys.readouterr().err
+    assert main(["list"]) == 0
+    assert "toy-linear" in capsys.readouterr().out
+
+
+def test_python_dash_m_experiments_runs_main():
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    done = subprocess.run([sys.executable, "-m", "experiments", "list"], capture_output=True,
+                          text=True, cwd=repo)
+    assert done.returncode == 0, done.stderr
