@@ -6,7 +6,15 @@ compared at the same t):
 
     loss(params) = ||f(params, X) - Y||^2 / (2 * Y.size)
     params <- params - learning_rate * grad loss(params)        (one step)
-    t = step * learning_rate
+    t = step * learning_rate                      (gradient-flow time)
+
+Careful with the argument of the predictions: `theory.predict`'s functions,
+like neural-tangents', take `t` in *units of steps* (their absolute time is
+`learning_rate * t`). So a trajectory is compared with
+`predict.gradient_descent_mse(ntk, y, learning_rate)(t=trajectory.steps, ...)`
+(or `gradient_descent_mse_discrete(...)(steps=trajectory.steps, ...)`, equal
+for a linear model to rounding), while `trajectory.times` holds the absolute
+time `steps * learning_rate`, the axis to plot.
 
 `Y.size` counts every entry of the targets (examples x outputs). For the
 network linearised around its initialisation, with J = df/dparams of shape
@@ -49,8 +57,8 @@ class Trajectory(NamedTuple):
     leading seed axis S. N training points, M test points, K outputs.
     """
 
-    steps: np.ndarray               # (R,) int: the steps recorded
-    times: np.ndarray               # (R,) float: steps * learning_rate
+    steps: np.ndarray               # (R,) int: the steps recorded (theory's `t`)
+    times: np.ndarray               # (R,) float: steps * learning_rate, flow time
     train_outputs: jax.Array        # (R, N, K)
     train_loss: jax.Array           # (R,)
     test_outputs: Optional[jax.Array]  # (R, M, K), if x_test was given

@@ -86,6 +86,20 @@ def test_linear_model_follows_gradient_flow_with_factor_one_over_y_size(linear_p
     assert np.abs(np.asarray(result.train_outputs[-1]) - wrong_train).max() > 0.05
 
 
+def test_trajectory_matches_theory_predict_at_t_equal_steps(linear_problem):
+    """The contract with `theory.predict` (neural-tangents' API): its `t` counts
+    steps, so a trajectory is compared at t = trajectory.steps."""
+    predict = pytest.importorskip("theory.predict")
+    x, y, x_test, w0 = linear_problem
+    lr, steps = 1e-3, [0, 2000, 8000]
+    result = tr.train(linear_apply, jnp.asarray(w0), x, y, learning_rate=lr,
+                      record_steps=steps, x_test=x_test)
+    predict_fn = predict.gradient_descent_mse(x @ x.T, y, lr)
+    train, test = predict_fn(result.steps.astype(float), x @ w0, x_test @ w0, x_test @ x.T)
+    np.testing.assert_allclose(result.train_outputs, train, atol=2e-3)
+    np.testing.assert_allclose(result.test_outputs, test, atol=2e-3)
+
+
 def _empirical_ntk(apply_fn, x):
     """Theta(x, x) = J J^T of a one-output network, from full Jacobians."""
     def ntk(params):
