@@ -81,11 +81,12 @@ def GlobalSelfAttention(n_chan_out: int, n_chan_key: int, n_chan_val: int, n_hea
             raise ValueError(f"{name}: needs inputs with spatial axes (N, *S, C); got shape {tuple(input_shape)}")
         c = input_shape[-1]
         kq, kk, kv, ko, kb = jax.random.split(rng, 5)
-        keys = jax.random.normal(kk, (n_heads, c, n_chan_key))
-        queries = None if linear_scaling else jax.random.normal(kq, (n_heads, c, n_chan_key))
-        values = jax.random.normal(kv, (n_heads, c, n_chan_val))
-        out = jax.random.normal(ko, (n_heads * n_chan_val, n_chan_out))
-        bias = None if b_std is None else jax.random.normal(kb, (n_chan_out,))
+        dtype = jax.dtypes.canonicalize_dtype(jnp.float64)
+        keys = jax.random.normal(kk, (n_heads, c, n_chan_key), dtype)
+        queries = None if linear_scaling else jax.random.normal(kq, (n_heads, c, n_chan_key), dtype)
+        values = jax.random.normal(kv, (n_heads, c, n_chan_val), dtype)
+        out = jax.random.normal(ko, (n_heads * n_chan_val, n_chan_out), dtype)
+        bias = None if b_std is None else jax.random.normal(kb, (n_chan_out,), dtype)
         return tuple(input_shape[:-1]) + (n_chan_out,), (queries, keys, values, out, bias)
 
     def apply_fn(params, x, **kwargs):

@@ -45,7 +45,8 @@ def _affine_rule(k: Kernel, mixed: Kernel, fan_in: int, W_std, b_std, parameteri
                      is_gaussian=True)
 
 
-def _weights(key, shape, fan_in, W_std, b_std, out, parameterization, dtype=jnp.float32):
+def _weights(key, shape, fan_in, W_std, b_std, out, parameterization):
+    dtype = jax.dtypes.canonicalize_dtype(jnp.float64)  # float32 unless x64 is on
     k1, k2 = jax.random.split(key)
     W = jax.random.normal(k1, shape, dtype)
     b = None if b_std is None else jax.random.normal(k2, (out,), dtype)
