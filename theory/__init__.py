@@ -1,0 +1,5 @@
+"""What a kernel predicts: exact inference, training dynamics, model selection."""
+from theory import predict
+
+# Closed-form results of the literature (deep_linear, high_dim, eigenlearning,
+# criticality, ...) add their public names below this line.

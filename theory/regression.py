@@ -1,0 +1,227 @@
+"""Exact GP inference and kernel ridge regression with NNGP / NTK kernels.
+
+The posterior of a GP prior with covariance K given targets y (Rasmussen &
+Williams 2006, "Gaussian Processes for Machine Learning", eqs. 2.23-2.24,
+computed as in their Algorithm 2.1 by one Cholesky factorization):
+
+    mean = K_td (K_dd + sigma^2 I)^{-1} y
+    cov  = K_tt - K_td (K_dd + sigma^2 I)^{-1} K_dt
+
+With the NNGP this is the exact posterior of an infinitely wide Bayesian
+network (Lee et al. 2018, "Deep neural networks as Gaussian processes", §2.3);
+with the NTK ("ntkgp") the NTK-GP posterior (He et al. 2020, "Bayesian deep
+ensembles via the neural tangent kernel", §3). The mean alone is kernel ridge
+regression with ridge sigma^2.
+
+The "ntk" mode is different: the distribution of an infinite ensemble of
+infinitely wide networks trained by gradient flow on MSE to t = infinity
+(Lee et al. 2019, "Wide neural networks of any depth evolve as linear models
+under gradient descent", §2.3.1, at t -> infinity): its mean is the NTK kernel
+regression above, and its covariance
+
+    cov = K_tt + Θ_td Θ^{-1} K_dd Θ^{-1} Θ_dt - (Θ_td Θ^{-1} K_dt + h.c.)
+
+mixes the NTK Θ (which governs training) with the NNGP K (the distribution at
+initialization).
+"""
+from collections import namedtuple
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from theory import linalg, output_axes
+from theory.spectral import TrainKernel
+
+GETS = ("nngp", "ntk")
+
+
+class Gaussian(NamedTuple):
+    """A `(mean, covariance)` pair.
+
+    Attributes:
+      mean: shape of the outputs (batch first, as `y_train`).
+      covariance: shape of the corresponding kernel (zipped batch axes).
+    """
+
+    mean: jax.Array
+    covariance: jax.Array
+
+
+def canonical_get(get, allowed=GETS):
+    """`get` as a tuple of names; None means ("nngp", "ntk")."""
+    if get is None:
+        return ("nngp", "ntk")
+    names = (get,) if isinstance(get, str) else tuple(get)
+    for g in names:
+        if g not in allowed:
+            raise ValueError(f"get must name one of {allowed} (or be a tuple of them, or None), got {get!r}.")
+    if not names:
+        raise ValueError("get must name at least one kernel, got an empty tuple.")
+    return names
+
+
+def named_output(get, values):
+    """One value for a string `get`, else a `Gaussians` named tuple in `get`'s order."""
+    if isinstance(get, str):
+        return values[get]
+    names = canonical_get(get, tuple(values))
+    return namedtuple("Gaussians", names)(*(values[g] for g in names))
+
+
+def kernel_part(k, g, name):
+    """The `g` ("nngp" / "ntk") matrix of `k`: an array (used for any g) or an object with `.nngp` / `.ntk`."""
+    if isinstance(k, (np.ndarray, jax.Array)):
+        return k
+    value = getattr(k, g, None)
+    if value is None:
+        raise ValueError(f"{name} has no {g!r} kernel (got {type(k).__name__}); it is needed for get={g!r}.")
+    return value
+
+
+def posterior_mean(train, k_td, y):
+    """K_td K^{-1} y in float64 (train: `TrainKernel`; k_td (M, P); y (P, C))."""
+    return k_td @ train.solve(y)
+
+
+def gp_posterior_covariance(train, k_td, k_tt):
+    """K_tt - K_td K^{-1} K_dt (Rasmussen & Williams 2006, eq. 2.24)."""
+    cov = k_tt - k_td @ train.solve(k_td.T)
+    return 0.5 * (cov + cov.T)
+
+
+def ntk_ensemble_covariance(theta, theta_td, nngp_dd, nngp_td, nngp_tt):
+    """Covariance of the gradient-flow ensemble at t = infinity (module docstring)."""
+    gain = theta.solve(theta_td.T)  # Θ^{-1} Θ_dt, (P, M)
+    cross = theta_td @ theta.solve(nngp_td.T)  # Θ_td Θ^{-1} K_dt
+    cov = nngp_tt + gain.T @ nngp_dd @ gain - cross - cross.T
+    return 0.5 * (cov + cov.T)
+
+
+def finish(name, x, dtype):
+    """Float64 NumPy result -> a JAX array of the input dtype, refusing non-finite values."""
+    x = np.asarray(x)
+    if not np.all(np.isfinite(x)):
+        raise ValueError(
+            f"{name} came out non-finite; the kernel is too ill-conditioned for this request. "
+            "Pass a positive diag_reg."
+        )
+    with linalg.float64():
+        return jnp.asarray(x.astype(dtype))
+
+
+def result_dtype(*arrays):
+    """The floating dtype results are returned in: that of the inputs (NumPy rules, so float64 survives without x64)."""
+    dtype = np.result_type(*[a.dtype if hasattr(a, "dtype") else np.asarray(a).dtype for a in arrays])
+    return dtype if np.issubdtype(dtype, np.floating) else np.dtype(np.float64)
+
+
+def gp_inference(k_train_train, y_train, diag_reg=0.0, diag_reg_absolute_scale=False, trace_axes=(-1,)):
+    """Posterior of NNGP / NTK-GP inference and the t = infinity NTK ensemble.
+
+    neural-tangents 0.6.5's `predict.gp_inference`, with the same arguments
+    and semantics; solves in float64 (Cholesky, factorized once per kernel and
+    cached), results in the dtype of `k_train_train`.
+
+    Args:
+      k_train_train: train-train kernel: an array (used for every `get`) or an
+        object with `.nngp` / `.ntk` arrays (a `Kernel` or a named tuple). Shape
+        `(N, N)` for targets `(N, C)` with `trace_axes=(-1,)`; in general the
+        kept output axes of `y_train` zipped (see `theory.output_axes`).
+      y_train: targets, `(N, ...)`.
+      diag_reg: non-negative ridge added to the diagonal: `diag_reg *
+        trace(K) / N` unless `diag_reg_absolute_scale`.
+      diag_reg_absolute_scale: take `diag_reg` in absolute units.
+      trace_axes: output axes that are independent and share one kernel.
+
+    Returns:
+      `predict_fn(get=None, k_test_train=None, k_test_test=None)`. `get`:
+      "nngp", "ntk", "ntkgp" or a tuple of them (None: ("nngp", "ntk")).
+      `k_test_train`: `(M, N)` test-train kernel(s), or None for the train set
+      (whose posterior is exactly `N(y_train, 0)`). `k_test_test`: `(M, M)`
+      kernel(s) to also get the covariance (NNGP for "nngp" and "ntk", NTK for
+      "ntkgp"); for the "ntk" covariance both kernels must hold `.nngp` and
+      `.ntk`. A string `get` gives one value; a tuple gives a `Gaussians`
+      named tuple. Each value is the mean, or `Gaussian(mean, covariance)`
+      when `k_test_test` is given.
+
+    Raises:
+      ValueError: negative `diag_reg`, shapes that do not match `y_train`, an
+        unknown `get`, missing kernels, a kernel that is not positive
+        semi-definite (a small violation is fixed by a reported jitter).
+    """
+    layout = output_axes.output_layout(y_train, trace_axes)
+    diag_reg = linalg.check_diag_reg(diag_reg)
+    linalg.check_finite("y_train", y_train)
+    n_train = layout.y_shape[0]
+    trains = {}
+
+    def train_kernel(g):
+        if g not in trains:
+            k = output_axes.kernel_2d(
+                layout, f"k_train_train.{g}", kernel_part(k_train_train, g, "k_train_train"), n_train, n_train
+            )
+            linalg.check_finite(f"k_train_train.{g}", k)
+            trains[g] = TrainKernel(k, diag_reg, diag_reg_absolute_scale, f"k_train_train.{g}")
+        return trains[g]
+
+    def predict_fn(get=None, k_test_train=None, k_test_test=None):
+        names = canonical_get(get, ("nngp", "ntk", "ntkgp"))
+        out = {}
+        with linalg.float64():
+            y = output_axes.targets_2d(layout, np.asarray(y_train, np.float64))
+            for g in names:
+                kind = "nngp" if g == "nngp" else "ntk"
+                dtype = result_dtype(kernel_part(k_train_train, kind, "k_train_train"))
+                if k_test_train is None:
+                    mean = finish("mean", y_train, dtype)
+                    if k_test_test is None:
+                        out[g] = mean
+                    else:
+                        p = int(np.prod(layout.kept_shape))
+                        cov = output_axes.covariance_from_2d(np.zeros((p, p)), layout.kept_shape)
+                        out[g] = Gaussian(mean, finish("covariance", cov, dtype))
+                    continue
+                train = train_kernel(kind)
+                raw_td = kernel_part(k_test_train, kind, "k_test_train")
+                k_td = _test_train_2d(layout, f"k_test_train.{kind}", raw_td, n_train)
+                test_kept = output_axes.rows_shape(layout, raw_td)
+                mean = output_axes.outputs_from_2d(layout, posterior_mean(train, k_td, y), test_kept)
+                if k_test_test is None:
+                    out[g] = finish(f"mean ({g})", mean, dtype)
+                    continue
+                m = k_td.shape[0]
+                if g == "ntk":
+                    if not all(hasattr(k, "nngp") and getattr(k, "nngp") is not None for k in (k_train_train, k_test_train)):
+                        raise ValueError(
+                            "the 'ntk' covariance needs the NNGP and the NTK: pass k_train_train and "
+                            "k_test_train as objects with .nngp and .ntk (e.g. kernel_fn(..., get=('nngp', 'ntk')))."
+                        )
+                    nngp_dd = output_axes.kernel_2d(layout, "k_train_train.nngp", k_train_train.nngp, n_train, n_train)
+                    linalg.check_finite("k_train_train.nngp", nngp_dd)
+                    nngp_td = _test_train_2d(layout, "k_test_train.nngp", k_test_train.nngp, n_train)
+                    nngp_tt = _test_test_2d(layout, "k_test_test.nngp", kernel_part(k_test_test, "nngp", "k_test_test"), m)
+                    cov = ntk_ensemble_covariance(train, k_td, np.asarray(nngp_dd, np.float64), nngp_td, nngp_tt)
+                else:
+                    k_tt = _test_test_2d(layout, f"k_test_test.{kind}", kernel_part(k_test_test, kind, "k_test_test"), m)
+                    cov = gp_posterior_covariance(train, k_td, k_tt)
+                cov = output_axes.covariance_from_2d(cov, test_kept)
+                out[g] = Gaussian(finish(f"mean ({g})", mean, dtype), finish(f"covariance ({g})", cov, dtype))
+        return named_output(get if get is not None else ("nngp", "ntk"), out)
+
+    return predict_fn
+
+
+def _test_train_2d(layout, name, k, n_train):
+    k2 = output_axes.kernel_2d(layout, name, k, None, n_train)
+    linalg.check_finite(name, k2)
+    return np.asarray(k2, np.float64)
+
+
+def _test_test_2d(layout, name, k, m):
+    k2 = output_axes.kernel_2d(layout, name, k)
+    if k2.shape != (m, m):
+        raise ValueError(f"{name} must be square with {m} rows (like k_test_train), got shape {np.shape(k)}.")
+    linalg.check_finite(name, k2)
+    return np.asarray(k2, np.float64)

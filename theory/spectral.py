@@ -1,0 +1,189 @@
+"""Functions of the regularized train kernel: f(K) r by eigendecomposition or Lanczos.
+
+`TrainKernel` holds `K = k_train_train + diag_reg * I` in float64 and
+computes, each at most once and only when first needed, its Cholesky factor
+(for t = infinity), its eigendecomposition (for covariances and for many
+output columns) and Lanczos bases (for means with few output columns). More
+times, more test points or more calls never recompute a factorization.
+
+The spectral filters of training dynamics live here too. With the
+neural-tangents loss `||f - y||^2 / (2 * y_train.size)` and time `t` counted in
+steps of size `learning_rate` (absolute time `s = learning_rate * t /
+y_train.size` in units of the kernel), gradient flow on the train residual
+`r = f(X) - y` is `r(t) = exp(-s K) r(0)` and a test point moves by
+`-K_td (1 - exp(-s K)) K^{-1} r(0)` (Lee et al. 2019, "Wide neural networks of
+any depth evolve as linear models under gradient descent", §2.2); discrete
+gradient descent replaces `exp(-s K)` by `(1 - h K)^k` after `k` steps of size
+`h = learning_rate / y_train.size`.
+"""
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from theory import linalg
+from theory.krylov import KrylovBasis
+
+# Chosen by measurement (issue 3, item 3): at n = 2000 on a 2-core CPU an
+# eigendecomposition costs ~0.9 s and one Lanczos step ~1 ms per column block,
+# and a ReLU-MLP NTK mean converges to 1e-10 in 40-160 steps for t <= 1000.
+# Below LANCZOS_MIN_SIZE the eigendecomposition is cheaper than the Lanczos
+# bookkeeping; above LANCZOS_MAX_COLUMNS columns one eigendecomposition serves
+# all columns for less. If Lanczos has not converged after
+# LANCZOS_MAX_FRACTION * n steps, the eigendecomposition is computed instead.
+LANCZOS_MIN_SIZE = 384
+LANCZOS_MAX_COLUMNS = 16
+LANCZOS_MAX_FRACTION = 0.25
+LANCZOS_TOL = 1e-10
+SOLVERS = ("auto", "eigh", "lanczos")
+
+
+def _expand(times, evals):
+    return times.reshape(times.shape + (1,) * evals.ndim)
+
+
+def flow_expm1(evals, s):
+    """exp(-s * lambda) - 1, for times s (T,): (T, *evals.shape)."""
+    return jnp.expm1(-_expand(s, evals) * evals)
+
+
+def flow_gain(evals, s):
+    """(1 - exp(-s * lambda)) / lambda, with its limit s at lambda = 0."""
+    s = _expand(s, evals)
+    positive = evals > 0
+    safe = jnp.where(positive, evals, 1.0)
+    return jnp.where(positive, -jnp.expm1(-s * evals) / safe, s)
+
+
+def _gd_power(evals, steps, h):
+    """(1 - h lambda)^k as (sign, log|.|), exact for integer k and any sign of the base."""
+    steps = _expand(steps, evals)
+    x = h * evals
+    below = x < 1
+    log_abs = jnp.where(below, jnp.log1p(-jnp.where(below, x, 0.0)), jnp.log(jnp.abs(x - 1)))
+    odd = jnp.mod(steps, 2) == 1
+    sign = jnp.where((x > 1) & odd, -1.0, 1.0)
+    return sign, log_abs, steps, x
+
+
+def gd_expm1(evals, steps, h):
+    """(1 - h lambda)^k - 1 for integer steps k (T,): (T, *evals.shape)."""
+    sign, log_abs, steps, x = _gd_power(evals, steps, h)
+    stable = jnp.expm1(steps * log_abs)
+    unstable = sign * jnp.exp(steps * log_abs) - 1
+    return jnp.where(steps == 0, 0.0, jnp.where(x < 1, stable, unstable))
+
+
+def gd_gain(evals, steps, h):
+    """(1 - (1 - h lambda)^k) / lambda, with its limit k h at lambda = 0."""
+    positive = evals > 0
+    safe = jnp.where(positive, evals, 1.0)
+    return jnp.where(positive, -gd_expm1(evals, steps, h) / safe, _expand(steps, evals) * h)
+
+
+@partial(jax.jit, static_argnames=("absolute",))
+def _regularize(k, diag_reg, absolute):
+    """(k + k^T) / 2 + diag_reg * I, diag_reg relative to trace(k) / n unless `absolute`."""
+    k = 0.5 * (k + k.T)
+    shift = diag_reg if absolute else diag_reg * jnp.trace(k) / k.shape[0]
+    return k + shift * jnp.eye(k.shape[0], dtype=k.dtype)
+
+
+@partial(jax.jit, static_argnames=("f",))
+def _apply_eigh(evecs, evals, r, f, f_args):
+    """evecs @ diag(f(evals)) @ evecs.T @ r for each of T filters: (T, n, c)."""
+    return jnp.einsum("ij,tj,jc->tic", evecs, f(evals, *f_args), evecs.T @ r)
+
+
+class TrainKernel:
+    """The regularized train kernel in float64, with cached factorizations.
+
+    Args:
+      k: (P, P) train-train kernel, already flattened (`output_axes.kernel_2d`).
+      diag_reg, diag_reg_absolute_scale: neural-tangents' regularization.
+      name: how messages refer to the matrix.
+
+    Use inside `linalg.float64()`. Methods take and return NumPy float64
+    arrays; the matrix and its factorizations stay on the JAX device.
+    """
+
+    def __init__(self, k, diag_reg, diag_reg_absolute_scale, name="k_train_train"):
+        self.matrix = _regularize(jnp.asarray(k, jnp.float64), diag_reg, bool(diag_reg_absolute_scale))
+        self.size = self.matrix.shape[0]
+        self.name = name
+        self._cholesky = None
+        self._eigh = None
+        self._krylov = []  # [(r, KrylovBasis)], most recent last
+
+    def cholesky(self):
+        if self._cholesky is None:
+            self._cholesky = linalg.cholesky(self.matrix, self.name)
+        return self._cholesky
+
+    def eigh(self):
+        if self._eigh is None:
+            self._eigh = linalg.eigh_psd(self.matrix, self.name)
+        return self._eigh
+
+    def solve(self, b):
+        """K^{-1} b (with the reported jitter, if one was needed)."""
+        return np.asarray(linalg.cho_solve(self.cholesky().factor, jnp.asarray(b, jnp.float64)))
+
+    def largest_eigenvalue(self):
+        return float(self.eigh().evals[-1])
+
+    def _krylov_basis(self, r):
+        for cached_r, basis in self._krylov:
+            if np.array_equal(cached_r, r):
+                return basis
+        basis = KrylovBasis(self.matrix, r)
+        self._krylov = self._krylov[-3:] + [(np.array(r), basis)]
+        return basis
+
+    def apply(self, f, f_args, r, solver="auto"):
+        """f(K) r for a spectral filter f(evals, *f_args) -> (T, *evals.shape).
+
+        Args:
+          f: a module-level (hashable) function, e.g. `flow_gain`.
+          f_args: tuple of arrays passed to f (the times).
+          r: (P, C) float64.
+          solver: "eigh", "lanczos", or "auto" (Lanczos for large P and few
+            columns unless the eigendecomposition already exists; falls back to
+            it when Lanczos does not converge quickly).
+
+        Returns:
+          (T, P, C) float64 NumPy array.
+        """
+        r = np.asarray(r, np.float64)
+        use_lanczos = solver == "lanczos" or (
+            solver == "auto"
+            and self._eigh is None
+            and self.size >= LANCZOS_MIN_SIZE
+            and r.shape[1] <= LANCZOS_MAX_COLUMNS
+        )
+        if use_lanczos:
+            max_size = self.size if solver == "lanczos" else int(LANCZOS_MAX_FRACTION * self.size)
+            value = self._krylov_basis(r).apply(f, f_args, LANCZOS_TOL, max_size)
+            if value is not None:
+                return value
+        evals, evecs = self.eigh()
+        return np.asarray(_apply_eigh(evecs, evals, jnp.asarray(r), f, f_args))
+
+
+def check_solver(solver):
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}.")
+    return solver
+
+
+def as_times(name, t, integer=False):
+    """Validate times / steps: a non-negative scalar or array; returns float64 NumPy."""
+    arr = np.asarray(t, dtype=np.float64)
+    if np.any(np.isnan(arr)) or np.any(arr < 0):
+        raise ValueError(f"{name} must be non-negative (inf allowed), got {t!r}.")
+    if integer:
+        finite = arr[np.isfinite(arr)]
+        if np.any(finite != np.round(finite)):
+            raise ValueError(f"{name} counts gradient-descent steps and must hold integers, got {t!r}.")
+    return arr
