@@ -16,6 +16,7 @@ reads
 (neural-tangents' convention: with momentum, `learning_rate` and `t` are not
 interchangeable). For MSE this reproduces `gradient_descent_mse`.
 """
+from functools import partial
 from typing import NamedTuple, Optional
 
 import diffrax
@@ -99,7 +100,8 @@ def gradient_descent(
     dtype = result_dtype(k_train_train)
     time_scale = float(value) if momentum is None else float(np.sqrt(value))
     friction = None if momentum is None else (1.0 - momentum) / float(np.sqrt(value))
-    solver = diffrax.Tsit5() if solver is None else solver
+    controls = dict(loss=loss, layout=layout, solver=diffrax.Tsit5() if solver is None else solver,
+                    rtol=rtol, atol=atol, max_steps=max_steps)
 
     def predict_fn(t=None, fx_train_or_state_0=0.0, fx_test_0=None, k_test_train=None):
         if t is None:
@@ -149,7 +151,10 @@ def gradient_descent(
             start = ODEState(f_train, f_test, q_train, q_test)
             order = np.argsort(times.reshape(-1), kind="stable")
             ts = jnp.asarray(times.reshape(-1)[order] * time_scale)
-            path = _integrate(loss, layout, k, k_td, y, start, ts, friction, solver, rtol, atol, max_steps)
+            if float(ts[-1]) == 0.0:
+                path = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (ts.shape[0],) + x.shape), start)
+            else:
+                path = _solve(k, k_td, y, friction, start, ts, **controls)
             inverse = np.empty_like(order)
             inverse[order] = np.arange(order.size)
             path = jax.tree_util.tree_map(
@@ -166,41 +171,39 @@ def gradient_descent(
     return predict_fn
 
 
-def _integrate(loss, layout, k, k_td, y, start, ts, friction, solver, rtol, atol, max_steps):
-    """Solve the function-space ODE from τ = 0 and save at the sorted times `ts`."""
-    test_kept = None if k_td is None else start.fx_test.shape
+def _kernel_times(layout, kernel, gradient, shape):
+    """Θ acting on the kept axes of `gradient`; traced axes are independent outputs."""
+    out = kernel @ output_axes.targets_2d(layout, gradient, jnp)
+    kept = tuple(shape[a] for a in layout.kept_axes)
+    return output_axes.outputs_from_2d(layout, out, kept, xp=jnp)
 
-    def kernel_times(kernel, gradient, shape):
-        # Θ acts on the kept axes; traced axes are independent outputs.
-        out = kernel @ output_axes.targets_2d(layout, gradient)
-        kept = tuple(shape[a] for a in layout.kept_axes)
-        return output_axes.outputs_from_2d(layout, out, kept)
 
-    def field(tau, state, args):
-        gradient = jax.grad(loss)(state.fx_train, y)
-        d_train = -kernel_times(k, gradient, layout.y_shape)
-        d_test = None if k_td is None else -kernel_times(k_td, gradient, test_kept)
-        if friction is None:
-            return ODEState(d_train, d_test)
-        d_q_train = d_train - friction * state.qx_train
-        d_q_test = None if k_td is None else d_test - friction * state.qx_test
-        return ODEState(state.qx_train, state.qx_test, d_q_train, d_q_test)
+def _field(tau, state, args):
+    """The function-space ODE of the module docstring."""
+    loss, layout, k, k_td, y, friction = args
+    gradient = jax.grad(loss)(state.fx_train, y)
+    d_train = -_kernel_times(layout, k, gradient, state.fx_train.shape)
+    d_test = None if k_td is None else -_kernel_times(layout, k_td, gradient, state.fx_test.shape)
+    if friction is None:
+        return ODEState(d_train, d_test)
+    d_q_train = d_train - friction * state.qx_train
+    d_q_test = None if k_td is None else d_test - friction * state.qx_test
+    return ODEState(state.qx_train, state.qx_test, d_q_train, d_q_test)
 
-    @jax.jit
-    def solve(start, ts):
-        solution = diffrax.diffeqsolve(
-            diffrax.ODETerm(field),
-            solver,
-            t0=0.0,
-            t1=ts[-1],
-            dt0=None,
-            y0=start,
-            saveat=diffrax.SaveAt(ts=ts),
-            stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
-            max_steps=max_steps,
-        )
-        return solution.ys
 
-    if float(ts[-1]) == 0.0:
-        return jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (ts.shape[0],) + x.shape), start)
-    return solve(start, ts)
+@partial(jax.jit, static_argnames=("loss", "layout", "solver", "rtol", "atol", "max_steps"))
+def _solve(k, k_td, y, friction, start, ts, loss, layout, solver, rtol, atol, max_steps):
+    """Integrate from τ = 0 and save at the sorted times `ts` (one compilation per loss and shapes)."""
+    solution = diffrax.diffeqsolve(
+        diffrax.ODETerm(lambda tau, state, args: _field(tau, state, (loss, layout) + args)),
+        solver,
+        t0=0.0,
+        t1=ts[-1],
+        dt0=None,
+        y0=start,
+        args=(k, k_td, y, friction),
+        saveat=diffrax.SaveAt(ts=ts),
+        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+        max_steps=max_steps,
+    )
+    return solution.ys

@@ -70,11 +70,14 @@ def check_targets(layout, name, y, batch_size=None):
         raise ValueError(f"{name} must have shape {expected} (like y_train), got {shape}.")
 
 
-def targets_2d(layout, y):
-    """(N, *rest) -> (P, C): kept axes flattened into rows, traced axes into columns."""
-    y = np.asarray(y)
+def targets_2d(layout, y, xp=np):
+    """(N, *rest) -> (P, C): kept axes flattened into rows, traced axes into columns.
+
+    `xp`: the array namespace (`jax.numpy` inside traced code).
+    """
+    y = xp.asarray(y)
     n_kept = len(layout.kept_axes)
-    y = np.moveaxis(y, layout.kept_axes, tuple(range(n_kept)))
+    y = xp.moveaxis(y, layout.kept_axes, tuple(range(n_kept)))
     return y.reshape((-1, layout.n_columns))
 
 
@@ -111,13 +114,13 @@ def rows_shape(layout, k):
     return tuple(np.shape(k)[0::2])
 
 
-def outputs_from_2d(layout, f, kept_shape, lead_shape=()):
+def outputs_from_2d(layout, f, kept_shape, lead_shape=(), xp=np):
     """(*lead, P, C) -> (*lead, *output shape) with the kept dims given by `kept_shape`."""
     n_lead, n_kept = len(lead_shape), len(kept_shape)
     f = f.reshape(tuple(lead_shape) + tuple(kept_shape) + layout.trace_shape)
     src = tuple(range(n_lead, n_lead + n_kept))
     dst = tuple(n_lead + a for a in layout.kept_axes)
-    return np.moveaxis(f, src, dst)
+    return xp.moveaxis(f, src, dst)
 
 
 def covariance_from_2d(cov, kept_shape, lead_shape=()):
