@@ -23,7 +23,10 @@ def _relu_dual(k12, k11, k22):
     """E[relu(u) relu(v)] and E[relu'(u) relu'(v)] for (u, v) ~ N(0, [[k11, k12], [k12, k22]])."""
     norm = jnp.sqrt(k11 * k22)
     cos = jnp.clip(k12 / norm, -1.0, 1.0)
-    theta = jnp.arccos(cos)
+    # arccos has an infinite derivative at correlation 1 (the diagonal), where the
+    # duals below have zero derivative in theta: keep gradients finite.
+    near_one = cos > 1 - 1e-12
+    theta = jnp.where(near_one, 0.0, jnp.arccos(jnp.where(near_one, 0.0, cos)))
     nngp = norm * (jnp.sin(theta) + (jnp.pi - theta) * cos) / (2 * jnp.pi)
     dot = (jnp.pi - theta) / (2 * jnp.pi)
     return nngp, dot
@@ -86,7 +89,7 @@ def mlp_kernel_fn(depth=2, W_std=1.5, b_std=0.1, activation="relu", dtype=None):
     """
 
     def kernel_fn(x1, x2=None, get=None, **unused_kwargs):
-        out_dtype = dtype or np.asarray(x1).dtype
+        out_dtype = dtype or getattr(x1, "dtype", None) or np.asarray(x1).dtype
         k = mlp_kernels(x1, x2, depth, W_std, b_std, activation)
         k = Kernels(k.nngp.astype(out_dtype), k.ntk.astype(out_dtype))
         if get is None:
