@@ -172,10 +172,11 @@ def _estimate(lam, v2, n, k, noise, kappa, gamma, ridge_over_gamma, k_minus_z=No
 def kernel_ridge_risk(eigenvalues, target_power, n, ridge=0.0, noise=0.0):
     """Predicted test and train MSE of kernel ridge regression on n samples.
 
-    Simon et al. 2023 (eigenlearning, TMLR), the KRR eigenframework (their
-    eqs. for kappa, L_i, E_0, test and train risk; the same estimate as
-    Bordelon et al. 2020, eq. 8 and Canatar et al. 2021); formulas in the
-    module docstring.
+    Simon et al. 2023 (eigenlearning, TMLR), the KRR eigenframework: their
+    equations for kappa, the learnabilities L_i, the overfitting coefficient
+    E_0 and the test and train risk (the same estimate as Bordelon et al.
+    2020's learning curve and Canatar, Bordelon & Pehlevan 2021); formulas in
+    the module docstring.
 
     Args:
       eigenvalues: (M,) kernel eigenvalues lambda_i >= 0 (at least one > 0).

@@ -275,3 +275,15 @@ def test_rejects_bad_arguments():
         susceptibilities(relu_dual, 0.0, 2.0)
     with pytest.raises(ValueError, match="no critical initialization"):
         critical_initialization("sigmoid")
+
+
+def test_accepts_the_jax_duals_of_kernels():
+    # The same (cov12, var1, var2) convention as kernels.duals; float64 here
+    # because the test session enables JAX's x64 mode.
+    duals = pytest.importorskip("kernels.duals")
+    for theirs, ours in [(duals.abrelu_dual(0.0, 1.0), relu_dual), (duals.erf_dual(1.0, 1.0, 0.0), erf_dual)]:
+        a = kernel_recursion(theirs, [0.3, -0.2], 1.1, 0.8, depth=3, C_W=1.6, C_b=0.1)
+        b = kernel_recursion(ours, [0.3, -0.2], 1.1, 0.8, depth=3, C_W=1.6, C_b=0.1)
+        np.testing.assert_allclose(np.stack(a), np.stack(b), rtol=1e-12)
+        np.testing.assert_allclose(susceptibilities(theirs, 0.7, 1.6), susceptibilities(ours, 0.7, 1.6),
+                                   rtol=1e-9)
