@@ -172,7 +172,7 @@ def _polynomial_moment(coef: Sequence[float]):
     degree = len(coef) - 1
 
     def moment(cov12, var1, var2):
-        total = 0.
+        total = jnp.zeros_like(cov12 * var1 * var2)
         for m in range(degree + 1):
             terms = [(coef[i] * _hermite_coefficients(i, m), (i - m) // 2)
                      for i in range(m, degree + 1, 2) if coef[i] != 0]
@@ -181,8 +181,6 @@ def _polynomial_moment(coef: Sequence[float]):
             g1 = sum(c * var1 ** p for c, p in terms)
             g2 = sum(c * var2 ** p for c, p in terms)
             total = total + math.factorial(m) * cov12 ** m * g1 * g2
-        if isinstance(total, float):
-            return jnp.zeros_like(cov12 * var1 * var2)
         return total
     return moment
 

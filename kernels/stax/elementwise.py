@@ -197,7 +197,9 @@ def ElementwiseNumerical(fn, deg: int, df=None):
 
     Args:
       fn: the activation.
-      deg: quadrature points per dimension (25 gives about 1e-8 for smooth ``fn``).
+      deg: quadrature points per dimension. Measured for tanh at variance 1.3,
+        relative error of the NNGP / NTK term: deg 25: 3e-5 / 2e-4; 40: 8e-7 / 8e-6;
+        80: 6e-10 / 9e-9. Memory grows as ``deg^2`` times the kernel's size.
       df: its derivative; by default ``jax.grad(fn)``.
     """
     if deg < 1:

@@ -1,0 +1,91 @@
+"""Bad input gets a clear error naming the layer, the argument or the shapes; never a NaN kernel."""
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kernels import stax
+
+
+def x(*shape, seed=0):
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape))
+
+
+def test_conv_on_wrong_rank_names_layer_and_shape():
+    _, _, kernel_fn = stax.serial(stax.Conv(8, (3, 3)), stax.Relu())
+    with pytest.raises(ValueError, match=r"Conv\(.*2-D filter.*rank 4.*\(N, 5, 3\)"):
+        kernel_fn(x(2, 5, 3))
+
+
+def test_feature_mismatch_between_x1_and_x2():
+    _, _, kernel_fn = stax.Dense(4)
+    with pytest.raises(ValueError, match=r"x1 \(2, 3\) and x2 \(2, 4\)"):
+        kernel_fn(x(2, 3), x(2, 4))
+    _, _, kernel_fn = stax.Conv(4, (2, 2))
+    with pytest.raises(ValueError, match=r"x1 \(2, 4, 4, 3\) and x2 \(2, 4, 4, 1\)"):
+        kernel_fn(x(2, 4, 4, 3), x(2, 4, 4, 1))
+
+
+def test_filter_larger_than_valid_input():
+    _, _, kernel_fn = stax.Conv(8, (5, 5), padding="VALID")
+    with pytest.raises(ValueError, match=r"Conv\(.*filter \(5, 5\) is larger than the VALID input's spatial shape \(3, 3\)"):
+        kernel_fn(x(2, 3, 3, 1))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_inputs(bad):
+    _, _, kernel_fn = stax.serial(stax.Dense(4), stax.Relu())
+    a = np.array(x(3, 2))
+    a[1, 0] = bad
+    with pytest.raises(ValueError, match=r"x1 contains NaN or infinite values \(first at index \(1, 0\), shape \(3, 2\)\)"):
+        kernel_fn(a)
+    with pytest.raises(ValueError, match="x2 contains NaN"):
+        kernel_fn(x(3, 2), a)
+
+
+def test_unknown_names():
+    with pytest.raises(ValueError, match=r"GlobalSelfAttention.*attention_mechanism='TANH'"):
+        stax.GlobalSelfAttention(4, 4, 4, 1, attention_mechanism="TANH")
+    with pytest.raises(ValueError, match=r"only attention_mechanism='IDENTITY'"):
+        stax.GlobalSelfAttention(4, 4, 4, 1, linear_scaling=False, attention_mechanism="SOFTMAX")
+    with pytest.raises(ValueError, match=r"Conv\(.*padding='FULL'; expected one of"):
+        stax.Conv(4, (3,), padding="FULL")
+    with pytest.raises(ValueError, match=r"AvgPool\(.*padding='REFLECT'"):
+        stax.AvgPool((2,), padding="REFLECT")
+    with pytest.raises(ValueError, match=r"Dense\(.*parameterization='mup'"):
+        stax.Dense(4, parameterization="mup")
+    _, _, kernel_fn = stax.Dense(4)
+    with pytest.raises(ValueError, match=r"get=\('nngp', 'ntks'\): unknown name 'ntks'"):
+        kernel_fn(x(2, 3), None, ("nngp", "ntks"))
+
+
+def test_activation_needs_gaussian_input():
+    _, _, kernel_fn = stax.serial(stax.Dense(4), stax.Relu(), stax.Erf())
+    with pytest.raises(ValueError, match=r"Erf\(.*must be Gaussian"):
+        kernel_fn(x(2, 3))
+
+
+def test_pooling_an_mlp_and_global_pool_without_space():
+    _, _, kernel_fn = stax.serial(stax.Dense(4), stax.GlobalAvgPool())
+    with pytest.raises(ValueError, match=r"GlobalAvgPool\(\): needs inputs with spatial axes"):
+        kernel_fn(x(2, 3))
+
+
+def test_non_finite_kernel_is_an_error_naming_the_layer():
+    # Gaussian(b) needs b < 1 / (2 var): here var = 4, so E[exp(b u^2) ...] diverges.
+    _, _, kernel_fn = stax.serial(stax.Dense(4, W_std=2.), stax.Gaussian(1., 0.5), stax.Dense(1))
+    with pytest.raises(FloatingPointError, match=r"Gaussian\(a=1.0, b=0.5\): produced NaN or infinite values"):
+        kernel_fn(x(3, 5) / np.sqrt(np.mean(np.asarray(x(3, 5)) ** 2, axis=1, keepdims=True)))
+
+
+def test_unmerged_branches():
+    _, _, kernel_fn = stax.serial(stax.Dense(4), stax.FanOut(2))
+    with pytest.raises(ValueError, match="ends in 2 branches"):
+        kernel_fn(x(2, 3))
+
+
+def test_integer_inputs_and_unexpected_keywords():
+    _, _, kernel_fn = stax.Dense(4)
+    with pytest.raises(TypeError, match="floating-point"):
+        kernel_fn(np.ones((2, 3), dtype=np.int32))
+    with pytest.raises(TypeError, match="unexpected keyword arguments"):
+        kernel_fn(x(2, 3), diagonal_spatial=True)

@@ -1,0 +1,192 @@
+"""One test over every layer and activation: closed form against finite networks, and kernel hygiene.
+
+Each case is ``serial(first, LAYER, readout)``: a linear first layer makes the
+layer's input Gaussian, a wide readout averages over its channels. The closed
+form must lie within a few standard errors of the Monte Carlo mean of empirical
+kernels of finite networks built from the same description (init_fn/apply_fn).
+With one hidden layer the finite-width mean is exact (each channel of the first
+layer is exactly Gaussian over draws), so only sampling error counts; layers with
+a random normalizer (LayerNorm, attention) get an O(1/width) bias allowance.
+"""
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kernels import empirical_kernel_fn, monte_carlo_kernel_fn, stax
+
+WIDTH = 128
+SAMPLES = 64
+
+
+def dense():
+    return stax.Dense(WIDTH, W_std=1.2, b_std=0.3)
+
+
+def conv(d=2):
+    return stax.Conv(WIDTH, (2,) * d, padding="SAME", W_std=1.2, b_std=0.3)
+
+
+def tanh_nngp(cov12, var1, var2):
+    """E[erf(u) erf(v)] (Williams 1997): an Elementwise with a user-given dual."""
+    return (2 / jnp.pi) * jnp.arcsin(2 * cov12 / jnp.sqrt((1 + 2 * var1) * (1 + 2 * var2)))
+
+
+MLP = (3, 4)
+IMG = (3, 4, 4, 2)
+SEQ = (3, 4, 3)
+
+# id: (network body, input shape, bias allowance relative to max |kernel|)
+CASES = {
+    "Relu": (lambda: [dense(), stax.Relu()], MLP, 0),
+    "LeakyRelu": (lambda: [dense(), stax.LeakyRelu(0.1)], MLP, 0),
+    "ABRelu": (lambda: [dense(), stax.ABRelu(-0.3, 0.8)], MLP, 0),
+    "Abs": (lambda: [dense(), stax.Abs()], MLP, 0),
+    "Erf": (lambda: [dense(), stax.Erf(1.2, 0.7, 0.1)], MLP, 0),
+    "Sigmoid_like": (lambda: [dense(), stax.Sigmoid_like()], MLP, 0),
+    "Gelu": (lambda: [dense(), stax.Gelu()], MLP, 0),
+    "Sin": (lambda: [dense(), stax.Sin(1.1, 0.9, 0.2)], MLP, 0),
+    "Cos": (lambda: [dense(), stax.Cos()], MLP, 0),
+    "Rbf": (lambda: [dense(), stax.Rbf(0.5)], MLP, 0),
+    "Gaussian": (lambda: [dense(), stax.Gaussian(1., -0.5)], MLP, 0),
+    "Exp": (lambda: [dense(), stax.Exp(1., 0.3)], MLP, 0),
+    "Sign": (lambda: [dense(), stax.Sign()], MLP, 0),
+    "Monomial": (lambda: [dense(), stax.Monomial(3)], MLP, 0),
+    "RectifiedMonomial": (lambda: [dense(), stax.RectifiedMonomial(2)], MLP, 0),
+    "Polynomial": (lambda: [dense(), stax.Polynomial([0.2, -0.5, 0.3])], MLP, 0),
+    "Hermite": (lambda: [dense(), stax.Hermite(3)], MLP, 0),
+    "Elementwise": (lambda: [dense(), stax.Elementwise(jax.scipy.special.erf, tanh_nngp)], MLP, 0),
+    "ElementwiseNumerical": (lambda: [dense(), stax.ElementwiseNumerical(jnp.tanh, 20)], MLP, 0),
+    "Dense_standard": (lambda: [stax.Dense(WIDTH, 1.1, 0.2, parameterization="standard"), stax.Relu()], MLP, 0),
+    "Identity": (lambda: [dense(), stax.Identity(), stax.Erf()], MLP, 0),
+    "LayerNorm": (lambda: [dense(), stax.LayerNorm(), stax.Relu()], MLP, 0.05),
+    "FanInSum": (lambda: [dense(), stax.FanOut(2), stax.parallel(stax.serial(dense(), stax.Relu()), stax.Identity()),
+                          stax.FanInSum()], MLP, 0),
+    "FanInProd": (lambda: [stax.FanOut(2), stax.parallel(dense(), dense()), stax.FanInProd()], MLP, 0),
+    "FanInConcat": (lambda: [stax.FanOut(2), stax.parallel(stax.serial(dense(), stax.Relu()),
+                                                           stax.serial(stax.Dense(WIDTH // 2), stax.Erf())),
+                             stax.FanInConcat()], MLP, 0),
+    "repeat": (lambda: [stax.repeat(stax.serial(dense(), stax.Relu()), 2)], MLP, 0.05),
+    "Conv_SAME": (lambda: [conv(), stax.Relu(), stax.Conv(WIDTH, (3, 3), padding="SAME")], IMG, 0),
+    "Conv_VALID_strided": (lambda: [conv(), stax.Relu(), stax.Conv(WIDTH, (2, 2), (2, 1), padding="VALID")], IMG, 0),
+    "Conv_CIRCULAR": (lambda: [conv(), stax.Relu(), stax.Conv(WIDTH, (3, 2), padding="CIRCULAR")], IMG, 0),
+    "Conv_standard": (lambda: [stax.Conv(WIDTH, (2, 2), padding="SAME", b_std=0.1, parameterization="standard"),
+                               stax.Relu()], IMG, 0),
+    "Conv1D": (lambda: [stax.Conv(WIDTH, (2,), (2,), padding="SAME", W_std=1.3, b_std=0.1), stax.Relu()], SEQ, 0),
+    "Conv3D": (lambda: [stax.Conv(WIDTH, (2, 2, 2), padding="SAME"), stax.Relu()], (2, 3, 3, 3, 2), 0),
+    "AvgPool": (lambda: [conv(), stax.Relu(), stax.AvgPool((2, 2), (1, 2), padding="SAME")], IMG, 0),
+    "AvgPool_normalize_edges": (lambda: [conv(), stax.AvgPool((3, 3), padding="SAME", normalize_edges=True)], IMG, 0),
+    "SumPool": (lambda: [conv(), stax.Relu(), stax.SumPool((2, 2), (2, 2))], IMG, 0),
+    "GlobalAvgPool": (lambda: [conv(), stax.Relu(), stax.GlobalAvgPool()], IMG, 0),
+    "GlobalSumPool": (lambda: [conv(), stax.Erf(), stax.GlobalSumPool()], IMG, 0),
+    "Flatten": (lambda: [conv(), stax.Relu(), stax.Flatten()], IMG, 0),
+    "LayerNorm_spatial": (lambda: [conv(), stax.LayerNorm(axis=(1, 2, 3)), stax.Relu()], IMG, 0.05),
+    "Attention_SOFTMAX": (lambda: [stax.Dense(WIDTH), stax.GlobalSelfAttention(WIDTH, WIDTH, WIDTH, 2)], SEQ, 0.1),
+    "Attention_RELU": (lambda: [stax.Dense(WIDTH), stax.GlobalSelfAttention(
+        WIDTH, WIDTH, WIDTH, 2, attention_mechanism="RELU", b_std=0.2)], SEQ, 0.1),
+    "Attention_quadratic": (lambda: [stax.Dense(WIDTH), stax.GlobalSelfAttention(
+        WIDTH, WIDTH, WIDTH, 2, linear_scaling=False, attention_mechanism="IDENTITY")], SEQ, 0.1),
+}
+
+
+def network(case):
+    body, shape, _ = CASES[case]
+    return stax.serial(*body(), stax.Dense(WIDTH, W_std=0.9, b_std=0.1)), shape
+
+
+def inputs(shape, seed=0, dtype=np.float64):
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def closed_and_samples(case):
+    (init_fn, apply_fn, kernel_fn), shape = network(case)
+    x = inputs(shape)
+    empirical = empirical_kernel_fn(apply_fn)
+
+    @jax.jit
+    def one(key):
+        _, params = init_fn(key, x.shape)
+        return empirical(x, None, ("nngp", "ntk"), params)
+
+    samples = [one(jax.random.PRNGKey(i)) for i in range(SAMPLES)]
+    stacked = {f: np.stack([getattr(s, f) for s in samples]) for f in ("nngp", "ntk")}
+    return kernel_fn(x, None, ("nngp", "ntk")), stacked
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_closed_form_matches_finite_networks(case):
+    closed, samples = closed_and_samples(case)
+    allowance = CASES[case][2]
+    for field in ("nngp", "ntk"):
+        exact = np.asarray(getattr(closed, field))
+        mean = samples[field].mean(0)
+        standard_error = samples[field].std(0, ddof=1) / math.sqrt(SAMPLES)
+        scale = np.abs(exact).max()
+        gap = np.abs(mean - exact)
+        bound = 4.5 * standard_error + (allowance + 1e-3) * scale
+        worst = np.unravel_index(np.argmax(gap - bound), gap.shape)
+        assert np.all(gap <= bound), (f"{field} at {worst}: closed {exact[worst]:.5f}, Monte Carlo "
+                                      f"{mean[worst]:.5f} +- {standard_error[worst]:.5f}")
+
+
+def test_monte_carlo_kernel_fn_is_the_mean_of_empirical_kernels():
+    init_fn, apply_fn, _ = stax.serial(stax.Dense(16), stax.Relu(), stax.Dense(3))
+    x = inputs((4, 3))
+    key = jax.random.PRNGKey(7)
+    mc = monte_carlo_kernel_fn(init_fn, apply_fn, key, 5)(x, None, ("nngp", "ntk"))
+    empirical = empirical_kernel_fn(apply_fn)
+    by_hand = [empirical(x, None, ("nngp", "ntk"), init_fn(jax.random.fold_in(key, i), x.shape)[1]) for i in range(5)]
+    np.testing.assert_allclose(mc.nngp, np.mean([k.nngp for k in by_hand], 0), rtol=1e-12)
+    np.testing.assert_allclose(mc.ntk, np.mean([k.ntk for k in by_hand], 0), rtol=1e-12)
+    running = list(monte_carlo_kernel_fn(init_fn, apply_fn, key, [2, 5])(x, None, "ntk"))
+    np.testing.assert_allclose(running[-1], mc.ntk, rtol=1e-12)
+
+
+def test_empirical_ntk_by_hand_for_a_linear_model():
+    """f(x) = W x / sqrt(d): NTK = x x'^T / d exactly, NNGP = W-dependent f f'."""
+    init_fn, apply_fn, _ = stax.Dense(1, W_std=1.0)
+    x = inputs((5, 3))
+    _, params = init_fn(jax.random.PRNGKey(0), x.shape)
+    k = empirical_kernel_fn(apply_fn)(x, None, ("nngp", "ntk"), params)
+    np.testing.assert_allclose(k.ntk, x @ x.T / 3, rtol=1e-12)
+    f = apply_fn(params, x)
+    np.testing.assert_allclose(k.nngp, f @ f.T, rtol=1e-12)
+    chunked = empirical_kernel_fn(apply_fn, batch_size=2)(x, x[:3], "ntk", params)
+    np.testing.assert_allclose(chunked, k.ntk[:, :3], rtol=1e-12)
+
+
+def _matrix(a, n):
+    """(N, N, S1, S1', ...) in neural-tangents' order -> (N * P, N * P) PSD matrix."""
+    d = (a.ndim - 2) // 2
+    order = [0] + [2 + 2 * i for i in range(d)] + [1] + [3 + 2 * i for i in range(d)]
+    a = np.transpose(a, order)
+    size = int(np.sqrt(a.size))
+    return a.reshape(size, size)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_kernel_hygiene(case):
+    (_, _, kernel_fn), shape = network(case)
+    x32 = inputs(shape, seed=1, dtype=np.float32)
+    x64 = inputs(shape, seed=1)
+    k = kernel_fn(x64, None, ("nngp", "ntk"))
+    # jit-able, with get static
+    jitted = jax.jit(kernel_fn, static_argnames="get")(x64, None, ("nngp", "ntk"))
+    np.testing.assert_allclose(jitted.ntk, k.ntk, rtol=1e-10, atol=1e-12)
+    # symmetric and positive semi-definite for x2=None
+    for a in (k.nngp, k.ntk):
+        m = _matrix(np.asarray(a), shape[0])
+        np.testing.assert_allclose(m, m.T, rtol=1e-10, atol=1e-12)
+        assert np.linalg.eigvalsh(m).min() >= -1e-9 * np.abs(m).max()
+    # keeps the input dtype
+    k32 = kernel_fn(x32, None, ("nngp", "ntk"))
+    assert k32.nngp.dtype == jnp.float32 and k32.ntk.dtype == jnp.float32
+    np.testing.assert_allclose(k32.nngp, k.nngp, rtol=2e-3, atol=2e-4 * np.abs(k.nngp).max())
+    # the kernel of a concatenated batch is made of the blocks
+    xa, xb = x64[:2], x64[2:]
+    np.testing.assert_allclose(k.ntk[:2, 2:], kernel_fn(xa, xb, "ntk"), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(k.nngp[2:, 2:], kernel_fn(xb, None, "nngp"), rtol=1e-10, atol=1e-12)
