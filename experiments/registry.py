@@ -8,6 +8,7 @@ import importlib
 
 EXPERIMENTS = {
     # "ntk-convergence": "experiments.ntk_convergence",
+    "deep-linear-dynamics": "experiments.deep_linear_dynamics",
 }
 
 
