@@ -7,8 +7,9 @@ experiment's missing optional dependency leave the others usable.
 import importlib
 
 EXPERIMENTS = {
-    # "ntk-convergence": "experiments.ntk_convergence",
+    "ntk-convergence": "experiments.ntk_convergence",
     "deep-linear-dynamics": "experiments.deep_linear_dynamics",
+    "high-dim-generalization": "experiments.high_dim_generalization",
 }
 
 
