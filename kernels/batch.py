@@ -43,8 +43,9 @@ the split on one machine); then there is no barrier, and the matrix is complete 
 share has returned. Without ``path`` each process gets a host array holding only its own
 tiles (NaN elsewhere).
 
-Caveats: the rerun check fingerprints the inputs, not the network (only its ``name`` when
-it has one): a changed network with the same inputs and path is not detected. Output
+Caveats: the rerun check fingerprints the inputs, not the network: it compares the network's
+``name`` (a `kernels.stax` ``KernelFn`` describes its layers and their parameters) when both
+runs' ``kernel_fn`` have one; a plain function wrapping a network is not identified. Output
 finiteness is checked tile by tile (a ``FloatingPointError`` names the tile; call the
 unbatched ``kernel_fn`` on that tile's inputs to have the layer named).
 """
@@ -57,6 +58,7 @@ import hashlib
 import json
 import os
 import tempfile
+import weakref
 from typing import Any, Callable, Optional
 
 import jax
@@ -66,6 +68,7 @@ import numpy as np
 __all__ = ["batch"]
 
 _FORMAT = 1
+_TILE_FNS = weakref.WeakKeyDictionary()  # kernel_fn -> {get: (diagonal tile fn, off-diagonal tile fn)}
 _ROWS, _COLS, _PAIRS = "rows", "cols", "pairs"
 
 
@@ -120,12 +123,16 @@ def batch(kernel_fn: Callable, batch_size: int, device_count: int = -1, store_on
     else:
         raise ValueError(f"batch: device_count={device_count!r}, but there are {len(local)} local devices")
 
-    compiled = {}  # get key -> (diagonal tile fn, off-diagonal tile fn): one compilation each per tile shape
+    try:  # shared by every batch() of the same kernel_fn: one compilation per tile shape and get
+        compiled = _TILE_FNS.setdefault(kernel_fn, {})
+        kernel_ref = weakref.ref(kernel_fn)  # the cache must not keep kernel_fn alive
+    except TypeError:  # not weak-referenceable
+        compiled, kernel_ref = {}, lambda: kernel_fn
 
     def tile_fns(get):
         if get not in compiled:
-            compiled[get] = (jax.jit(lambda a: kernel_fn(a, None, get)),
-                             jax.jit(lambda a, b: kernel_fn(a, b, get)))
+            compiled[get] = (jax.jit(lambda a: kernel_ref()(a, None, get)),
+                             jax.jit(lambda a, b: kernel_ref()(a, b, get)))
         return compiled[get]
 
     def batched_kernel_fn(x1, x2=None, get=None):
@@ -171,8 +178,7 @@ def batch(kernel_fn: Callable, batch_size: int, device_count: int = -1, store_on
                             tile=[b1, b2], get=_get_json(get),
                             outputs={n: [list(s), str(d)] for n, (_, s, d, _) in layout.items()},
                             inputs_sha256=_fingerprint(x1, x2),
-                            kernel_fn=str(getattr(kernel_fn, "name", None)
-                                          or getattr(kernel_fn, "__qualname__", type(kernel_fn).__name__)))
+                            kernel_fn=getattr(kernel_fn, "name", None))
             sink = _FileSink(path, layout, manifest, (n_rows, n_cols), process_index)
         todo = [t for t in mine if not sink.is_done(t)]
 
@@ -420,7 +426,8 @@ class _FileSink:
         if not _create_once(manifest_file, write_manifest):
             with open(manifest_file) as f:
                 old = json.load(f)
-            differ = sorted(k for k in set(old) | set(manifest) if old.get(k) != manifest.get(k))
+            differ = sorted(k for k in set(old) | set(manifest) if old.get(k) != manifest.get(k)
+                            and not (k == "kernel_fn" and None in (old.get(k), manifest.get(k))))
             if differ:
                 details = "; ".join(f"{k}: stored {old.get(k)!r}, now {manifest.get(k)!r}" for k in differ)
                 raise ValueError(f"batch: {path!r} holds a run with different arguments ({details}); "

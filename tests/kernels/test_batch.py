@@ -1,0 +1,230 @@
+"""kernels.batch: tiled evaluation equals the unbatched kernel_fn; memmap output, resume, symmetry, process split.
+
+Compilation dominates the cost here, so the networks are built once and every test
+uses the same input shapes and tile sizes: `batch` shares its compiled tile functions
+between all ``batch(...)`` of the same ``kernel_fn``.
+"""
+import functools
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+from kernels import Kernel, batch, stax
+
+NAMES = ("nngp", "ntk", "cov1", "cov2")
+BOTH = ("nngp", "ntk")
+TILE = 4
+X1, X2 = (11, 5), (6, 5)  # 11 = 4 + 4 + 3 and 6 = 4 + 2: short last tiles
+
+
+@functools.lru_cache(maxsize=None)
+def net(name):
+    if name == "mlp":
+        return stax.serial(stax.Dense(16, W_std=1.5, b_std=0.1), stax.Relu(),
+                           stax.Dense(16, W_std=1.5, b_std=0.1), stax.Erf(), stax.Dense(1))[2]
+    if name == "pooled_cnn":
+        return stax.serial(stax.Conv(4, (2, 2), padding="SAME", W_std=1.4, b_std=0.1), stax.Relu(),
+                           stax.GlobalAvgPool(), stax.Dense(1))[2]
+    if name == "spatial_cnn":  # output keeps position pairs: (N1, N2, S, S')
+        return stax.serial(stax.Conv(3, (2,), padding="SAME", W_std=1.3, b_std=0.1), stax.Relu(),
+                           stax.Conv(3, (2,), padding="SAME"))[2]
+    raise KeyError(name)
+
+
+SHAPES = {"mlp": (X1, X2, TILE), "pooled_cnn": ((5, 3, 3, 2), (3, 3, 3, 2), 2), "spatial_cnn": ((5, 3, 2), None, 2)}
+
+
+def inputs(shape, seed):
+    return np.random.default_rng(seed).normal(size=shape)
+
+
+@functools.lru_cache(maxsize=None)
+def reference(name, given):
+    """The unbatched Kernel (get=None: every array), one compilation per network and x2 mode."""
+    s1, s2, _ = SHAPES[name]
+    return net(name)(inputs(s1, 0), inputs(s2, 1) if given else None)
+
+
+def close(a, b):
+    return np.allclose(np.asarray(a), np.asarray(b), rtol=1e-10, atol=1e-12)
+
+
+def check(expected: Kernel, got, get):
+    if get is None:
+        assert isinstance(got, Kernel) and got.full == expected.full
+        for n in NAMES:
+            e, g = getattr(expected, n), getattr(got, n)
+            assert (e is None) == (g is None), n
+            if e is not None:
+                assert g.shape == e.shape and close(g, e), n
+    elif isinstance(get, str):
+        e = getattr(expected, get)
+        assert got.shape == e.shape and close(got, e)
+    else:
+        assert type(got)._fields == tuple(get)
+        for n, g in zip(get, got):
+            assert g.shape == getattr(expected, n).shape and close(g, getattr(expected, n)), n
+
+
+CASES = ([("mlp", get, given) for get in (None, "ntk", BOTH) for given in (False, True)]
+         + [("pooled_cnn", None, False), ("pooled_cnn", BOTH, True), ("spatial_cnn", "nngp", False)])
+
+
+@pytest.mark.parametrize("name,get,given", CASES)
+def test_equals_unbatched(name, get, given):
+    s1, s2, tile = SHAPES[name]
+    x1, x2 = inputs(s1, 0), (inputs(s2, 1) if given else None)
+    check(reference(name, given), batch(net(name), tile, progress=False)(x1, x2, get), get)
+
+
+class Counter:
+    """Counts executions of the wrapped kernel_fn (not traces) and can fail on one of them."""
+    calls = 0
+    fail_at = None
+
+
+def _hook(_):
+    Counter.calls += 1
+    if Counter.fail_at is not None and Counter.calls == Counter.fail_at:
+        raise RuntimeError("simulated interruption")
+
+
+def counted(x1, x2=None, get=None):
+    jax.debug.callback(_hook, x1[0, 0])
+    return net("mlp")(x1, x2, get)
+
+
+def run(x1, x2=None, fail_at=None, **kwargs):
+    Counter.calls, Counter.fail_at = 0, fail_at
+    try:
+        return batch(counted, TILE, progress=False, **kwargs)(x1, x2, BOTH), Counter.calls
+    finally:
+        Counter.fail_at = None
+
+
+def test_upper_triangle_only():
+    x = inputs(X1, 0)
+    k, calls = run(x)
+    assert calls == 6  # 3 x 3 tiles: 3 on and 3 above the diagonal
+    check(reference("mlp", False), k, BOTH)
+    _, calls = run(x, x)
+    assert calls == 9
+
+
+def test_memmap_equals_in_memory(tmp_path):
+    x = inputs(X1, 0)
+    in_memory = batch(net("mlp"), TILE, progress=False)(x, None, BOTH)
+    on_disk = batch(net("mlp"), TILE, path=str(tmp_path), progress=False)(x, None, BOTH)
+    assert isinstance(on_disk.nngp, np.memmap)
+    assert np.array_equal(on_disk.nngp, in_memory.nngp) and np.array_equal(on_disk.ntk, in_memory.ntk)
+    assert np.array_equal(np.load(tmp_path / "ntk.npy"), in_memory.ntk)
+
+    s1, _, tile = SHAPES["pooled_cnn"]
+    cnn = batch(net("pooled_cnn"), tile, path=str(tmp_path / "cnn"), progress=False)(inputs(s1, 0))
+    assert sorted(os.listdir(tmp_path / "cnn")) == ["batch.json", "cov1.npy", "cov2.npy", "nngp.npy",
+                                                    "ntk.npy", "progress.0.npy"]
+    check(reference("pooled_cnn", False), cnn, None)
+
+
+def test_resume_skips_finished_tiles(tmp_path):
+    x = inputs(X1, 0)
+    with pytest.raises(Exception, match="simulated interruption"):
+        run(x, fail_at=4, path=str(tmp_path))
+    # Tiles before the failing one are recorded once written (how many depends on how far
+    # asynchronous dispatch ran ahead when the error surfaced: at most 2 tiles are in flight).
+    done = int(np.load(tmp_path / "progress.0.npy").sum())
+    assert 2 <= done <= 3
+    got, calls = run(x, path=str(tmp_path))
+    assert calls == 6 - done  # the finished tiles are not recomputed
+    check(reference("mlp", False), got, BOTH)
+    again, calls = run(x, path=str(tmp_path))
+    assert calls == 0 and np.array_equal(again.ntk, got.ntk)
+    fresh, _ = run(x, path=str(tmp_path / "fresh"))  # an uninterrupted run: the same bytes
+    assert np.array_equal(fresh.nngp, got.nngp) and np.array_equal(fresh.ntk, got.ntk)
+
+
+def test_resume_refuses_different_arguments(tmp_path):
+    x = inputs(X1, 0)
+    batch(net("mlp"), TILE, path=str(tmp_path), progress=False)(x, None, "ntk")
+    with pytest.raises(ValueError, match="tile"):
+        batch(net("mlp"), 3, path=str(tmp_path), progress=False)(x, None, "ntk")
+    with pytest.raises(ValueError, match="inputs_sha256"):
+        batch(net("mlp"), TILE, path=str(tmp_path), progress=False)(x + 1, None, "ntk")
+    with pytest.raises(ValueError, match="x2_shape"):
+        batch(net("mlp"), TILE, path=str(tmp_path), progress=False)(x, inputs(X2, 1), "ntk")
+    with pytest.raises(ValueError, match="get"):
+        batch(net("mlp"), TILE, path=str(tmp_path), progress=False)(x, None, "nngp")
+    assert json.loads((tmp_path / "batch.json").read_text())["tile"] == [TILE, TILE]
+
+
+@pytest.mark.parametrize("given", [False, True])
+def test_two_processes_complete_the_matrix(tmp_path, given):
+    """Simulated multi-host split: each share computes its tiles; their union is the whole kernel."""
+    x1, x2 = inputs(X1, 0), (inputs(X2, 1) if given else None)
+    total = 3 * 2 if given else 6
+    parts, counts = zip(*(run(x1, x2, process_index=p, process_count=2) for p in range(2)))
+    assert sorted(counts) == [total // 2, total - total // 2]
+    filled = [~np.isnan(p.ntk) for p in parts]
+    assert not (filled[0] & filled[1]).any() and (filled[0] | filled[1]).all()
+    assert close(np.where(filled[0], parts[0].ntk, parts[1].ntk), reference("mlp", given).ntk)
+
+    # With a shared path: after both shares the files hold the whole kernel.
+    for p in range(2):
+        out, _ = run(x1, x2, path=str(tmp_path), process_index=p, process_count=2)
+    check(reference("mlp", given), out, BOTH)
+    assert sorted(os.listdir(tmp_path)) == ["batch.json", "nngp.npy", "ntk.npy", "progress.0.npy", "progress.1.npy"]
+    _, calls = run(x1, x2, path=str(tmp_path))  # a single process resuming finds nothing left
+    assert calls == 0
+
+
+def test_one_compilation_and_store_on_device():
+    traces = []
+
+    def traced(x1, x2=None, get=None):
+        traces.append(x1.shape)
+        return net("mlp")(x1, x2, get)
+
+    batched = batch(traced, TILE, progress=False, store_on_device=True)
+    k = batched(inputs(X1, 0), inputs(X2, 1), "ntk")  # 3 x 2 tiles, the short ones padded
+    batched(inputs(X1, 2), None, "ntk")
+    batch(traced, TILE, progress=False)(inputs(X1, 3), None, "ntk")  # a new batch() reuses the compiled tiles
+    assert traces == [(TILE, 5)] * 2  # one trace per tile function (off-diagonal, diagonal), ever
+    assert isinstance(k, jax.Array) and k.shape == (11, 6)
+    check(reference("mlp", True), k, "ntk")
+
+
+def test_progress_bar_and_errors(capsys):
+    batch(net("mlp"), TILE, progress=True)(inputs(X1, 0), None, "ntk")
+    assert "6/6" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="NaN"):
+        batch(net("mlp"), TILE, progress=False)(np.full(X1, np.nan))
+    with pytest.raises(ValueError, match="batch_size"):
+        batch(net("mlp"), -1)
+
+
+@pytest.mark.slow
+def test_four_simulated_devices_equal_one():
+    """Tiles spread round-robin over 4 CPU devices (a subprocess: the flag must precede JAX's start)."""
+    code = textwrap.dedent("""
+        import jax, numpy as np
+        jax.config.update("jax_enable_x64", True)
+        from kernels import batch, stax
+        assert len(jax.local_devices()) == 4
+        kernel_fn = stax.serial(stax.Dense(8), stax.Relu(), stax.Dense(1))[2]
+        x = np.random.default_rng(0).normal(size=(11, 5))
+        got = batch(kernel_fn, 2, progress=False)(x, None, "ntk")
+        one = batch(kernel_fn, 2, device_count=1, progress=False)(x, None, "ntk")
+        assert np.allclose(got, kernel_fn(x, None, "ntk"), rtol=1e-10, atol=1e-12)
+        assert np.allclose(got, one, rtol=1e-10, atol=1e-12)
+        print("ok")
+    """)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr
