@@ -10,6 +10,7 @@ EXPERIMENTS = {
     "ntk-convergence": "experiments.ntk_convergence",
     "deep-linear-dynamics": "experiments.deep_linear_dynamics",
     "high-dim-generalization": "experiments.high_dim_generalization",
+    "criticality": "experiments.criticality",
 }
 
 
