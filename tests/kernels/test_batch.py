@@ -26,8 +26,7 @@ X1, X2 = (11, 5), (6, 5)  # 11 = 4 + 4 + 3 and 6 = 4 + 2: short last tiles
 @functools.lru_cache(maxsize=None)
 def net(name):
     if name == "mlp":
-        return stax.serial(stax.Dense(16, W_std=1.5, b_std=0.1), stax.Relu(),
-                           stax.Dense(16, W_std=1.5, b_std=0.1), stax.Erf(), stax.Dense(1))[2]
+        return stax.serial(stax.Dense(16, W_std=1.5, b_std=0.1), stax.Relu(), stax.Dense(1))[2]
     if name == "pooled_cnn":
         return stax.serial(stax.Conv(4, (2, 2), padding="SAME", W_std=1.4, b_std=0.1), stax.Relu(),
                            stax.GlobalAvgPool(), stax.Dense(1))[2]
