@@ -11,6 +11,7 @@ EXPERIMENTS = {
     "deep-linear-dynamics": "experiments.deep_linear_dynamics",
     "high-dim-generalization": "experiments.high_dim_generalization",
     "criticality": "experiments.criticality",
+    "eigenlearning-curves": "experiments.eigenlearning_curves",
 }
 
 
