@@ -249,7 +249,7 @@ def plot(results):
                   label=f"3 (1 + 5/n)^L, n={n}")
     axes.plot(r, 3 * (1 + 5 * r), "k:", lw=1, label="3 (1 + 5 L/n) (PDLT leading order)")
     axes.axvline(results["check_ratio"], color="grey", ls=":", lw=1)
-    axes.set(xlabel="L / n", ylabel="output kurtosis E[z^4]/E[z^2]^2",
+    axes.set(xlabel="L / n", ylabel="output kurtosis E[z^4]/E[z^2]^2", yscale="log",
              title=f"bias-free ReLU at C_W = 2: max |z| = {results['max_abs_z_checked']:.2f} "
                    f"for L/n <= {results['check_ratio']:g}")
     axes.legend(fontsize=7)
