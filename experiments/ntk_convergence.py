@@ -159,35 +159,42 @@ def ntk_against(apply_fn, params, x, x0):
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled(width, config):
-    """`(init_all, apply_fn, ntk_fn)` of one width, shared by its pieces so they compile once.
+def init_networks(width, count, n_hidden=3, W_std=1.0, b_std=0.1):
+    """Compiled `keys (count, 2) -> params`: `count` networks of `relu_network`, stacked, float32.
 
-    `init_all(keys)`: one network per key, stacked, cast to float32 like the
-    inputs (whatever JAX's default float). It runs once per piece, so it is
-    compiled at XLA's backend optimisation level 1, which halves the compile
-    time of the random number generator (seconds per width on a CPU) and
-    runs as fast as the default level 3 here (level 0 runs 6x slower). `ntk_fn(params)`: Theta(grid, x0), recorded by the training
-    engine.
+    float32 like the inputs, whatever JAX's default float, so a test run
+    under x64 trains the same networks as the command line. Cached per
+    shape, so every piece (and `function-dynamics`) reuses the compilation;
+    it runs once per piece, so it is compiled at XLA's backend optimisation
+    level 1, which halves the compile time of the random number generator
+    (seconds per width on a CPU) and runs as fast as the default level 3
+    here (level 0 runs 6x slower).
     """
-    init_fn, apply_fn, _ = relu_network(width, config.n_hidden, config.W_std, config.b_std)
-    _, x = reference_grid(config)
-    x0 = x[config.n_grid // 2:config.n_grid // 2 + 1]
+    init_fn = relu_network(width, n_hidden, W_std, b_std)[0]
 
     def init_one(key):
         params = init_fn(key, (-1, 2))[1]
-        return jax.tree_util.tree_map(lambda a: a.astype(x.dtype), params)
+        return jax.tree_util.tree_map(lambda a: a.astype(jnp.float32), params)
 
-    keys = jax.ShapeDtypeStruct((config.seeds_per_piece,) + network_key(config, width, 0).shape,
-                                network_key(config, width, 0).dtype)
-    init_all = jax.jit(jax.vmap(init_one)).lower(keys).compile(
-        {"xla_backend_optimization_level": 1})
-    return init_all, apply_fn, lambda params: ntk_against(apply_fn, params, x, x0)
+    key = jax.random.PRNGKey(0)
+    keys = jax.ShapeDtypeStruct((count,) + key.shape, key.dtype)
+    return jax.jit(jax.vmap(init_one)).lower(keys).compile({"xla_backend_optimization_level": 1})
 
 
-def network_key(config, width, seed_index):
-    """The PRNG key of network `seed_index` of width `width`."""
-    key = jax.random.fold_in(jax.random.PRNGKey(config.seed), width)
-    return jax.random.fold_in(key, seed_index)
+def network_keys(seed, width, seed_indices):
+    """PRNG keys `(len(seed_indices), 2)` of networks `seed_indices` of width `width`."""
+    base = jax.random.fold_in(jax.random.PRNGKey(seed), width)
+    return jnp.stack([jax.random.fold_in(base, int(s)) for s in seed_indices])
+
+
+@functools.lru_cache(maxsize=None)
+def _ntk_fn(width, config):
+    """`params -> Theta(grid, x0)` for the training engine to record; one object per width,
+    so every piece reuses the engine's compilation."""
+    apply_fn = relu_network(width, config.n_hidden, config.W_std, config.b_std)[1]
+    _, x = reference_grid(config)
+    x0 = x[config.n_grid // 2:config.n_grid // 2 + 1]
+    return lambda params: ntk_against(apply_fn, params, x, x0)
 
 
 def pieces(config):
@@ -203,14 +210,14 @@ def run_piece(config, piece):
     zero steps, so measuring them costs no second compilation.
     """
     width, first = piece
-    init_all, apply_fn, ntk_fn = _compiled(width, config)
+    shape = (width, config.n_hidden, config.W_std, config.b_std)
     seeds = np.arange(first, first + config.seeds_per_piece)
-    params = init_all(jnp.stack([network_key(config, width, int(s)) for s in seeds]))
+    params = init_networks(width, len(seeds), *shape[1:])(network_keys(config.seed, width, seeds))
     trained = first < config.n_trained
     _, x_train, y_train = training_set(config)
     trajectory = train.train_ensemble(
-        apply_fn, params, x_train, y_train, learning_rate=config.learning_rate,
-        record_steps=[0, config.steps if trained else 0], ntk_fn=ntk_fn)
+        relu_network(*shape)[1], params, x_train, y_train, learning_rate=config.learning_rate,
+        record_steps=[0, config.steps if trained else 0], ntk_fn=_ntk_fn(width, config))
     ntk = np.asarray(trajectory.ntk)  # (seeds, 2, n_grid)
     result = {"width": width, "seed_index": seeds, "ntk_init": ntk[:, 0]}
     if trained:
