@@ -1,7 +1,18 @@
 """What a kernel predicts: exact inference, training dynamics, model selection."""
 from theory import predict
-from theory.estimator import KernelRegressor
 from theory.model_selection import fit_hyperparameters, log_marginal_likelihood
 
+__all__ = ["predict", "log_marginal_likelihood", "fit_hyperparameters", "KernelRegressor"]
+
+
+def __getattr__(name):
+    # KernelRegressor loads on first use, so `import theory` does not import scikit-learn.
+    if name == "KernelRegressor":
+        from theory.estimator import KernelRegressor
+
+        return KernelRegressor
+    raise AttributeError(f"module 'theory' has no attribute {name!r}")
+
+
 # Closed-form results of the literature (deep_linear, high_dim, eigenlearning,
-# criticality, ...) add their public names below this line.
+# criticality, ...) add their public names below this line (and to __all__).

@@ -26,8 +26,6 @@ descent with step `h = learning_rate / y_train.size` replaces `exp(-s Θ)` by
 `(I - h Θ)^k` after k steps; it is stable while `h * λ_max(Θ) < 2`, i.e.
 `learning_rate < max_learning_rate(Θ, y_train.size)`.
 """
-import jax
-import jax.numpy as jnp
 import numpy as np
 import scipy.sparse.linalg
 
@@ -400,35 +398,35 @@ def _test_train(layout, g, k, n_train):
     return np.asarray(k2, np.float64)
 
 
-@jax.jit
 def _train_covariance_nngp(evecs, evals, s):
     """e^{-sK} K e^{-sK} = V diag(λ e^{-2sλ}) V^T for each time: (T, P, P)."""
-    return jnp.einsum("ij,tj,kj->tik", evecs, evals[None, :] * jnp.exp(-2 * s[:, None] * evals[None, :]), evecs)
+    xp = spectral._namespace(evecs)
+    return xp.einsum("ij,tj,kj->tik", evecs, evals[None, :] * xp.exp(-2 * s[:, None] * evals[None, :]), evecs)
 
 
-@jax.jit
 def _train_covariance_ntk(evecs, evals, s, nngp_dd):
     """e^{-sΘ} K e^{-sΘ} for each time: (T, P, P)."""
-    decay = jnp.einsum("ij,tj,kj->tik", evecs, jnp.exp(-s[:, None] * evals[None, :]), evecs)
-    return jnp.einsum("tij,jk,tlk->til", decay, nngp_dd, decay)
+    xp = spectral._namespace(evecs)
+    decay = xp.einsum("ij,tj,kj->tik", evecs, xp.exp(-s[:, None] * evals[None, :]), evecs)
+    return xp.einsum("tij,jk,tlk->til", decay, nngp_dd, decay)
 
 
-@jax.jit
-def _test_covariance_nngp(k_td, evecs, evals, s, nngp_tt):
+def _test_covariance_nngp(evecs, evals, s, k_td, nngp_tt):
     """K_tt - K_td K^{-1} (I - e^{-2sK}) K_dt for each time: (T, M, M)."""
+    xp = spectral._namespace(evecs)
     a = k_td @ evecs
-    return nngp_tt[None] - jnp.einsum("mj,tj,lj->tml", a, spectral.flow_gain(evals, 2 * s), a)
+    return nngp_tt[None] - xp.einsum("mj,tj,lj->tml", a, spectral.flow_gain(evals, 2 * s), a)
 
 
-@jax.jit
-def _test_covariance_ntk(theta_td, evecs, evals, s, nngp_dd, nngp_td, nngp_tt):
+def _test_covariance_ntk(evecs, evals, s, theta_td, nngp_dd, nngp_td, nngp_tt):
     """The ensemble covariance of the module docstring for each time: (T, M, M)."""
+    xp = spectral._namespace(evecs)
     a = theta_td @ evecs
     gain = spectral.flow_gain(evals, s)
-    term1 = jnp.einsum("ij,tj,mj->tim", evecs, gain, a)  # Θ^{-1}(I - e^{-sΘ}) Θ_dt: (T, P, M)
-    term2 = jnp.einsum("mj,tj,lj->tml", a, gain, nngp_td @ evecs)  # Θ_td Θ^{-1}(I - e^{-sΘ}) K_dt
-    quad = jnp.einsum("tim,ij,tjl->tml", term1, nngp_dd, term1)
-    return nngp_tt[None] + quad - term2 - jnp.swapaxes(term2, 1, 2)
+    term1 = xp.einsum("ij,tj,mj->tim", evecs, gain, a)  # Θ^{-1}(I - e^{-sΘ}) Θ_dt: (T, P, M)
+    term2 = xp.einsum("mj,tj,lj->tml", a, gain, nngp_td @ evecs)  # Θ_td Θ^{-1}(I - e^{-sΘ}) K_dt
+    quad = xp.einsum("tim,ij,tjl->tml", term1, nngp_dd, term1)
+    return nngp_tt[None] + quad - term2 - xp.swapaxes(term2, 1, 2)
 
 
 def _ensemble_covariance(layout, g, train, nngp_dd, test, n_train, flat, finite, infinite, s):
@@ -438,9 +436,9 @@ def _ensemble_covariance(layout, g, train, nngp_dd, test, n_train, flat, finite,
         if finite.size:
             evals, evecs = train.eigh()
             if g == "nngp":
-                cov[finite] = np.asarray(_train_covariance_nngp(evecs, evals, s))
+                cov[finite] = spectral.run_where(_train_covariance_nngp, evecs, evals, s)
             else:
-                cov[finite] = np.asarray(_train_covariance_ntk(evecs, evals, s, nngp_dd))
+                cov[finite] = spectral.run_where(_train_covariance_ntk, evecs, evals, s, nngp_dd)
         return 0.5 * (cov + np.swapaxes(cov, 1, 2))
     raw_td, raw_tt = test
     k_td = _test_train(layout, g, raw_td[g], n_train)
@@ -456,9 +454,11 @@ def _ensemble_covariance(layout, g, train, nngp_dd, test, n_train, flat, finite,
     if finite.size:
         evals, evecs = train.eigh()
         if g == "nngp":
-            cov[finite] = np.asarray(_test_covariance_nngp(k_td, evecs, evals, s, nngp_tt))
+            cov[finite] = spectral.run_where(_test_covariance_nngp, evecs, evals, s, k_td, nngp_tt)
         else:
-            cov[finite] = np.asarray(_test_covariance_ntk(k_td, evecs, evals, s, nngp_dd, nngp_td, nngp_tt))
+            cov[finite] = spectral.run_where(
+                _test_covariance_ntk, evecs, evals, s, k_td, nngp_dd, nngp_td, nngp_tt
+            )
     if infinite.size:
         if g == "nngp":
             cov[infinite] = regression.gp_posterior_covariance(train, k_td, nngp_tt)

@@ -4,7 +4,7 @@ For a function f of the spectrum and a start vector r, the Lanczos process
 builds an orthonormal basis Q_m of the Krylov space span{r, K r, ..., K^{m-1} r}
 with `Q_m^T K Q_m = T_m` tridiagonal, and
 
-    f(K) r  ≈  ||r|| Q_m f(T_m) e_1                        (Saad 1992, eq. 2.1)
+    f(K) r  ≈  ||r|| Q_m f(T_m) e_1                        (Saad 1992)
 
 which is exact once the space is invariant, and in practice converges long
 before m = n for smooth f such as exp(-tK) or (1 - exp(-tK)) K^{-1}: each step
@@ -14,7 +14,9 @@ The Krylov space depends on r only, not on f, so one basis serves every time t.
 Y. Saad, "Analysis of some Krylov subspace approximations to the matrix
 exponential operator", SIAM J. Numer. Anal. 29 (1992).
 
-The basis is kept with full reorthogonalization (twice, "twice is enough":
+Steps run in NumPy for a kernel on the host and jitted on the device for a
+kernel on an accelerator (see `theory.linalg`). The basis is kept with full
+reorthogonalization (twice, "twice is enough":
 Giraud et al. 2005), one Lanczos process per column of r run in lockstep so the
 products with K are matrix-matrix products. Convergence is judged a posteriori:
 the approximation is recomputed every `chunk` steps and accepted when it moved
@@ -26,6 +28,9 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.linalg
+
+from theory import linalg
 
 
 @partial(jax.jit, static_argnames=("n_steps",))
@@ -54,36 +59,6 @@ def _lanczos_steps(k, basis, alpha, beta, q, start, breakdown_tol, n_steps):
     return jax.lax.fori_loop(start, start + n_steps, step, (basis, alpha, beta, q))
 
 
-@partial(jax.jit, static_argnames=("f",))
-def _evaluate(basis, alpha, beta, r_norm, size, f, f_args):
-    """||r|| Q_m f(T_m) e_1 for every column, from the first `size` steps.
-
-    Arrays keep their allocated length (one compilation per allocation); the
-    steps beyond `size` are masked out, which leaves T block-diagonal with the
-    masked block decoupled from e_1. f(theta, *f_args) -> (T, c, m).
-    """
-    m = alpha.shape[0]
-    used = jnp.arange(m) < size
-    a = jnp.where(used[:, None], alpha, 0.0).T
-    b = jnp.where((jnp.arange(m) < size - 1)[:, None], beta, 0.0)[:-1].T
-    t_mat = jax.vmap(lambda d, e: jnp.diag(d) + jnp.diag(e, 1) + jnp.diag(e, -1))(a, b)
-    theta, w = jnp.linalg.eigh(t_mat)  # (c, m), (c, m, m)
-    f_theta = f(jnp.maximum(theta, 0.0), *f_args)  # (T, c, m)
-    coeffs = jnp.einsum("cij,tcj,cj->tci", w, f_theta, w[:, 0, :]) * r_norm[None, :, None]
-    coeffs = jnp.where(used[None, None, :], coeffs, 0.0)
-    return jnp.einsum("mnc,tcm->tnc", basis, coeffs)
-
-
-@jax.jit
-def _start(k, r):
-    """First Lanczos vectors, the norms of r, and the breakdown threshold."""
-    r_norm = jnp.linalg.norm(r, axis=0)
-    positive = r_norm > 0
-    q = jnp.where(positive, r / jnp.where(positive, r_norm, 1.0), 0.0)
-    breakdown_tol = jnp.linalg.norm(k) * k.shape[0] * jnp.finfo(k.dtype).eps
-    return q, r_norm, breakdown_tol
-
-
 @partial(jax.jit, static_argnames=("pad",))
 def _extend(basis, alpha, beta, pad):
     """Room for `pad` more steps (zeros, as `_lanczos_steps` expects)."""
@@ -94,20 +69,44 @@ def _extend(basis, alpha, beta, pad):
     )
 
 
+def _lanczos_steps_host(k, basis, alpha, beta, q, start, breakdown_tol, n_steps):
+    """`_lanczos_steps` in NumPy (in place): BLAS matrix-vector products, nothing to compile."""
+    for j in range(start, start + n_steps):
+        basis[j] = q
+        w = k @ q
+        alpha[j] = np.sum(q * w, axis=0)
+        for col in range(q.shape[1]):
+            used = basis[: j + 1, :, col]
+            for _ in range(2):
+                w[:, col] -= used.T @ (used @ w[:, col])
+        b = np.linalg.norm(w, axis=0)
+        invariant = b <= breakdown_tol
+        q = np.where(invariant, 0.0, w / np.where(invariant, 1.0, b))
+        beta[j] = np.where(invariant, 0.0, b)
+    return basis, alpha, beta, q
+
+
 class KrylovBasis:
     """Lanczos bases of K for each column of r, grown on demand.
 
     Args:
-      k: (n, n) symmetric PSD float64 JAX array (use inside `linalg.float64()`).
+      k: (n, n) symmetric PSD float64 matrix: a NumPy array (steps run in
+        NumPy) or a JAX array on an accelerator (steps jitted there).
       r: (n, c) float64 start vectors.
       chunk: steps between convergence checks.
     """
 
     def __init__(self, k, r, chunk=16):
         self.k = k
+        self.device = not isinstance(k, np.ndarray)
         self.n, self.c = r.shape
         self.chunk = chunk
-        self.q, self.r_norm, self.breakdown_tol = _start(k, jnp.asarray(r))
+        r = np.asarray(r, np.float64)
+        self.r_norm = np.linalg.norm(r, axis=0)
+        self.q = np.where(self.r_norm > 0, r / np.where(self.r_norm > 0, self.r_norm, 1.0), 0.0)
+        with linalg.float64():
+            k_norm = float(np.linalg.norm(k)) if not self.device else float(jnp.linalg.norm(k))
+        self.breakdown_tol = k_norm * self.n * np.finfo(np.float64).eps
         self.size = 0
         self.basis = np.zeros((0, self.n, self.c))
         self.alpha = np.zeros((0, self.c))
@@ -124,16 +123,44 @@ class KrylovBasis:
         n_steps = min(n_steps, self.n - self.size)
         need = self.size + n_steps
         if need > self.basis.shape[0]:
-            # Few, geometric allocations: each new length compiles the steps once.
+            # Few, geometric allocations: on a device each new length compiles the steps once.
             cap = min(self.n, max(4 * self.basis.shape[0], need, 4 * self.chunk))
-            self.basis, self.alpha, self.beta = _extend(self.basis, self.alpha, self.beta, cap - self.basis.shape[0])
-        self.basis, self.alpha, self.beta, self.q = _lanczos_steps(
-            self.k, self.basis, self.alpha, self.beta, self.q, self.size, self.breakdown_tol, n_steps
-        )
+            pad = cap - self.basis.shape[0]
+            if self.device:
+                with linalg.float64():
+                    self.basis, self.alpha, self.beta = _extend(self.basis, self.alpha, self.beta, pad)
+            else:
+                self.basis = np.concatenate([self.basis, np.zeros((pad, self.n, self.c))])
+                self.alpha = np.concatenate([self.alpha, np.zeros((pad, self.c))])
+                self.beta = np.concatenate([self.beta, np.zeros((pad, self.c))])
+        if self.device:
+            with linalg.float64():
+                self.basis, self.alpha, self.beta, self.q = _lanczos_steps(
+                    self.k, self.basis, self.alpha, self.beta, self.q, self.size, self.breakdown_tol, n_steps
+                )
+        else:
+            self.basis, self.alpha, self.beta, self.q = _lanczos_steps_host(
+                self.k, self.basis, self.alpha, self.beta, self.q, self.size, self.breakdown_tol, n_steps
+            )
         self.size = need
 
     def _value(self, size, f, f_args):
-        return np.asarray(_evaluate(self.basis, self.alpha, self.beta, self.r_norm, size, f, f_args))
+        """||r|| Q_m f(T_m) e_1 per column from the first `size` steps, on the host.
+
+        T_m is small and tridiagonal: SciPy's `eigh_tridiagonal` solves it
+        without compiling anything, and f runs in NumPy.
+        """
+        alpha = np.asarray(self.alpha)[:size]
+        beta = np.asarray(self.beta)[: size - 1]
+        r_norm = np.asarray(self.r_norm)
+        columns = []
+        with np.errstate(all="ignore"):  # f's unused branches (e.g. 0/0) are discarded by where
+            for col in range(self.c):
+                theta, w = scipy.linalg.eigh_tridiagonal(alpha[:, col], beta[:, col])
+                f_theta = np.asarray(f(np.maximum(theta, 0.0), *f_args))  # (T, size)
+                columns.append(np.einsum("ij,tj,j->ti", w, f_theta, w[0]) * r_norm[col])
+        coeffs = np.stack(columns, axis=1)  # (T, c, size)
+        return np.einsum("mnc,tcm->tnc", np.asarray(self.basis)[:size], coeffs)
 
     def apply(self, f, f_args, tol, max_size):
         """Approximate `f(K) r` to relative accuracy ~`tol`, or return None.

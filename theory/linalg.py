@@ -3,9 +3,13 @@
 Every solve in `theory/` goes through here, so the numerical policy is written
 once:
 
-* Solves run in float64 inside `jax.enable_x64(True)`, a context manager: the
-  global `jax_enable_x64` flag is never flipped, and callers convert results
-  back to the dtype of their inputs.
+* Solves run in float64 and results go back to the dtype of the inputs. Where
+  they run follows the kernel: a kernel on an accelerator is factorized there
+  by JAX inside `jax.enable_x64(True)` (a context manager: the global
+  `jax_enable_x64` flag is never flipped); a kernel on the CPU (a NumPy array
+  or a CPU JAX array) is factorized by SciPy's LAPACK on the host, which is
+  faster there (n = 2000: Cholesky 0.06 s vs 0.12 s, eigh 0.9 s vs 1.05 s on
+  2 cores) and compiles nothing.
 * A kernel matrix that is not numerically positive definite never produces NaN.
   A Cholesky factorization that fails (or whose smallest pivot is at rounding
   level) is retried with an explicit jitter `j * I`, `j` stepping through
@@ -26,6 +30,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.linalg
 
 JITTER_LADDER = (1e-10, 1e-8, 1e-6, 1e-4)
 MAX_RELATIVE_JITTER = JITTER_LADDER[-1]
@@ -38,6 +43,21 @@ class JitterWarning(UserWarning):
 def float64():
     """Context in which JAX computes in float64, without touching the global flag."""
     return jax.enable_x64(True)
+
+
+def on_accelerator(x):
+    """True for a JAX array that lives on a non-CPU device: solve it there."""
+    if not isinstance(x, jax.Array) or isinstance(x, jax.core.Tracer):
+        return False
+    return any(device.platform != "cpu" for device in x.devices())
+
+
+def as_float64(x, device):
+    """A float64 copy of `x` where its solves run: JAX on the accelerator, else NumPy."""
+    if device:
+        with float64():
+            return jnp.asarray(x, jnp.float64)
+    return np.asarray(x, np.float64)
 
 
 def check_finite(name, x):
@@ -60,48 +80,71 @@ def check_diag_reg(diag_reg):
 
 
 @jax.jit
-def _factor(k):
-    """Cholesky factor of k, with what `cholesky` checks: (factor, min pivot^2, max diag, mean |diag|)."""
+def _factor_device(k):
     factor = jnp.linalg.cholesky(k)
-    pivots = jnp.diagonal(factor)
-    diag = jnp.diagonal(k)
-    return factor, jnp.min(pivots) ** 2, jnp.max(diag), jnp.mean(jnp.abs(diag))
+    return factor, jnp.min(jnp.diagonal(factor)) ** 2
 
 
 @jax.jit
-def _add_to_diagonal(k, value):
-    return k + value * jnp.eye(k.shape[0], dtype=k.dtype)
-
-
-@jax.jit
-def cho_solve(factor, b):
-    """Solve `K x = b` from the lower Cholesky factor of K."""
+def _cho_solve_device(factor, b):
     return jax.scipy.linalg.cho_solve((factor, True), b)
 
 
 @jax.jit
-def _eigh(k):
+def _eigh_device(k):
     return jnp.linalg.eigh(k)
+
+
+def _factor(k):
+    """Lower Cholesky factor and its smallest pivot squared (NaN if it failed)."""
+    if isinstance(k, np.ndarray):
+        try:
+            factor = scipy.linalg.cholesky(k, lower=True, check_finite=False)
+        except np.linalg.LinAlgError:
+            return None, np.nan
+        return factor, float(np.min(np.diagonal(factor)) ** 2)
+    with float64():
+        factor, pivot_sq = _factor_device(k)
+    return factor, float(pivot_sq)
+
+
+def _eigh(k):
+    if isinstance(k, np.ndarray):
+        return scipy.linalg.eigh(k, check_finite=False, driver="evd")
+    with float64():
+        return _eigh_device(k)
+
+
+def cho_solve(factor, b):
+    """Solve `K x = b` from the lower Cholesky factor of K; NumPy float64 result."""
+    if isinstance(factor, np.ndarray):
+        return scipy.linalg.cho_solve((factor, True), np.asarray(b, np.float64), check_finite=False)
+    with float64():
+        return np.asarray(_cho_solve_device(factor, jnp.asarray(b, jnp.float64)))
+
+
+def _diagonal_stats(k):
+    diag = np.asarray(k.diagonal() if isinstance(k, np.ndarray) else jnp.diagonal(k))
+    return float(np.max(diag)), float(np.mean(np.abs(diag)))
 
 
 class Cholesky(NamedTuple):
     """A lower Cholesky factor of `k + jitter * I` and the jitter that was needed."""
 
-    factor: jax.Array
+    factor: object  # np.ndarray on the host, jax.Array on an accelerator
     jitter: float
 
 
-def _pivot_ok(min_pivot_sq, max_diag, n):
+def _usable(pivot_sq, max_diag, n):
     """A factor is usable if it is finite and no pivot is at rounding level."""
-    floor = n * np.finfo(np.float64).eps * max_diag
-    return bool(np.isfinite(min_pivot_sq) and min_pivot_sq > floor)
+    return bool(np.isfinite(pivot_sq) and pivot_sq > n * np.finfo(np.float64).eps * max_diag)
 
 
 def cholesky(k, name="k_train_train"):
     """Cholesky factor of a symmetric PSD float64 matrix, with reported jitter.
 
     Args:
-      k: (n, n) float64 JAX array (call inside `float64()`).
+      k: (n, n) float64 NumPy array (solved by SciPy) or JAX array (by JAX).
       name: how error and warning messages refer to the matrix.
 
     Returns:
@@ -111,21 +154,27 @@ def cholesky(k, name="k_train_train"):
       ValueError: if no jitter up to `MAX_RELATIVE_JITTER` times the mean
         diagonal entry makes `k` positive definite.
     """
+    with float64():
+        return _cholesky_with_jitter(k, name)
+
+
+def _cholesky_with_jitter(k, name):
     n = k.shape[0]
-    factor, min_pivot_sq, max_diag, scale = _factor(k)
-    if _pivot_ok(float(min_pivot_sq), float(max_diag), n):
+    max_diag, scale = _diagonal_stats(k)
+    factor, pivot_sq = _factor(k)
+    if _usable(pivot_sq, max_diag, n):
         return Cholesky(factor, 0.0)
-    scale = float(scale)
+    eye = np.eye(n) if isinstance(k, np.ndarray) else jnp.eye(n, dtype=k.dtype)
     for relative in JITTER_LADDER:
         jitter = relative * scale
-        factor, min_pivot_sq, max_diag, _ = _factor(_add_to_diagonal(k, jitter))
-        if _pivot_ok(float(min_pivot_sq), float(max_diag), n):
+        factor, pivot_sq = _factor(k + jitter * eye)
+        if _usable(pivot_sq, max_diag + jitter, n):
             warnings.warn(
                 f"{name} of shape {k.shape} is not numerically positive definite; "
                 f"added jitter {jitter:.3g} (= {relative:g} x mean diagonal entry) to its "
                 "diagonal. Pass a positive diag_reg to control this yourself.",
                 JitterWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
             return Cholesky(factor, jitter)
     smallest = float(np.asarray(_eigh(k)[0])[0])
@@ -137,10 +186,10 @@ def cholesky(k, name="k_train_train"):
 
 
 class Eigh(NamedTuple):
-    """Eigendecomposition `k = evecs @ diag(evals) @ evecs.T` with `evals >= 0`."""
+    """Eigendecomposition `k = evecs @ diag(evals) @ evecs.T` with `evals >= 0` (same array kind as k)."""
 
-    evals: jax.Array
-    evecs: jax.Array
+    evals: object
+    evecs: object
 
 
 def eigh_psd(k, name="k_train_train"):
@@ -150,13 +199,14 @@ def eigh_psd(k, name="k_train_train"):
     silently; ones down to `-MAX_RELATIVE_JITTER` times the mean diagonal entry
     are set to 0 with a `JitterWarning`; more negative ones raise ValueError.
     """
-    evals, evecs = _eigh(k)
+    with float64():
+        evals, evecs = _eigh(k)
     evals_host = np.asarray(evals)
     if not np.all(np.isfinite(evals_host)):
         raise ValueError(f"eigendecomposition of {name} of shape {k.shape} is not finite.")
     smallest, largest = float(evals_host[0]), float(np.max(np.abs(evals_host)))
     if smallest < 0:
-        scale = float(np.mean(np.abs(np.diagonal(np.asarray(k)))))
+        scale = _diagonal_stats(k)[1]
         rounding = k.shape[0] * np.finfo(np.float64).eps * largest
         if smallest < -MAX_RELATIVE_JITTER * scale:
             raise ValueError(
@@ -172,5 +222,6 @@ def eigh_psd(k, name="k_train_train"):
                 JitterWarning,
                 stacklevel=3,
             )
-        evals = jnp.asarray(np.maximum(evals_host, 0.0))
+        clipped = np.maximum(evals_host, 0.0)
+        evals = clipped if isinstance(k, np.ndarray) else as_float64(clipped, True)
     return Eigh(evals, evecs)

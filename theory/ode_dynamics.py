@@ -19,7 +19,6 @@ interchangeable). For MSE this reproduces `gradient_descent_mse`.
 from functools import partial
 from typing import NamedTuple, Optional
 
-import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -100,6 +99,8 @@ def gradient_descent(
     dtype = result_dtype(k_train_train)
     time_scale = float(value) if momentum is None else float(np.sqrt(value))
     friction = None if momentum is None else (1.0 - momentum) / float(np.sqrt(value))
+    import diffrax  # imported on first use: `import theory` stays light
+
     controls = dict(loss=loss, layout=layout, solver=diffrax.Tsit5() if solver is None else solver,
                     rtol=rtol, atol=atol, max_steps=max_steps)
 
@@ -194,6 +195,8 @@ def _field(tau, state, args):
 @partial(jax.jit, static_argnames=("loss", "layout", "solver", "rtol", "atol", "max_steps"))
 def _solve(k, k_td, y, friction, start, ts, loss, layout, solver, rtol, atol, max_steps):
     """Integrate from τ = 0 and save at the sorted times `ts` (one compilation per loss and shapes)."""
+    import diffrax
+
     solution = diffrax.diffeqsolve(
         diffrax.ODETerm(lambda tau, state, args: _field(tau, state, (loss, layout) + args)),
         solver,

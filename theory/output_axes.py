@@ -12,7 +12,10 @@ Solvers work on the flattened form (NumPy arrays; reshaping is free on the host)
 """
 from typing import NamedTuple
 
+import jax.numpy as jnp
 import numpy as np
+
+from theory import linalg
 
 
 class OutputLayout(NamedTuple):
@@ -85,9 +88,11 @@ def kernel_2d(layout, name, k, rows_batch=None, cols_batch=None):
     """Flatten a zipped kernel to (P_rows, P_cols), checking its shape.
 
     `rows_batch` / `cols_batch`: the batch size the rows / columns must have
-    (None: any). The non-batch kept dimensions must match the targets'.
+    (None: any). The non-batch kept dimensions must match the targets'. A
+    kernel on an accelerator stays there (its solves run there).
     """
-    k = np.asarray(k)
+    xp = jnp if linalg.on_accelerator(k) else np
+    k = xp.asarray(k)
     kept = layout.kept_shape
     n_kept = len(kept)
     expected_rank = 2 * n_kept
@@ -105,7 +110,7 @@ def kernel_2d(layout, name, k, rows_batch=None, cols_batch=None):
         want_cols = (cols_batch if cols_batch is not None else "M",) + kept[1:]
         want = tuple(x for pair in zip(want_rows, want_cols) for x in pair)
         raise ValueError(f"{name} must have shape {want} for y_train of shape {layout.y_shape}, got {k.shape}.")
-    k = np.transpose(k, tuple(range(0, k.ndim, 2)) + tuple(range(1, k.ndim, 2)))
+    k = xp.transpose(k, tuple(range(0, k.ndim, 2)) + tuple(range(1, k.ndim, 2)))
     return k.reshape((int(np.prod(rows)), int(np.prod(cols))))
 
 

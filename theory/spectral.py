@@ -16,7 +16,6 @@ any depth evolve as linear models under gradient descent", §2.2); discrete
 gradient descent replaces `exp(-s K)` by `(1 - h K)^k` after `k` steps of size
 `h = learning_rate / y_train.size`.
 """
-from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -39,77 +38,101 @@ LANCZOS_TOL = 1e-10
 SOLVERS = ("auto", "eigh", "lanczos")
 
 
+def _namespace(x):
+    """jax.numpy for JAX arrays (and tracers), NumPy otherwise: the filters run in both."""
+    return jnp if isinstance(x, jax.Array) else np
+
+
 def _expand(times, evals):
     return times.reshape(times.shape + (1,) * evals.ndim)
 
 
 def flow_expm1(evals, s):
     """exp(-s * lambda) - 1, for times s (T,): (T, *evals.shape)."""
-    return jnp.expm1(-_expand(s, evals) * evals)
+    xp = _namespace(evals)
+    return xp.expm1(-_expand(s, evals) * evals)
 
 
 def flow_gain(evals, s):
     """(1 - exp(-s * lambda)) / lambda, with its limit s at lambda = 0."""
+    xp = _namespace(evals)
     s = _expand(s, evals)
     positive = evals > 0
-    safe = jnp.where(positive, evals, 1.0)
-    return jnp.where(positive, -jnp.expm1(-s * evals) / safe, s)
+    safe = xp.where(positive, evals, 1.0)
+    return xp.where(positive, -xp.expm1(-s * evals) / safe, s)
 
 
 def _gd_power(evals, steps, h):
     """(1 - h lambda)^k as (sign, log|.|), exact for integer k and any sign of the base."""
+    xp = _namespace(evals)
     steps = _expand(steps, evals)
     x = h * evals
     below = x < 1
-    log_abs = jnp.where(below, jnp.log1p(-jnp.where(below, x, 0.0)), jnp.log(jnp.abs(x - 1)))
-    odd = jnp.mod(steps, 2) == 1
-    sign = jnp.where((x > 1) & odd, -1.0, 1.0)
+    log_abs = xp.where(below, xp.log1p(-xp.where(below, x, 0.0)), xp.log(xp.abs(xp.where(below, 2.0, x) - 1)))
+    odd = xp.mod(steps, 2) == 1
+    sign = xp.where((x > 1) & odd, -1.0, 1.0)
     return sign, log_abs, steps, x
 
 
 def gd_expm1(evals, steps, h):
     """(1 - h lambda)^k - 1 for integer steps k (T,): (T, *evals.shape)."""
+    xp = _namespace(evals)
     sign, log_abs, steps, x = _gd_power(evals, steps, h)
-    stable = jnp.expm1(steps * log_abs)
-    unstable = sign * jnp.exp(steps * log_abs) - 1
-    return jnp.where(steps == 0, 0.0, jnp.where(x < 1, stable, unstable))
+    stable = xp.expm1(steps * log_abs)
+    unstable = sign * xp.exp(steps * log_abs) - 1
+    return xp.where(steps == 0, 0.0, xp.where(x < 1, stable, unstable))
 
 
 def gd_gain(evals, steps, h):
     """(1 - (1 - h lambda)^k) / lambda, with its limit k h at lambda = 0."""
+    xp = _namespace(evals)
     positive = evals > 0
-    safe = jnp.where(positive, evals, 1.0)
-    return jnp.where(positive, -gd_expm1(evals, steps, h) / safe, _expand(steps, evals) * h)
+    safe = xp.where(positive, evals, 1.0)
+    return xp.where(positive, -gd_expm1(evals, steps, h) / safe, _expand(steps, evals) * h)
 
 
-@partial(jax.jit, static_argnames=("absolute",))
-def _regularize(k, diag_reg, absolute):
-    """(k + k^T) / 2 + diag_reg * I, diag_reg relative to trace(k) / n unless `absolute`."""
-    k = 0.5 * (k + k.T)
-    shift = diag_reg if absolute else diag_reg * jnp.trace(k) / k.shape[0]
-    return k + shift * jnp.eye(k.shape[0], dtype=k.dtype)
+_JITTED = {}
 
 
-@partial(jax.jit, static_argnames=("f",))
+def run_where(fn, *args):
+    """fn(*args) with NumPy when the first argument is a NumPy array, else jitted on its
+    JAX device in float64; the result as a float64 NumPy array."""
+    if isinstance(args[0], np.ndarray):
+        with np.errstate(all="ignore"):  # the filters' discarded where-branches
+            return np.asarray(fn(*args))
+    if fn not in _JITTED:
+        _JITTED[fn] = jax.jit(fn, static_argnums=tuple(i for i, a in enumerate(args) if callable(a)))
+    with linalg.float64():
+        return np.asarray(_JITTED[fn](*args))
+
+
 def _apply_eigh(evecs, evals, r, f, f_args):
     """evecs @ diag(f(evals)) @ evecs.T @ r for each of T filters: (T, n, c)."""
-    return jnp.einsum("ij,tj,jc->tic", evecs, f(evals, *f_args), evecs.T @ r)
+    xp = _namespace(evecs)
+    return xp.einsum("ij,tj,jc->tic", evecs, f(evals, *f_args), evecs.T @ r)
 
 
 class TrainKernel:
     """The regularized train kernel in float64, with cached factorizations.
 
     Args:
-      k: (P, P) train-train kernel, already flattened (`output_axes.kernel_2d`).
+      k: (P, P) train-train kernel, already flattened (`output_axes.kernel_2d`):
+        a JAX array on an accelerator is factorized there, anything else on
+        the host by SciPy (see `theory.linalg`).
       diag_reg, diag_reg_absolute_scale: neural-tangents' regularization.
       name: how messages refer to the matrix.
 
-    Use inside `linalg.float64()`. Methods take and return NumPy float64
-    arrays; the matrix and its factorizations stay on the JAX device.
+    Methods take and return NumPy float64 arrays.
     """
 
     def __init__(self, k, diag_reg, diag_reg_absolute_scale, name="k_train_train"):
-        self.matrix = _regularize(jnp.asarray(k, jnp.float64), diag_reg, bool(diag_reg_absolute_scale))
+        self.device = linalg.on_accelerator(k)
+        k = linalg.as_float64(k, self.device)
+        xp = jnp if self.device else np
+        with linalg.float64():
+            k = 0.5 * (k + k.T)
+            shift = diag_reg if diag_reg_absolute_scale else diag_reg * float(xp.trace(k)) / k.shape[0]
+            self.matrix = k + shift * xp.eye(k.shape[0], dtype=k.dtype)
         self.size = self.matrix.shape[0]
         self.name = name
         self._cholesky = None
@@ -128,10 +151,10 @@ class TrainKernel:
 
     def solve(self, b):
         """K^{-1} b (with the reported jitter, if one was needed)."""
-        return np.asarray(linalg.cho_solve(self.cholesky().factor, jnp.asarray(b, jnp.float64)))
+        return linalg.cho_solve(self.cholesky().factor, b)
 
     def largest_eigenvalue(self):
-        return float(self.eigh().evals[-1])
+        return float(np.asarray(self.eigh().evals)[-1])
 
     def _krylov_basis(self, r):
         for cached_r, basis in self._krylov:
@@ -168,7 +191,7 @@ class TrainKernel:
             if value is not None:
                 return value
         evals, evecs = self.eigh()
-        return np.asarray(_apply_eigh(evecs, evals, jnp.asarray(r), f, f_args))
+        return run_where(_apply_eigh, evecs, evals, r, f, f_args)
 
 
 def check_solver(solver):

@@ -1,5 +1,4 @@
 """The test-local closed-form MLP kernel agrees with the neural-tangents oracle."""
-import numpy as np
 import pytest
 
 from tests.theory import oracle

@@ -3,7 +3,6 @@ import subprocess
 import sys
 import textwrap
 
-import jax
 import numpy as np
 import pytest
 
@@ -94,15 +93,27 @@ def test_learning_rate_and_time_are_interchangeable():
     np.testing.assert_allclose(a[1], b[1], rtol=1e-12)
 
 
-def test_lanczos_agrees_with_eigh_and_auto_avoids_the_eigendecomposition():
-    n = spectral.LANCZOS_MIN_SIZE + 16
-    _, _, y, k, k_td = _problem(n=n, m=9, d=8, c=3)
-    t = np.array([0.5, 10.0, 300.0, 1e4])
-    ref = predict.gradient_descent_mse(k, y, diag_reg=1e-4, solver="eigh")(t, 0.5, 0.0, k_td)
+def test_lanczos_agrees_with_eigh_and_auto_avoids_the_eigendecomposition(monkeypatch):
+    # Thresholds lowered so a small problem takes the large-problem path.
+    monkeypatch.setattr(spectral, "LANCZOS_MIN_SIZE", 64)
+    monkeypatch.setattr(spectral, "LANCZOS_MAX_FRACTION", 0.5)
+    _, _, y, k, k_td = _problem(n=150, m=7, d=8, c=2)
+    t = np.array([0.5, 10.0, 300.0])
+    ref = predict.gradient_descent_mse(k, y, diag_reg=1e-3, solver="eigh")(t, 0.5, 0.0, k_td)
+    calls = []
+    original = linalg._eigh
+    monkeypatch.setattr(linalg, "_eigh", lambda k: calls.append(1) or original(k))
     for solver in ("lanczos", "auto"):
-        ours = predict.gradient_descent_mse(k, y, diag_reg=1e-4, solver=solver)(t, 0.5, 0.0, k_td)
+        ours = predict.gradient_descent_mse(k, y, diag_reg=1e-3, solver=solver)(t, 0.5, 0.0, k_td)
         for a, b in zip(ours, ref):
             assert np.max(np.abs(a - b)) / np.max(np.abs(b)) < 1e-9
+    assert not calls  # neither path computed an eigendecomposition
+    # A request Lanczos cannot meet within its budget falls back to the eigendecomposition.
+    monkeypatch.setattr(spectral, "LANCZOS_MAX_FRACTION", 0.1)
+    hard = predict.gradient_descent_mse(k, y, solver="auto")(1e7, 0.5, 0.0, k_td)
+    assert calls == [1]
+    easy = predict.gradient_descent_mse(k, y, solver="eigh")(1e7, 0.5, 0.0, k_td)
+    np.testing.assert_allclose(hard[1], easy[1], rtol=1e-9, atol=1e-12)
 
 
 def test_more_times_reuse_one_decomposition(monkeypatch):

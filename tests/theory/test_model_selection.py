@@ -78,6 +78,7 @@ def test_fit_with_fixed_hyperparameters_and_errors(sample):
         theory.fit_hyperparameters(network, x, y, {"W_std": 1.0}, fixed={"W_std": 2.0})
 
 
+@pytest.mark.slow  # differentiating through kernels.stax takes long to compile
 def test_fit_through_stax(sample):
     """The same fit through a kernels.stax network (skips until kernels.stax exists)."""
     oracle.network_from_spec_or_skip()

@@ -1,5 +1,8 @@
-"""gradient_descent (any loss, by diffrax) against the MSE closed form, SciPy's integrator and heavy-ball steps."""
-import jax
+"""gradient_descent (any loss, by diffrax) against the MSE closed form, SciPy's integrator and heavy-ball steps.
+
+Cross-entropy, with and without momentum, is checked against neural-tangents in
+test_predict_reference.py.
+"""
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -25,10 +28,6 @@ def mse(f, y):
     return 0.5 * jnp.mean((f - y) ** 2)
 
 
-def cross_entropy(f, y):
-    return -jnp.mean(jnp.sum(jax.nn.log_softmax(f) * y, axis=-1))
-
-
 def test_mse_ode_matches_closed_form(problem):
     k, k_td, y, f0, g0 = problem
     t = np.array([3.0, 0.0, 50.0, 400.0])  # unsorted on purpose
@@ -36,26 +35,6 @@ def test_mse_ode_matches_closed_form(problem):
     closed = predict.gradient_descent_mse(k, y, learning_rate=0.5)(t, f0, g0, k_td)
     for a, b in zip(ode, closed):
         assert np.max(np.abs(a - b)) / np.max(np.abs(b)) < 1e-6
-
-
-def test_cross_entropy_matches_scipy_integrator(problem):
-    k, k_td, y, f0, g0 = problem
-    n, c = y.shape
-    t = np.array([1.0, 20.0, 200.0])
-
-    def field(_, state):
-        f = state[: n * c].reshape(n, c)
-        p = np.exp(f - f.max(1, keepdims=True))
-        p /= p.sum(1, keepdims=True)
-        grad = (p - y) / n  # d cross_entropy / d f
-        return np.concatenate([(-k @ grad).ravel(), (-k_td @ grad).ravel()])
-
-    ref = solve_ivp(field, (0, t[-1]), np.concatenate([f0.ravel(), g0.ravel()]), t_eval=t, rtol=1e-11, atol=1e-12, method="DOP853")
-    train, test = predict.gradient_descent(cross_entropy, k, y)(t, f0, g0, k_td)
-    ref_train = ref.y[: n * c].T.reshape(len(t), n, c)
-    ref_test = ref.y[n * c :].T.reshape(len(t), -1, c)
-    assert np.max(np.abs(train - ref_train)) / np.max(np.abs(ref_train)) < 1e-6
-    assert np.max(np.abs(test - ref_test)) / np.max(np.abs(ref_test)) < 1e-6
 
 
 def test_momentum_matches_scipy_and_heavy_ball_steps(problem):

@@ -4,7 +4,6 @@ Agreement per array: max |ours - ref| / max |ref| < 1e-6 in float64.
 """
 from collections import namedtuple
 
-import numpy as np
 import pytest
 
 from theory import predict
@@ -66,7 +65,11 @@ def test_ensemble_with_test_local_kernel(data):
     _check_ensemble(case, mlp_kernel_fn(depth, W, b, act))
 
 
-@pytest.mark.parametrize("name", oracle.PREDICTION_CASES)
+@pytest.mark.parametrize(
+    "name",
+    # The CNN's kernel takes long to compile: in the slow set.
+    [n if not n.startswith("cnn") else pytest.param(n, marks=pytest.mark.slow) for n in oracle.PREDICTION_CASES],
+)
 def test_ensemble_with_stax(data, name):
     """The full check, covariance included, with the network built by kernels.stax (skips until it exists)."""
     network_from_spec = oracle.network_from_spec_or_skip()
