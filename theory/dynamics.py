@@ -101,7 +101,7 @@ class _LinearDynamics:
                 test_out = np.zeros((flat.size, k_td.shape[0], y.shape[1]))
                 if finite.size:
                     gain = self.train.apply(gain_fn, f_args_fn(flat[finite]), r, solver)
-                    test_out[finite] = g0 - np.einsum("mp,tpc->tmc", k_td, gain)
+                    test_out[finite] = g0 - k_td @ gain
                 if infinite.size:
                     test_out[infinite] = g0 - k_td @ self.train.solve(r)
                 test_out = output_axes.outputs_from_2d(layout, test_out, test_kept, (flat.size,))
@@ -374,7 +374,7 @@ def gradient_descent_mse_ensemble(
                     mean = np.zeros((flat.size, k_td.shape[0], y.shape[1]))
                     if finite.size:
                         gain = train.apply(spectral.flow_gain, (s,), y, solver)
-                        mean[finite] = np.einsum("mp,tpc->tmc", k_td, gain)
+                        mean[finite] = k_td @ gain
                     if infinite.size:
                         mean[infinite] = regression.posterior_mean(train, k_td, y)
                 mean = output_axes.outputs_from_2d(layout, mean, kept, (flat.size,))
@@ -401,21 +401,22 @@ def _test_train(layout, g, k, n_train):
 def _train_covariance_nngp(evecs, evals, s):
     """e^{-sK} K e^{-sK} = V diag(λ e^{-2sλ}) V^T for each time: (T, P, P)."""
     xp = spectral._namespace(evecs)
-    return xp.einsum("ij,tj,kj->tik", evecs, evals[None, :] * xp.exp(-2 * s[:, None] * evals[None, :]), evecs)
+    filt = evals[None, :] * xp.exp(-2 * s[:, None] * evals[None, :])
+    return xp.einsum("ij,tj,kj->tik", evecs, filt, evecs, optimize=True)
 
 
 def _train_covariance_ntk(evecs, evals, s, nngp_dd):
     """e^{-sΘ} K e^{-sΘ} for each time: (T, P, P)."""
     xp = spectral._namespace(evecs)
-    decay = xp.einsum("ij,tj,kj->tik", evecs, xp.exp(-s[:, None] * evals[None, :]), evecs)
-    return xp.einsum("tij,jk,tlk->til", decay, nngp_dd, decay)
+    decay = xp.einsum("ij,tj,kj->tik", evecs, xp.exp(-s[:, None] * evals[None, :]), evecs, optimize=True)
+    return xp.einsum("tij,jk,tlk->til", decay, nngp_dd, decay, optimize=True)
 
 
 def _test_covariance_nngp(evecs, evals, s, k_td, nngp_tt):
     """K_tt - K_td K^{-1} (I - e^{-2sK}) K_dt for each time: (T, M, M)."""
     xp = spectral._namespace(evecs)
     a = k_td @ evecs
-    return nngp_tt[None] - xp.einsum("mj,tj,lj->tml", a, spectral.flow_gain(evals, 2 * s), a)
+    return nngp_tt[None] - xp.einsum("mj,tj,lj->tml", a, spectral.flow_gain(evals, 2 * s), a, optimize=True)
 
 
 def _test_covariance_ntk(evecs, evals, s, theta_td, nngp_dd, nngp_td, nngp_tt):
@@ -423,9 +424,9 @@ def _test_covariance_ntk(evecs, evals, s, theta_td, nngp_dd, nngp_td, nngp_tt):
     xp = spectral._namespace(evecs)
     a = theta_td @ evecs
     gain = spectral.flow_gain(evals, s)
-    term1 = xp.einsum("ij,tj,mj->tim", evecs, gain, a)  # Θ^{-1}(I - e^{-sΘ}) Θ_dt: (T, P, M)
-    term2 = xp.einsum("mj,tj,lj->tml", a, gain, nngp_td @ evecs)  # Θ_td Θ^{-1}(I - e^{-sΘ}) K_dt
-    quad = xp.einsum("tim,ij,tjl->tml", term1, nngp_dd, term1)
+    term1 = xp.einsum("ij,tj,mj->tim", evecs, gain, a, optimize=True)  # Θ^{-1}(I - e^{-sΘ}) Θ_dt: (T, P, M)
+    term2 = xp.einsum("mj,tj,lj->tml", a, gain, nngp_td @ evecs, optimize=True)  # Θ_td Θ^{-1}(I - e^{-sΘ}) K_dt
+    quad = xp.einsum("tim,ij,tjl->tml", term1, nngp_dd, term1, optimize=True)
     return nngp_tt[None] + quad - term2 - xp.swapaxes(term2, 1, 2)
 
 

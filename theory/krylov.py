@@ -160,7 +160,7 @@ class KrylovBasis:
                 f_theta = np.asarray(f(np.maximum(theta, 0.0), *f_args))  # (T, size)
                 columns.append(np.einsum("ij,tj,j->ti", w, f_theta, w[0]) * r_norm[col])
         coeffs = np.stack(columns, axis=1)  # (T, c, size)
-        return np.einsum("mnc,tcm->tnc", np.asarray(self.basis)[:size], coeffs)
+        return np.einsum("mnc,tcm->tnc", np.asarray(self.basis)[:size], coeffs, optimize=True)
 
     def apply(self, f, f_args, tol, max_size):
         """Approximate `f(K) r` to relative accuracy ~`tol`, or return None.

@@ -204,7 +204,9 @@ def fit_hyperparameters(
             def objective(p):
                 return _record(evaluations, p, float(value_only(jnp.asarray(p), x)), None)
 
-            result = scipy.optimize.minimize(objective, np.log(start), method=method, options={"maxiter": max_iterations})
+            result = scipy.optimize.minimize(
+                objective, np.log(start), method=method, options={"maxiter": max_iterations}
+            )
     best_value, best_point = evaluations["best"]
     if not np.isfinite(best_value):
         raise ValueError(

@@ -129,7 +129,8 @@ def gradient_descent(
         with linalg.float64():
             k = jnp.asarray(k2d, jnp.float64)
             y = jnp.asarray(y_train, jnp.float64)
-            f_train = jnp.broadcast_to(jnp.asarray(0.0 if fx_train_0 is None else fx_train_0, jnp.float64), layout.y_shape)
+            f_train = jnp.asarray(0.0 if fx_train_0 is None else fx_train_0, jnp.float64)
+            f_train = jnp.broadcast_to(f_train, layout.y_shape)
             k_td = test_shape = None
             f_test = None
             if fx_test_0 is not None:

@@ -7,7 +7,8 @@ axis 0) appear in the kernel zipped: a kernel between sets of kept shapes
 `(a, b)` and `(a', b')` has shape `(a, a', b, b')`. With the default
 `trace_axes=(-1,)` and `y` of shape `(N, C)` the kernel is simply `(N, N')`.
 
-Solvers work on the flattened form (NumPy arrays; reshaping is free on the host): kernel `(P, P')` and targets `(P, C)`, with
+Solvers work on the flattened form (NumPy arrays; reshaping is free on the
+host): kernel `(P, P')` and targets `(P, C)`, with
 `P` the product of the kept dimensions and `C` the product of the traced ones.
 """
 from typing import NamedTuple

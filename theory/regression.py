@@ -193,7 +193,7 @@ def gp_inference(k_train_train, y_train, diag_reg=0.0, diag_reg_absolute_scale=F
                     continue
                 m = k_td.shape[0]
                 if g == "ntk":
-                    if not all(hasattr(k, "nngp") and getattr(k, "nngp") is not None for k in (k_train_train, k_test_train)):
+                    if not all(getattr(k, "nngp", None) is not None for k in (k_train_train, k_test_train)):
                         raise ValueError(
                             "the 'ntk' covariance needs the NNGP and the NTK: pass k_train_train and "
                             "k_test_train as objects with .nngp and .ntk (e.g. kernel_fn(..., get=('nngp', 'ntk')))."
@@ -201,10 +201,12 @@ def gp_inference(k_train_train, y_train, diag_reg=0.0, diag_reg_absolute_scale=F
                     nngp_dd = output_axes.kernel_2d(layout, "k_train_train.nngp", k_train_train.nngp, n_train, n_train)
                     linalg.check_finite("k_train_train.nngp", nngp_dd)
                     nngp_td = _test_train_2d(layout, "k_test_train.nngp", k_test_train.nngp, n_train)
-                    nngp_tt = _test_test_2d(layout, "k_test_test.nngp", kernel_part(k_test_test, "nngp", "k_test_test"), m)
+                    nngp_tt = kernel_part(k_test_test, "nngp", "k_test_test")
+                    nngp_tt = _test_test_2d(layout, "k_test_test.nngp", nngp_tt, m)
                     cov = ntk_ensemble_covariance(train, k_td, np.asarray(nngp_dd, np.float64), nngp_td, nngp_tt)
                 else:
-                    k_tt = _test_test_2d(layout, f"k_test_test.{kind}", kernel_part(k_test_test, kind, "k_test_test"), m)
+                    k_tt = kernel_part(k_test_test, kind, "k_test_test")
+                    k_tt = _test_test_2d(layout, f"k_test_test.{kind}", k_tt, m)
                     cov = gp_posterior_covariance(train, k_td, k_tt)
                 cov = output_axes.covariance_from_2d(cov, test_kept)
                 out[g] = Gaussian(finish(f"mean ({g})", mean, dtype), finish(f"covariance ({g})", cov, dtype))

@@ -108,8 +108,7 @@ def run_where(fn, *args):
 
 def _apply_eigh(evecs, evals, r, f, f_args):
     """evecs @ diag(f(evals)) @ evecs.T @ r for each of T filters: (T, n, c)."""
-    xp = _namespace(evecs)
-    return xp.einsum("ij,tj,jc->tic", evecs, f(evals, *f_args), evecs.T @ r)
+    return evecs @ (f(evals, *f_args)[:, :, None] * (evecs.T @ r)[None])
 
 
 class TrainKernel:

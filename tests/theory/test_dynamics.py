@@ -175,8 +175,10 @@ def test_package_never_flips_x64_and_keeps_float32():
         a = rng.standard_normal((40, 40))
         k = (a @ a.T / 40 + 1e-4 * np.eye(40))
         y = rng.standard_normal((40, 1))
-        out = predict.gradient_descent_mse(k.astype(np.float32), y.astype(np.float32))(None, None, 0.0, k.astype(np.float32)[:5])
-        ref = k.astype(np.float32).astype(np.float64)[:5] @ np.linalg.solve(k.astype(np.float32).astype(np.float64), y.astype(np.float32).astype(np.float64))
+        k32, y32 = k.astype(np.float32), y.astype(np.float32)
+        out = predict.gradient_descent_mse(k32, y32)(None, None, 0.0, k32[:5])
+        k64, y64 = k32.astype(np.float64), y32.astype(np.float64)
+        ref = k64[:5] @ np.linalg.solve(k64, y64)
         assert out.dtype == np.float32, out.dtype
         assert not jax.config.jax_enable_x64
         err = float(np.max(np.abs(np.asarray(out, np.float64) - ref)) / np.max(np.abs(ref)))

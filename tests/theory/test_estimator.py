@@ -29,7 +29,8 @@ def data():
 def test_predict_is_the_ensemble_mean(data):
     x, y, x_test, y_test = data
     model = theory.KernelRegressor(relu_network, depth=1, W_std=1.2, diag_reg=1e-3, t=50.0).fit(x, y)
-    ref = predict.gradient_descent_mse_ensemble(mlp_kernel_fn(1, 1.2, 0.05), x, y[:, None], diag_reg=1e-3)(50.0, x_test, "ntk")
+    ensemble = predict.gradient_descent_mse_ensemble(mlp_kernel_fn(1, 1.2, 0.05), x, y[:, None], diag_reg=1e-3)
+    ref = ensemble(50.0, x_test, "ntk")
     np.testing.assert_allclose(model.predict(x_test), np.asarray(ref)[:, 0], rtol=1e-10)
     assert model.predict(x_test).shape == (len(x_test),)
     two = theory.KernelRegressor(relu_network).fit(x, np.stack([y, -y], 1))

@@ -85,7 +85,8 @@ def test_fit_through_stax(sample):
     from kernels import stax
 
     def stax_network(W_std, b_std):
-        return stax.serial(stax.Dense(512, W_std=W_std, b_std=b_std), stax.Relu(), stax.Dense(1, W_std=W_std, b_std=b_std))
+        dense = lambda width: stax.Dense(width, W_std=W_std, b_std=b_std)  # noqa: E731
+        return stax.serial(dense(512), stax.Relu(), dense(1))
 
     x, y, _ = sample
     init = {"W_std": 0.7, "b_std": 0.2, "diag_reg": 0.3}

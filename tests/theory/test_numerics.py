@@ -22,7 +22,7 @@ def _no_warning(fn, *args):
 
 
 def test_duplicated_training_points():
-    """An exactly singular kernel: finite times need no jitter; t=None reports one and gives the pseudo-inverse answer."""
+    """An exactly singular kernel: finite t needs no jitter; t=None reports one and gives the pseudo-inverse answer."""
     x, x_test = _data()
     x = np.concatenate([x, x[:6]])
     y = np.sin(x[:, :2])
@@ -127,7 +127,8 @@ def test_indefinite_kernel_is_a_clear_error():
     y = np.sin(x[:, :1])
     k = np.asarray(mlp_kernels(x, None, 2, 1.5, 0.1).ntk)
     k_td = np.asarray(mlp_kernels(x_test, x, 2, 1.5, 0.1).ntk)
-    bad = k - 10 * MAX_RELATIVE_JITTER * np.mean(np.diag(k)) * np.eye(len(k)) - np.linalg.eigvalsh(k)[0] * np.eye(len(k))
+    shift = np.linalg.eigvalsh(k)[0] + 10 * MAX_RELATIVE_JITTER * np.mean(np.diag(k))
+    bad = k - shift * np.eye(len(k))  # smallest eigenvalue -10 x the largest jitter
     flow = predict.gradient_descent_mse(bad, y)
     with pytest.raises(ValueError, match=r"k_train_train of shape \(30, 30\) is not positive semi-definite"):
         flow(None, None, 0.0, k_td)

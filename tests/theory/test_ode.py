@@ -38,7 +38,10 @@ def test_mse_ode_matches_closed_form(problem):
 
 
 def test_momentum_matches_scipy_and_heavy_ball_steps(problem):
-    """The damped-oscillator ODE (checked by SciPy) is the small-step limit of heavy-ball steps v <- mu v - lr K grad, f <- f + v."""
+    """The damped-oscillator ODE (checked by SciPy) is the small-step limit of heavy-ball steps.
+
+    Heavy ball: v <- mu v - lr K grad, f <- f + v.
+    """
     k, k_td, y, f0, g0 = problem
     mu, lr, steps = 0.9, 1e-3, 3000
     train, test = predict.gradient_descent(mse, k, y, learning_rate=lr, momentum=mu)([steps / 3, steps], f0, g0, k_td)

@@ -114,7 +114,8 @@ def test_max_learning_rate(ref, name):
     k = ref[f"{name}/k_train_train_ntk"]
     np.testing.assert_allclose(predict.max_learning_rate(k), ref[f"{name}/max_lr"], rtol=1e-10)
     np.testing.assert_allclose(predict.max_learning_rate(k, 16), ref[f"{name}/max_lr_ysize"], rtol=1e-10)
-    np.testing.assert_allclose(predict.max_learning_rate(k, 16, momentum=0.9), ref[f"{name}/max_lr_momentum"], rtol=1e-10)
+    momentum = predict.max_learning_rate(k, 16, momentum=0.9)
+    np.testing.assert_allclose(momentum, ref[f"{name}/max_lr_momentum"], rtol=1e-10)
 
 
 def _cross_entropy(fx, y):
@@ -128,7 +129,8 @@ def test_gradient_descent_cross_entropy(ref, name, momentum):
         _cross_entropy, ref[f"{name}/k_train_train_ntk"], ref[f"{name}/gd_ce/y_train"],
         learning_rate=float(ref["_ce_learning_rate"]), momentum=momentum,
     )
-    train, test = fn(ref["_ce_times"], ref[f"{name}/fx_train_0"], ref[f"{name}/fx_test_0"], ref[f"{name}/k_test_train_ntk"])
+    f0, g0 = ref[f"{name}/fx_train_0"], ref[f"{name}/fx_test_0"]
+    train, test = fn(ref["_ce_times"], f0, g0, ref[f"{name}/k_test_train_ntk"])
     base = f"{name}/gd_ce/{'plain' if momentum is None else 'momentum'}"
     assert relative_error(train, ref[f"{base}/fx_train"]) < 1e-5
     assert relative_error(test, ref[f"{base}/fx_test"]) < 1e-5
