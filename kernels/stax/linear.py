@@ -28,21 +28,32 @@ def _check_parameterization(name, parameterization):
         raise ValueError(f"{name}: parameterization={parameterization!r}; expected one of {PARAMETERIZATIONS}")
 
 
-def _affine_rule(k: Kernel, mixed: Kernel, fan_in: int, W_std, b_std, parameterization, channels) -> Kernel:
-    """NNGP and NTK after weights (and a bias) on ``mixed`` (the input kernel, spatially mixed).
+def _affine_rule(k: Kernel, mix, fan_in: int, W_std, b_std, parameterization, channels) -> Kernel:
+    """NNGP and NTK after a linear spatial mixing ``mix`` (identity for Dense) and weights.
 
-    ntk:      nngp' = W^2 nngp + b^2,  ntk' = W^2 ntk + nngp'
-    standard: nngp' = W^2 nngp + b^2,  ntk' = W^2 ntk + fan_in nngp + [bias] 1
+    ntk:      nngp' = W^2 mix(nngp) + b^2,  ntk' = mix(W^2 ntk + W^2 nngp) + b^2
+    standard: nngp' = W^2 mix(nngp) + b^2,  ntk' = mix(W^2 ntk + fan_in nngp) + [bias] 1
+
+    (Jacot et al. 2018, Thm. 1; Sohl-Dickstein et al. 2020 for ``standard``). ``mix`` is
+    linear, so the NTK mixes one sum rather than reusing ``mix(nngp)``: with two
+    consumers of one convolution XLA materialized every shifted copy of its input
+    (a first convolution of a 32x32 Myrtle kernel: 195 ms before, 50 ms after, CPU).
     """
     b2 = 0. if b_std is None else b_std ** 2
-    nngp = W_std ** 2 * mixed.nngp + b2
     if parameterization == "ntk":
-        ntk = W_std ** 2 * mixed.ntk + nngp
+        grad_scale, grad_bias = W_std ** 2, b2
     else:
-        ntk = W_std ** 2 * mixed.ntk + fan_in * mixed.nngp + (0. if b_std is None else 1.)
-    cov2 = None if mixed.cov2 is None else W_std ** 2 * mixed.cov2 + b2
-    return k.replace(nngp=nngp, ntk=ntk, cov1=W_std ** 2 * mixed.cov1 + b2, cov2=cov2, channels=channels,
-                     is_gaussian=True)
+        grad_scale, grad_bias = fan_in, (0. if b_std is None else 1.)
+
+    def covariance(a):
+        return W_std ** 2 * mix(a) + b2
+
+    return k.replace(
+        nngp=covariance(k.nngp),
+        ntk=mix(W_std ** 2 * k.ntk + grad_scale * k.nngp) + grad_bias,
+        cov1=covariance(k.cov1),
+        cov2=None if k.cov2 is None else covariance(k.cov2),
+        channels=channels, is_gaussian=True)
 
 
 def _weights(key, shape, fan_in, W_std, b_std, out, parameterization):
@@ -89,7 +100,7 @@ def Dense(out_dim: int, W_std: float = 1., b_std=None, batch_axis: int = 0, chan
         return out if b is None else out + b_scale * b
 
     def rule(k: Kernel) -> Kernel:
-        return _affine_rule(k, k, k.channels, W_std, b_std, parameterization, out_dim)
+        return _affine_rule(k, lambda a: a, k.channels, W_std, b_std, parameterization, out_dim)
 
     return leaf(name, init_fn, apply_fn, rule)
 
@@ -176,9 +187,9 @@ def Conv(out_chan: int, filter_shape, strides=None, padding: str = "VALID", W_st
 
     def rule(k: Kernel) -> Kernel:
         _conv_geometry(name, k, filter_shape, strides, padding)
-        mixed = k.map_all(lambda a: spatial.conv_positions(a, k.full, d, filter_shape, strides, padding))
         fan_in = k.channels * math.prod(filter_shape)
-        return _affine_rule(mixed, mixed, fan_in, W_std, b_std, parameterization, out_chan)
+        return _affine_rule(k, lambda a: spatial.conv_positions(a, k.full, d, filter_shape, strides, padding),
+                            fan_in, W_std, b_std, parameterization, out_chan)
 
     return leaf(name, init_fn, apply_fn, rule)
 

@@ -1,6 +1,8 @@
 """Builds a network from the JSON spec used by the reference files (tests/data/*.README.md)."""
 import json
 
+import jax.numpy as jnp
+
 from kernels import stax
 
 _TUPLE_EXEMPT = {("Polynomial", "coef")}
@@ -18,6 +20,11 @@ def _serial(items):
             layers.append(stax.parallel(*[_serial(branch) for branch in arg]))
         elif name == "serial":
             layers.append(_serial(arg))
+        elif name == "repeat":
+            layers.append(stax.repeat(_serial(arg["layer"]), arg["n"]))
+        elif name == "ElementwiseNumerical":
+            arg = dict(arg, fn=getattr(jnp, arg["fn"]))
+            layers.append(stax.ElementwiseNumerical(**arg))
         else:
             layers.append(getattr(stax, name)(**_kwargs(name, arg)))
     return stax.serial(*layers)
