@@ -143,18 +143,24 @@ def FanInProd() -> Layer:
 
 
 def FanInConcat(axis: int = -1) -> Layer:
-    """Concatenation along the channel axis: kernels average, weighted by channel counts."""
+    """Concatenation of branches along ``axis`` of the ``(N, *S, C)`` outputs.
+
+    Channel axis: kernels average, weighted by channel counts. A spatial axis:
+    the branches are independent Gaussian fields, so the kernel of the
+    concatenation is block diagonal along that axis (zero across branches).
+    """
     name = describe("FanInConcat", axis=axis)
 
     def init_fn(rng, shapes):
         ndim = len(shapes[0])
-        if axis % ndim != ndim - 1:
-            raise ValueError(f"{name}: only concatenation along the channel (last) axis is supported")
-        return tuple(shapes[0][:-1]) + (sum(s[-1] for s in shapes),), ()
+        ax = axis % ndim
+        if ax == 0:
+            raise ValueError(f"{name}: concatenation along the batch axis is not supported")
+        out = list(shapes[0])
+        out[ax] = sum(s[ax] for s in shapes)
+        return tuple(out), ()
 
-    def combine(ks):
-        if axis not in (-1, ks[0].spatial_ndim + 1):
-            raise ValueError(f"{name}: only concatenation along the channel (last) axis is supported")
+    def channel_concat(ks):
         total = sum(k.channels for k in ks)
         mean = lambda f: sum(k.channels * getattr(k, f) for k in ks) / total
         first = ks[0]
@@ -162,4 +168,43 @@ def FanInConcat(axis: int = -1) -> Layer:
                              cov2=None if first.cov2 is None else mean("cov2"), channels=total,
                              is_gaussian=first.is_gaussian and len(ks) == 1)
 
-    return _fan_in(name, init_fn, lambda params, xs, **kwargs: jnp.concatenate(xs, axis), combine)
+    def spatial_concat(ks, dim):
+        if not all(k.is_gaussian for k in ks):
+            raise ValueError(f"{name}: concatenation along a spatial axis needs Gaussian branches "
+                             "(each ending in Dense, Conv or attention)")
+        if len({k.channels for k in ks}) != 1:
+            raise ValueError(f"{name}: branches differ in channels {[k.channels for k in ks]}")
+        first = ks[0]
+        d = first.spatial_ndim
+        sizes = [k.spatial_shape[dim] for k in ks]
+        offsets = [sum(sizes[:i]) for i in range(len(ks))]
+
+        def combine(arrays):
+            if not first.full:
+                return jnp.concatenate(arrays, axis=arrays[0].ndim - d + dim)
+            total = 0.
+            for a, size, offset in zip(arrays, sizes, offsets):
+                widths = [(0, 0)] * a.ndim
+                for ax in (a.ndim - 2 * d + dim, a.ndim - d + dim):
+                    widths[ax] = (offset, sum(sizes) - offset - size)
+                total = total + jnp.pad(a, widths)
+            return total
+
+        return first.replace(nngp=combine(_fields(ks, "nngp")), ntk=combine(_fields(ks, "ntk")),
+                             cov1=combine(_fields(ks, "cov1")),
+                             cov2=None if first.cov2 is None else combine(_fields(ks, "cov2")))
+
+    def rule(ks):
+        if isinstance(ks, Kernel) or len(ks) < 1:
+            raise ValueError(f"{name}: expects a list of branches (after FanOut and parallel)")
+        ndim = ks[0].spatial_ndim + 2
+        ax = axis % ndim
+        if ax == 0:
+            raise ValueError(f"{name}: concatenation along the batch axis is not supported")
+        if ax == ndim - 1:
+            if len({k.nngp.shape for k in ks}) != 1:
+                raise ValueError(f"{name}: branches' kernels differ in shape {sorted({k.nngp.shape for k in ks})}")
+            return channel_concat(ks)
+        return spatial_concat(ks, ax - 1)
+
+    return Layer(init_fn, lambda params, xs, **kwargs: jnp.concatenate(xs, axis), KernelFn(name, rule))

@@ -21,8 +21,17 @@ def _cases():
             yield pytest.param(path, name, id=f"{path.stem}:{name}")
 
 
+# Where neural-tangents is not the kernel of the network it describes, exact mathematics wins:
+# its Gelu(approximate=True) kernel is the exact GELU's, while the finite network (and ours)
+# uses the tanh approximation; the two differ by about 1e-4. Its deg-25 ElementwiseNumerical
+# quadrature is 8e-4 from the converged kernel (tests/data/nt_reference.README.md).
+TOLERANCE = {"mlp_gelu_approximate": 1e-3, "mlp_tanh_numerical": 1e-2}
+
+
 def relative_error(ours, ref):
-    return float(np.abs(np.asarray(ours) - ref).max() / np.abs(ref).max())
+    scale = np.abs(ref).max()
+    gap = np.abs(np.asarray(ours) - ref).max()
+    return float(gap / scale) if scale > 0 else float(gap)
 
 
 @pytest.mark.parametrize("path,case", list(_cases()))
@@ -35,4 +44,4 @@ def test_matches_neural_tangents(path, case):
     for ours, key in [(pair.nngp, "nngp"), (pair.ntk, "ntk"), (same.nngp, "nngp_11"), (same.ntk, "ntk_11")]:
         ref = data[f"{case}/{key}"]
         assert np.shape(ours) == ref.shape, key
-        assert relative_error(ours, ref) < 1e-6, key
+        assert relative_error(ours, ref) < TOLERANCE.get(case, 1e-6), key
