@@ -24,14 +24,19 @@ import numpy as np
 from theory import linalg
 from theory.krylov import KrylovBasis
 
-# Chosen by measurement (issue 3, item 3): at n = 2000 on a 2-core CPU an
-# eigendecomposition costs ~0.9 s and one Lanczos step ~1 ms per column block,
-# and a ReLU-MLP NTK mean converges to 1e-10 in 40-160 steps for t <= 1000.
-# Below LANCZOS_MIN_SIZE the eigendecomposition is cheaper than the Lanczos
-# bookkeeping; above LANCZOS_MAX_COLUMNS columns one eigendecomposition serves
-# all columns for less. If Lanczos has not converged after
-# LANCZOS_MAX_FRACTION * n steps, the eigendecomposition is computed instead.
-LANCZOS_MIN_SIZE = 384
+# Chosen by measurement (issue 3, item 3), ReLU-MLP NTK with n = 2000, d = 64,
+# diag_reg = 1e-4, 2-core CPU, host (SciPy/NumPy) solves, best of 3-5:
+#   quiet machine:   Cholesky 0.064 s, eigendecomposition 0.88 s (JAX x64: 0.12 s, 1.05 s)
+#   load avg ~4-5:   Cholesky 0.33 s,  eigendecomposition 5.9-6.5 s,
+#                    Lanczos for the mean at t in {1, 10, 100, 1000}: 0.40-0.46 s
+#                    (64 steps; converged to 1e-13, agrees with eigh to 8e-14).
+# Lanczos needed 20-80 steps for t <= 1000 and 160 for t = infinity on a d = 8
+# kernel (condition number 3.6e4), hence Cholesky for t = infinity. At n = 256
+# Lanczos already beat eigh (0.012 s vs 0.029 s), at n = 1000 by 10x. Above
+# LANCZOS_MAX_COLUMNS columns one eigendecomposition serves all columns for
+# less; if Lanczos has not converged after LANCZOS_MAX_FRACTION * n steps the
+# eigendecomposition is computed instead. Covariances always use it.
+LANCZOS_MIN_SIZE = 256
 LANCZOS_MAX_COLUMNS = 16
 LANCZOS_MAX_FRACTION = 0.25
 LANCZOS_TOL = 1e-10

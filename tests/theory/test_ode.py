@@ -37,6 +37,7 @@ def test_mse_ode_matches_closed_form(problem):
         assert np.max(np.abs(a - b)) / np.max(np.abs(b)) < 1e-6
 
 
+@pytest.mark.slow  # one more ODE compilation; momentum is also checked against neural-tangents
 def test_momentum_matches_scipy_and_heavy_ball_steps(problem):
     """The damped-oscillator ODE (checked by SciPy) is the small-step limit of heavy-ball steps.
 
@@ -68,13 +69,14 @@ def test_momentum_matches_scipy_and_heavy_ball_steps(problem):
 
 def test_ode_state_in_and_out(problem):
     k, k_td, y, f0, g0 = problem
-    fn = predict.gradient_descent(mse, k, y, learning_rate=1e-3, momentum=0.9)
-    state = fn([1000.0, 2000.0], predict.ODEState(f0, g0), None, k_td)
-    assert isinstance(state, predict.ODEState)
-    assert state.fx_train.shape == (2,) + y.shape and state.qx_test.shape == (2,) + g0.shape
-    # Resuming from the state at t=1000 for 1000 more equals running to t=2000.
-    resumed = fn([0.0, 1000.0], predict.ODEState(*(x[0] for x in state)), None, k_td)
-    np.testing.assert_allclose(resumed.fx_test[1], state.fx_test[1], rtol=1e-6, atol=1e-9)
+    fn = predict.gradient_descent(mse, k, y, learning_rate=0.5)
+    t = np.array([3.0, 0.0, 50.0, 400.0])  # the shapes of test_mse_ode_matches_closed_form: no new compilation
+    state = fn(t, predict.ODEState(f0, g0), None, k_td)
+    assert isinstance(state, predict.ODEState) and state.qx_train is None
+    assert state.fx_train.shape == (4,) + y.shape and state.fx_test.shape == (4,) + g0.shape
+    # Resuming from the state at t=3 equals running on from the start.
+    resumed = fn(t - 3.0 + np.array([0, 3, 0, 0]), predict.ODEState(state.fx_train[0], state.fx_test[0]), None, k_td)
+    np.testing.assert_allclose(resumed.fx_test[2:], state.fx_test[2:], rtol=1e-6, atol=1e-9)
     assert fn(0.0, f0).shape == y.shape
     np.testing.assert_allclose(fn(0.0, f0), f0)
 
