@@ -141,7 +141,8 @@ def _check_inputs(x1, x2):
         if x.ndim < 2:
             raise ValueError(f"kernel_fn: {label} must be batch-first with a channel axis, "
                              f"(N, features) or (N, *spatial, C); got shape {x.shape}")
-        if _is_concrete(x) and not bool(jnp.isfinite(x).all()):
+        # NumPy, not jnp: a concrete array captured inside a user's jit would trace.
+        if _is_concrete(x) and not np.isfinite(np.asarray(x)).all():
             bad = np.argwhere(~np.isfinite(np.asarray(x)))[0]
             raise ValueError(f"kernel_fn: {label} contains NaN or infinite values "
                              f"(first at index {tuple(int(i) for i in bad)}, shape {x.shape})")
@@ -160,7 +161,7 @@ def _check_finite_output(kernel_fn: KernelFn, x1, x2, full, names, out: Kernel):
     arrays = [getattr(out, n) for n in names if getattr(out, n) is not None]
     if not all(_is_concrete(a) for a in arrays):
         return  # inside a user's jit: documented as unchecked
-    if all(bool(jnp.isfinite(a).all()) for a in arrays):
+    if all(np.isfinite(np.asarray(a)).all() for a in arrays):
         return
     _Diagnosis.active = True
     try:
