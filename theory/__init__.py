@@ -1,8 +1,9 @@
 """What a kernel predicts: exact inference, training dynamics, model selection."""
-from theory import predict
+from theory import criticality, deep_linear, eigenlearning, high_dim, predict
 from theory.model_selection import fit_hyperparameters, log_marginal_likelihood
 
-__all__ = ["predict", "log_marginal_likelihood", "fit_hyperparameters", "KernelRegressor"]
+__all__ = ["predict", "log_marginal_likelihood", "fit_hyperparameters", "KernelRegressor",
+           "deep_linear", "high_dim", "eigenlearning", "criticality"]
 
 
 def __getattr__(name):
@@ -13,6 +14,3 @@ def __getattr__(name):
         return KernelRegressor
     raise AttributeError(f"module 'theory' has no attribute {name!r}")
 
-
-# Closed-form results of the literature (deep_linear, high_dim, eigenlearning,
-# criticality, ...) add their public names below this line (and to __all__).
