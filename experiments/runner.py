@@ -35,10 +35,11 @@ import dataclasses
 import json
 import os
 import sys
-import tempfile
 
 import numpy as np
 from tqdm import tqdm
+
+from kernels.files import atomic_write
 
 SIZES = ("tiny", "small", "paper")
 RESERVED = "__piece__"
@@ -139,7 +140,7 @@ def finish(name, module, out, config, size, pieces):
         config, [load_piece(out, i, p) for i, p in enumerate(pieces)]))
     record = _jsonable({"experiment": name, "size": size, "config": dataclasses.asdict(config),
                         "results": results, "agreement": module.agreement(results)})
-    _atomic_write(os.path.join(out, "results.json"),
+    atomic_write(os.path.join(out, "results.json"),
                   lambda f: f.write(json.dumps(record, indent=1).encode()))
     save_figure(module.plot(results), os.path.join(out, f"{name}.png"))
     return record
@@ -155,7 +156,7 @@ def load_results(out):
 
 def save_figure(figure, path):
     """Write `figure` as PNG atomically, then release it."""
-    _atomic_write(path, lambda f: figure.savefig(f, format="png", dpi=150, bbox_inches="tight"))
+    atomic_write(path, lambda f: figure.savefig(f, format="png", dpi=150, bbox_inches="tight"))
     pyplot = sys.modules.get("matplotlib.pyplot")
     if pyplot is not None:  # figures made with pyplot stay registered until closed
         pyplot.close(figure)
@@ -193,7 +194,7 @@ def _save_piece(out, index, piece, result):
             raise TypeError(f"run_piece returned {key!r} for {piece}, which is not numeric "
                             "or a plain string; return arrays or numbers")
     arrays[RESERVED] = np.asarray(json.dumps(_jsonable(list(piece))))
-    _atomic_write(piece_path(out, index), lambda f: np.savez(f, **arrays))
+    atomic_write(piece_path(out, index), lambda f: np.savez(f, **arrays))
 
 
 def _claim_folder(out, name, size, config, n_pieces):
@@ -208,7 +209,7 @@ def _claim_folder(out, name, size, config, n_pieces):
             f"config {existing['config']}; this run is {name} [{size}] with {claim['config']}. "
             "Use another --out or remove the folder.")
     if existing is None:
-        _atomic_write(path, lambda f: f.write(json.dumps(claim, indent=1).encode()))
+        atomic_write(path, lambda f: f.write(json.dumps(claim, indent=1).encode()))
 
 
 def _read_json(path):
@@ -217,24 +218,6 @@ def _read_json(path):
             return json.load(f)
     except FileNotFoundError:
         return None
-
-
-def _atomic_write(path, write):
-    """Call `write(binary_file)` on a temporary file beside `path`, then rename it."""
-    folder = os.path.dirname(path) or "."
-    os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path),
-                                         suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
 
 
 def _jsonable(value):

@@ -71,11 +71,12 @@ import json
 import os
 import tempfile
 import weakref
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
+
+from kernels.files import atomic_write
 
 __all__ = ["batch"]
 
@@ -382,22 +383,6 @@ class _HostSink:
         return self.arrays
 
 
-def _atomic_write(target: str, write: Callable[[Any], None]):
-    """Writes a file under a temporary name in the same directory, fsyncs, then renames."""
-    directory = os.path.dirname(target)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-" + os.path.basename(target))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _create_once(target: str, write: Callable[[str], None]) -> bool:
     """Creates ``target`` unless it exists, atomically and without clobbering a concurrent creator.
 
@@ -508,7 +493,7 @@ class _FileSink:
             os.fsync(self.files[name][0])
         self.dirty.clear()
         self.done[tile] = self.mine[tile] = True
-        _atomic_write(self.progress_file, lambda f: np.save(f, self.mine))
+        atomic_write(self.progress_file, lambda f: np.save(f, self.mine))
 
     def close(self):
         for fd, *_ in self.files.values():
