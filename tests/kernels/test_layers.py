@@ -20,6 +20,9 @@ from kernels import empirical_kernel_fn, monte_carlo_kernel_fn, stax
 
 WIDTH = 128
 SAMPLES = 64
+# Spatial networks keep every position's outputs, so their Jacobians hold
+# outputs x parameters entries: a narrower width keeps them to tens of MB.
+SPATIAL_WIDTH = 32
 
 
 def dense():
@@ -27,7 +30,7 @@ def dense():
 
 
 def conv(d=2):
-    return stax.Conv(WIDTH, (2,) * d, padding="SAME", W_std=1.2, b_std=0.3)
+    return stax.Conv(SPATIAL_WIDTH, (2,) * d, padding="SAME", W_std=1.2, b_std=0.3)
 
 
 def tanh_nngp(cov12, var1, var2):
@@ -70,13 +73,13 @@ CASES = {
                                                            stax.serial(stax.Dense(WIDTH // 2), stax.Erf())),
                              stax.FanInConcat()], MLP, 0),
     "repeat": (lambda: [stax.repeat(stax.serial(dense(), stax.Relu()), 2)], MLP, 0.05),
-    "Conv_SAME": (lambda: [conv(), stax.Relu(), stax.Conv(WIDTH, (3, 3), padding="SAME")], IMG, 0),
-    "Conv_VALID_strided": (lambda: [conv(), stax.Relu(), stax.Conv(WIDTH, (2, 2), (2, 1), padding="VALID")], IMG, 0),
-    "Conv_CIRCULAR": (lambda: [conv(), stax.Relu(), stax.Conv(WIDTH, (3, 2), padding="CIRCULAR")], IMG, 0),
-    "Conv_standard": (lambda: [stax.Conv(WIDTH, (2, 2), padding="SAME", b_std=0.1, parameterization="standard"),
+    "Conv_SAME": (lambda: [conv(), stax.Relu(), stax.Conv(SPATIAL_WIDTH, (3, 3), padding="SAME")], IMG, 0),
+    "Conv_VALID_strided": (lambda: [conv(), stax.Relu(), stax.Conv(SPATIAL_WIDTH, (2, 2), (2, 1), padding="VALID")], IMG, 0),
+    "Conv_CIRCULAR": (lambda: [conv(), stax.Relu(), stax.Conv(SPATIAL_WIDTH, (3, 2), padding="CIRCULAR")], IMG, 0),
+    "Conv_standard": (lambda: [stax.Conv(SPATIAL_WIDTH, (2, 2), padding="SAME", b_std=0.1, parameterization="standard"),
                                stax.Relu()], IMG, 0),
-    "Conv1D": (lambda: [stax.Conv(WIDTH, (2,), (2,), padding="SAME", W_std=1.3, b_std=0.1), stax.Relu()], SEQ, 0),
-    "Conv3D": (lambda: [stax.Conv(WIDTH, (2, 2, 2), padding="SAME"), stax.Relu()], (2, 3, 3, 3, 2), 0),
+    "Conv1D": (lambda: [stax.Conv(SPATIAL_WIDTH, (2,), (2,), padding="SAME", W_std=1.3, b_std=0.1), stax.Relu()], SEQ, 0),
+    "Conv3D": (lambda: [stax.Conv(SPATIAL_WIDTH, (2, 2, 2), padding="SAME"), stax.Relu()], (2, 3, 3, 3, 2), 0),
     "AvgPool": (lambda: [conv(), stax.Relu(), stax.AvgPool((2, 2), (1, 2), padding="SAME")], IMG, 0),
     "AvgPool_normalize_edges": (lambda: [conv(), stax.AvgPool((3, 3), padding="SAME", normalize_edges=True)], IMG, 0),
     "SumPool": (lambda: [conv(), stax.Relu(), stax.SumPool((2, 2), (2, 2))], IMG, 0),
@@ -84,17 +87,18 @@ CASES = {
     "GlobalSumPool": (lambda: [conv(), stax.Erf(), stax.GlobalSumPool()], IMG, 0),
     "Flatten": (lambda: [conv(), stax.Relu(), stax.Flatten()], IMG, 0),
     "LayerNorm_spatial": (lambda: [conv(), stax.LayerNorm(axis=(1, 2, 3)), stax.Relu()], IMG, 0.05),
-    "Attention_SOFTMAX": (lambda: [stax.Dense(WIDTH), stax.GlobalSelfAttention(WIDTH, WIDTH, WIDTH, 2)], SEQ, 0.1),
-    "Attention_RELU": (lambda: [stax.Dense(WIDTH), stax.GlobalSelfAttention(
-        WIDTH, WIDTH, WIDTH, 2, attention_mechanism="RELU", b_std=0.2)], SEQ, 0.1),
-    "Attention_quadratic": (lambda: [stax.Dense(WIDTH), stax.GlobalSelfAttention(
-        WIDTH, WIDTH, WIDTH, 2, linear_scaling=False, attention_mechanism="IDENTITY")], SEQ, 0.1),
+    "Attention_SOFTMAX": (lambda: [stax.Dense(SPATIAL_WIDTH), stax.GlobalSelfAttention(SPATIAL_WIDTH, SPATIAL_WIDTH, SPATIAL_WIDTH, 2)], SEQ, 0.1),
+    "Attention_RELU": (lambda: [stax.Dense(SPATIAL_WIDTH), stax.GlobalSelfAttention(
+        SPATIAL_WIDTH, SPATIAL_WIDTH, SPATIAL_WIDTH, 2, attention_mechanism="RELU", b_std=0.2)], SEQ, 0.1),
+    "Attention_quadratic": (lambda: [stax.Dense(SPATIAL_WIDTH), stax.GlobalSelfAttention(
+        SPATIAL_WIDTH, SPATIAL_WIDTH, SPATIAL_WIDTH, 2, linear_scaling=False, attention_mechanism="IDENTITY")], SEQ, 0.1),
 }
 
 
 def network(case):
     body, shape, _ = CASES[case]
-    return stax.serial(*body(), stax.Dense(WIDTH, W_std=0.9, b_std=0.1)), shape
+    width = WIDTH if len(shape) == 2 else SPATIAL_WIDTH
+    return stax.serial(*body(), stax.Dense(width, W_std=0.9, b_std=0.1)), shape
 
 
 def inputs(shape, seed=0, dtype=np.float64):
@@ -103,18 +107,30 @@ def inputs(shape, seed=0, dtype=np.float64):
 
 @functools.lru_cache(maxsize=None)
 def closed_and_samples(case):
+    """The closed form, and per-network empirical kernels of SAMPLES random networks.
+
+    The NNGP is averaged over the readout's channels; the NTK is taken of its
+    first channel only (channels are exchangeable, so its mean is the same) to
+    keep Jacobians small. All samples run in one vectorized, compiled call.
+    """
     (init_fn, apply_fn, kernel_fn), shape = network(case)
-    x = inputs(shape)
-    empirical = empirical_kernel_fn(apply_fn)
+    nngp_fn = empirical_kernel_fn(apply_fn)
+    ntk_fn = empirical_kernel_fn(lambda params, z: apply_fn(params, z)[..., :1])
+    # Finite networks in float32 (sampling error, about 1e-2, dwarfs its rounding),
+    # one sample after another (vmapped weights turn convolutions into slow grouped ones).
+    with jax.enable_x64(False):
+        x = jnp.asarray(np.random.default_rng(0).standard_normal(shape), jnp.float32)
 
-    @jax.jit
-    def one(key):
-        _, params = init_fn(key, x.shape)
-        return empirical(x, None, ("nngp", "ntk"), params)
+        @jax.jit
+        def draw(keys):
+            def one(key):
+                _, params = init_fn(key, x.shape)
+                return nngp_fn(x, None, "nngp", params), ntk_fn(x, None, "ntk", params)
+            return jax.lax.map(one, keys)
 
-    samples = [one(jax.random.PRNGKey(i)) for i in range(SAMPLES)]
-    stacked = {f: np.stack([getattr(s, f) for s in samples]) for f in ("nngp", "ntk")}
-    return kernel_fn(x, None, ("nngp", "ntk")), stacked
+        nngp, ntk = draw(jax.random.split(jax.random.PRNGKey(0), SAMPLES))
+    closed = kernel_fn(jnp.asarray(np.asarray(x), jnp.float64), None, ("nngp", "ntk"))
+    return closed, {"nngp": np.asarray(nngp, np.float64), "ntk": np.asarray(ntk, np.float64)}
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -187,6 +203,6 @@ def test_kernel_hygiene(case):
     assert k32.nngp.dtype == jnp.float32 and k32.ntk.dtype == jnp.float32
     np.testing.assert_allclose(k32.nngp, k.nngp, rtol=2e-3, atol=2e-4 * np.abs(k.nngp).max())
     # the kernel of a concatenated batch is made of the blocks
-    xa, xb = x64[:2], x64[2:]
-    np.testing.assert_allclose(k.ntk[:2, 2:], kernel_fn(xa, xb, "ntk"), rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(k.nngp[2:, 2:], kernel_fn(xb, None, "nngp"), rtol=1e-10, atol=1e-12)
+    block = kernel_fn(x64[:2], x64[2:], ("nngp", "ntk"))
+    np.testing.assert_allclose(k.ntk[:2, 2:], block.ntk, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(k.nngp[:2, 2:], block.nngp, rtol=1e-10, atol=1e-12)
