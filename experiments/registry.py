@@ -9,6 +9,7 @@ import importlib
 EXPERIMENTS = {
     "ntk-convergence": "experiments.ntk_convergence",
     "function-dynamics": "experiments.function_dynamics",
+    "real-data-regression": "experiments.real_data_regression",
     "deep-linear-dynamics": "experiments.deep_linear_dynamics",
     "high-dim-generalization": "experiments.high_dim_generalization",
     "criticality": "experiments.criticality",
