@@ -92,7 +92,7 @@ class Config:
         # widths from 128: at 64 the O(1/n^2) part of the NTK's variance still
         # steepens the slope by about 0.1 (see figures/README.md)
         return cls(widths=(128, 256, 512, 1024), n_seeds=64, n_trained=8, seeds_per_piece=8,
-                   n_grid=33, steps=10)
+                   n_grid=17, steps=10)
 
     @classmethod
     def small(cls):
@@ -270,6 +270,11 @@ def summarize(config, results):
             widest = by_width[-1][:, middle]
             summary["widest_ntk_x0_mean"] = widest.mean()
             summary["widest_ntk_x0_se"] = widest.std(ddof=1) / np.sqrt(len(widest))
+            # the same statistic on only the networks that get trained, whose
+            # fewer seeds make the trained slope noisier: compare like with like
+            same = np.sqrt((deviation[:, :config.n_trained] ** 2).mean(axis=1))
+            summary["deviation_init_trained_seeds_rms"] = same
+            summary["slope_init_trained_seeds"] = loglog_slope(widths, same)[0]
     # How far each trained network's NTK moved, relative to the limit's norm:
     # O(n^-1/2) at most (Jacot et al. 2018, Thm. 2; Lee et al. 2019, Thm. 2.1),
     # O(1/n) by Dyer & Gur-Ari 2020's conjecture.
@@ -297,6 +302,7 @@ def agreement(results):
     return {
         "slope_init": results["slope_init"],
         "slope_trained": results["slope_trained"],
+        "slope_init_same_seeds_as_trained": results["slope_init_trained_seeds"],
         "slope_drift_during_training": results["slope_drift"],
         "theory_slope": -0.5,
         "closed_form_ntk_x0": limit,
