@@ -62,15 +62,15 @@ class Config:
     steps); seed: base seed of the data and the networks."""
 
     widths: tuple = (64, 256, 1024)
-    n_seeds: int = 16
-    seeds_per_piece: int = 16
+    n_seeds: int = 8
+    seeds_per_piece: int = 8
     n_hidden: int = 3
     W_std: float = 1.0
     b_std: float = 0.1
     n_train: int = 8
     n_test: int = 49
     learning_rate: float = 1.0
-    steps: int = 300
+    steps: int = 200
     n_records: int = 16
     seed: int = 0
 
