@@ -23,6 +23,8 @@ TensorFlow, imported by ``import neural_tangents``, ~0.5 GB), the same ratio for
 the increment over the RSS right after imports (``dRSS``), and the max relative
 difference ``max|ours - nt| / max|nt|`` over the NNGP and NTK (W5: over the
 predicted means; plus each side's error against the float64 reference).
+``--ours-tile W3b=4`` runs ours on the named workloads through
+``kernels.batch(kernel_fn, 4, device_count=0)`` (rows marked ``b4``).
 """
 import argparse
 import json
@@ -62,10 +64,12 @@ def tree_rss_bytes(pid):
     return total
 
 
-def run_worker(python, side, workload, repeats, save, timeout, mem_gb):
+def run_worker(python, side, workload, repeats, save, timeout, mem_gb, tile=0):
     env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
     cmd = [python, WORKER, "--side", side, "--workload", workload, "--repeats", str(repeats),
            "--save", save, "--mem-gb", str(mem_gb)]
+    if tile:
+        cmd += ["--tile", str(tile)]
     t0 = time.time()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
     status = {"killed": None, "max_rss": 0}
@@ -124,7 +128,11 @@ def main():
     p.add_argument("--nt-python", default=os.path.join(REPO, ".venv-nt", "bin", "python"))
     p.add_argument("--ours-python", default=sys.executable)
     p.add_argument("--json", default=None, help="write all results here")
+    p.add_argument("--ours-tile", default="",
+                   help="e.g. W3b=4: run ours on these workloads through kernels.batch(kernel_fn, TILE) "
+                        "instead of one jax.jit of the whole kernel (labelled in the table)")
     args = p.parse_args()
+    ours_tile = {k: int(v) for k, v in (kv.split("=") for kv in args.ours_tile.split(",") if kv)}
     workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
     for w in workloads:
         if w not in ALL:
@@ -143,7 +151,8 @@ def main():
             res = {}
             for side, python in sides:
                 save = os.path.join(tmp, f"{w}_{side}.npz")
-                r = run_worker(python, side, w, args.repeats, save, args.timeout, args.mem_gb)
+                tile = ours_tile.get(w, 0) if side == "ours" else 0
+                r = run_worker(python, side, w, args.repeats, save, args.timeout, args.mem_gb, tile)
                 r["load_after"] = os.getloadavg()[0]
                 res[side] = r
                 msg = r.get("error") or f"{r['best_s']:.4g} s, peak RSS {gb(r['peak_rss_bytes'])} GB"
@@ -184,7 +193,8 @@ def main():
             extra = [f"{s} vs f64 {row[s + '_err_vs_f64']:.1e}" for s in ("ours", "nt") if s + "_err_vs_f64" in row]
             if extra:
                 diff += " (" + "; ".join(extra) + ")"
-        print(f"| {row['workload']:8} | {t(o):>9} | {t(n):>9} | {tr:>9} | {gb(o.get('peak_rss_bytes')):>11} | "
+        name = row["workload"] + (f" b{o['tile']}" if o.get("tile") else "")
+        print(f"| {name:8} | {t(o):>9} | {t(n):>9} | {tr:>9} | {gb(o.get('peak_rss_bytes')):>11} | "
               f"{gb(n.get('peak_rss_bytes')) if n else 'n/a':>9} | {rr:>11} | {dr:>12} | {diff:>12} |")
     load = os.getloadavg()
     print(f"\nload average at end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
