@@ -138,6 +138,8 @@ def _check_inputs(x1, x2):
             x = jnp.asarray(x)
         if not jnp.issubdtype(x.dtype, jnp.floating):
             raise TypeError(f"kernel_fn: {label} must be a floating-point array, got dtype {x.dtype}")
+        if x.ndim >= 1 and x.shape[0] == 0:
+            raise ValueError(f"kernel_fn: {label} has no examples (shape {x.shape})")
         if x.ndim < 2:
             raise ValueError(f"kernel_fn: {label} must be batch-first with a channel axis, "
                              f"(N, features) or (N, *spatial, C); got shape {x.shape}")

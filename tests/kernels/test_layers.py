@@ -79,7 +79,7 @@ CASES = {
     "Conv_standard": (lambda: [stax.Conv(SPATIAL_WIDTH, (2, 2), padding="SAME", b_std=0.1, parameterization="standard"),
                                stax.Relu()], IMG, 0),
     "Conv1D": (lambda: [stax.Conv(SPATIAL_WIDTH, (2,), (2,), padding="SAME", W_std=1.3, b_std=0.1), stax.Relu()], SEQ, 0),
-    "Conv3D": (lambda: [stax.Conv(SPATIAL_WIDTH, (2, 2, 2), padding="SAME"), stax.Relu()], (2, 3, 3, 3, 2), 0),
+    "Conv3D": (lambda: [stax.Conv(SPATIAL_WIDTH, (2, 2, 2), padding="SAME"), stax.Relu()], (3, 3, 3, 3, 2), 0),
     "AvgPool": (lambda: [conv(), stax.Relu(), stax.AvgPool((2, 2), (1, 2), padding="SAME")], IMG, 0),
     "AvgPool_normalize_edges": (lambda: [conv(), stax.AvgPool((3, 3), padding="SAME", normalize_edges=True)], IMG, 0),
     "SumPool": (lambda: [conv(), stax.Relu(), stax.SumPool((2, 2), (2, 2))], IMG, 0),
