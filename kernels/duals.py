@@ -303,6 +303,10 @@ def gauss_hermite_dual(fn, deg: int, df=None) -> Dual:
         return jnp.einsum("...ij,i,j->...", f(u) * f(v), w, w)
 
     def dual(cov12, var1, var2):
+        # The rule conditions v on u; averaging both orders makes kernels exactly symmetric.
         cov12, var1, var2 = jnp.broadcast_arrays(cov12, var1, var2)
-        return expectation(fn, cov12, var1, var2), expectation(df, cov12, var1, var2)
+
+        def symmetric(f):
+            return (expectation(f, cov12, var1, var2) + expectation(f, cov12, var2, var1)) / 2
+        return symmetric(fn), symmetric(df)
     return dual
