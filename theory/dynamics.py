@@ -309,11 +309,7 @@ def gradient_descent_mse_ensemble(
     """
     layout = output_axes.output_layout(y_train, trace_axes)
     n_train = layout.y_shape[0]
-    if np.ndim(x_train) == 0 or np.shape(x_train)[0] != n_train:
-        raise ValueError(
-            f"x_train and y_train must have the same number of examples; got x_train of shape "
-            f"{np.shape(x_train)} and y_train of shape {layout.y_shape}."
-        )
+    output_axes.check_inputs_match(layout, x_train)
     diag_reg = linalg.check_diag_reg(diag_reg)
     scale = _check_learning_rate(learning_rate) / int(np.prod(layout.y_shape))
     solver = spectral.check_solver(solver)

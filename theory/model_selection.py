@@ -143,11 +143,7 @@ def fit_hyperparameters(
     """
     layout = output_axes.output_layout(y_train, trace_axes)
     n = layout.y_shape[0]
-    if np.ndim(x_train) == 0 or np.shape(x_train)[0] != n:
-        raise ValueError(
-            f"x_train and y_train must have the same number of examples; got x_train of shape "
-            f"{np.shape(x_train)} and y_train of shape {layout.y_shape}."
-        )
+    output_axes.check_inputs_match(layout, x_train)
     if get not in ("nngp", "ntk"):
         raise ValueError(f"get must be 'nngp' or 'ntk', got {get!r}.")
     fixed = dict(fixed or {})

@@ -66,6 +66,15 @@ def output_layout(y_train, trace_axes):
     return OutputLayout(shape, traced, kept)
 
 
+def check_inputs_match(layout, x_train):
+    """Raises unless ``x_train`` has one example per row of ``y_train``."""
+    if np.ndim(x_train) == 0 or np.shape(x_train)[0] != layout.y_shape[0]:
+        raise ValueError(
+            f"x_train and y_train must have the same number of examples; got x_train of shape "
+            f"{np.shape(x_train)} and y_train of shape {layout.y_shape}."
+        )
+
+
 def check_targets(layout, name, y, batch_size=None):
     """Check that `y` has the targets' shape (with `batch_size` rows if given)."""
     expected = layout.y_shape if batch_size is None else (batch_size,) + layout.y_shape[1:]
