@@ -27,7 +27,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from kernels.kernel import Kernel
+from kernels.kernel import HIGHEST, Kernel
 from kernels.stax.layer import describe, leaf, needs_pairs, spatial_description
 
 MECHANISMS = ("SOFTMAX", "IDENTITY", "ABS", "RELU")
@@ -124,7 +124,8 @@ def GlobalSelfAttention(n_chan_out: int, n_chan_key: int, n_chan_val: int, n_hea
             a2 = a1 if cov2 is None else mechanism(qk * cov2)
 
             def sandwich(x, left, right):
-                return jnp.einsum("...pq,...rq->...pr", jnp.einsum("...pq,...qr->...pr", left, x), right)
+                inner = jnp.einsum("...pq,...qr->...pr", left, x, precision=HIGHEST)
+                return jnp.einsum("...pq,...rq->...pr", inner, right, precision=HIGHEST)
             new_nngp = ov ** 2 * sandwich(nngp, a1[:, None], a2[None]) + b2
             new_ntk = ov ** 2 * sandwich(ntk + 2 * nngp, a1[:, None], a2[None]) + b2
             new_cov1 = ov ** 2 * sandwich(cov1, a1, a1) + b2

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kernels.kernel import Kernel, input_kernel, to_neural_tangents_layout
+from kernels.stax import blocks
 
 GET_NAMES = ("nngp", "ntk", "cov1", "cov2")
 
@@ -64,7 +65,7 @@ class KernelFn:
     rule: Callable[[Any], Any]
     needs_full: Callable[[Requirement], Requirement] = keep_requirement
 
-    def __call__(self, x1, x2=None, get=None, **kwargs):
+    def __call__(self, x1, x2=None, get=None, *, block_size=None, **kwargs):
         """Kernels of the network's outputs on ``x1`` and ``x2``.
 
         Args:
@@ -72,6 +73,11 @@ class KernelFn:
           x2: ``(N2, *S, C)`` or ``None`` (then ``x2 = x1``).
           get: ``None`` for the `Kernel`; a name (``"nngp"``, ``"ntk"``, ``"cov1"``,
             ``"cov2"``) for one array; a tuple of names for a named tuple of arrays.
+          block_size: pairs of examples are evaluated ``block_size x block_size`` at a
+            time (`kernels.stax.blocks`: each example's self covariances computed once,
+            only blocks on or above the diagonal when ``x2 is None``, memory bounded by a
+            block). ``None`` (default) chooses by size and backend; ``0`` evaluates every
+            pair at once.
 
         Returns:
           Arrays ``(N1, N2)`` for a flat output; spatial outputs keep position pairs
@@ -82,7 +88,9 @@ class KernelFn:
         names = _normalize_get(get)
         x1, x2 = _check_inputs(x1, x2)
         full = x1.ndim > 2 and any_requirement(self.needs_full(True))
-        out = self._evaluate(x1, x2, full, names)
+        n2 = x1.shape[0] if x2 is None else x2.shape[0]
+        b = blocks.plan(x1.shape[0], n2, blocks.pair_elements(x1, full), block_size, jax.default_backend())
+        out = self._evaluate(x1, x2, full, names, b)
         _check_finite_output(self, x1, x2, full, names, out)
         if get is None:
             return out
@@ -90,8 +98,11 @@ class KernelFn:
             return getattr(out, get)
         return _named_tuple(names)(*(getattr(out, n) for n in names))
 
-    def _forward(self, x1, x2, full: bool, names: tuple) -> Kernel:
-        k = self.rule(input_kernel(x1, x2, full))
+    def _forward(self, x1, x2, full: bool, names: tuple, b: int) -> Kernel:
+        if b:
+            k = blocks.evaluate(self.rule, x1, x2, full, b)
+        else:
+            k = self.rule(input_kernel(x1, x2, full))
         if not isinstance(k, Kernel):
             raise ValueError(f"{self.name}: the network ends in {len(k)} branches; "
                              "merge them (FanInSum, FanInConcat, FanInProd) before asking for a kernel")
@@ -106,7 +117,7 @@ class KernelFn:
 
     @functools.cached_property
     def _evaluate(self):
-        return jax.jit(self._forward, static_argnames=("full", "names"))
+        return jax.jit(self._forward, static_argnames=("full", "names", "b"))
 
 
 def _normalize_get(get) -> tuple:
@@ -176,7 +187,7 @@ def _check_finite_output(kernel_fn: KernelFn, x1, x2, full, names, out: Kernel):
 def checked(name: str, rule: Callable[[Kernel], Kernel]) -> Callable[[Kernel], Kernel]:
     """Wraps a leaf layer's rule so a diagnosis run names the layer that made a non-finite value."""
     def wrapped(k):
-        out = rule(k)
+        out = rule(blocks.at_leaf(k))
         if _Diagnosis.active:
             bad = [f for f in ("nngp", "ntk", "cov1", "cov2")
                    if getattr(out, f) is not None and not bool(jnp.isfinite(getattr(out, f)).all())]
