@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 PADDINGS = ("VALID", "SAME", "CIRCULAR")
@@ -56,6 +57,8 @@ def conv_positions(a, full: bool, d: int, filter_shape, strides, padding: str):
     Returns the mean over filter offsets of the (padded) covariance: the
     weight variance and the bias are applied by the caller.
     """
+    if not full:
+        return _conv_diagonal(a, d, filter_shape, strides, padding)
     for i, (k, s) in enumerate(zip(filter_shape, strides)):
         if full:
             axes = (a.ndim - 2 * d + i, a.ndim - d + i)
@@ -71,6 +74,39 @@ def conv_positions(a, full: bool, d: int, filter_shape, strides, padding: str):
                 piece = _strided(piece, ax, t, out, s)
             total = total + piece
         a = total
+    return a / math.prod(filter_shape)
+
+
+def window_matrix(size: int, window: int, stride: int, padding: str) -> np.ndarray:
+    """``T[o, i]``: how many of output ``o``'s window offsets land on input ``i`` (0 or 1).
+
+    Padded positions contribute zero (VALID, SAME) or wrap around (CIRCULAR).
+    """
+    out = output_size(size, window, stride, padding)
+    low = pad_amounts(size, window, stride, padding)[0]
+    t = np.zeros((out, size))
+    for o in range(out):
+        for offset in range(window):
+            i = o * stride + offset - low
+            if padding == "CIRCULAR":
+                t[o, i % size] += 1
+            elif 0 <= i < size:
+                t[o, i] += 1
+    return t
+
+
+def _conv_diagonal(a, d: int, filter_shape, strides, padding: str):
+    """`conv_positions` for equal positions only: a 1-D window sum along each spatial axis.
+
+    Written as a product with `window_matrix` per axis rather than padded slices: XLA's
+    CPU compiler fused the slices' elementwise producers (an activation's dual map) into
+    every slice and recomputed them, layer after layer (a 4-layer Flatten CNN kernel: 62 ns
+    per entry and layer, against 10 ns for a materialized product).
+    """
+    for i, (k, s) in enumerate(zip(filter_shape, strides)):
+        axis = a.ndim - d + i
+        t = jnp.asarray(window_matrix(a.shape[axis], k, s, padding), a.dtype)
+        a = jnp.moveaxis(jnp.tensordot(a, t, axes=[[axis], [1]], precision=lax.Precision.HIGHEST), -1, axis)
     return a / math.prod(filter_shape)
 
 

@@ -47,8 +47,10 @@ __all__ = ["evaluate", "plan", "at_leaf"]
 
 # Elements of one block's nngp (float count) the automatic plan aims at, and the size of a
 # whole kernel below which the one-shot evaluation is used. CPU: a block's arrays stay in
-# cache (4 MB each); accelerators: large enough to fill the device.
-_TARGET = {"cpu": 2 ** 20}
+# the 1 MB L2 cache (2-core EPYC, issue 4's workloads: blocks of 2^18 ran the MLP 1.6x and
+# attention 1.6x faster than blocks of 2^20, the Flatten CNN 1.2x slower); accelerators:
+# large enough to fill the device (H100, Myrtle-5: blocks of 4, 8, 16 pairs within 5%).
+_TARGET = {"cpu": 2 ** 18}
 _TARGET_ACCELERATOR = 2 ** 24
 _ONE_SHOT_FACTOR = 2
 
@@ -109,7 +111,7 @@ def pair_elements(x: jax.Array, full: bool) -> int:
 def plan(n1: int, n2: int, per_pair: int, block_size: Optional[int], backend: str) -> int:
     """Rows (= columns) per block, or 0 for the one-shot evaluation.
 
-    ``block_size``: ``None`` chooses (one block holds about 2^20 floats per array on a CPU,
+    ``block_size``: ``None`` chooses (one block holds about 2^18 floats per array on a CPU,
     2^24 on an accelerator; kernels under twice that are evaluated in one shot); ``0``
     forces the one-shot evaluation; a positive int is used as given (capped at the batch).
     """
@@ -217,6 +219,11 @@ def evaluate(rule: Callable, x1, x2, full: bool, b: int, chunk: Optional[int] = 
         nngp_blocks = ntk_blocks = jnp.zeros(shape, self_nngp.dtype)
 
     def assemble(blocks, diagonal):
+        if symmetric and b1 > 1:  # a block on the diagonal holds K(x, x') and K(x', x): keep one
+            on_diagonal = np.flatnonzero(block_rows == block_cols)
+            upper = np.triu(np.ones((b1, b1), bool)).reshape((1, b1, b1) + (1,) * (blocks.ndim - 3))
+            square = blocks[on_diagonal]
+            blocks = blocks.at[on_diagonal].set(jnp.where(upper, square, _mirror(square, full, d)))
         pieces = [blocks]
         grid = np.full((nb1, nb2), -1, np.int64)
         grid[keep] = np.arange(len(block_rows))
@@ -229,11 +236,8 @@ def evaluate(rule: Callable, x1, x2, full: bool, b: int, chunk: Optional[int] = 
                 grid[np.arange(nb1), np.arange(nb1)] = 2 * len(block_rows) + np.arange(nb1)
         every = jnp.concatenate(pieces) if len(pieces) > 1 else blocks
         tiled = every[jnp.asarray(grid)]  # (nb1, nb2, b1, b2, ...)
-        tiled = jnp.swapaxes(tiled, 1, 2).reshape((nb1 * b1, nb2 * b2) + tiled.shape[4:])[:n1, :n2]
-        if symmetric and b1 > 1:  # blocks on the diagonal computed both K(x, x') and K(x', x)
-            upper = np.triu(np.ones((n1, n1), bool)).reshape((n1, n1) + (1,) * (tiled.ndim - 2))
-            tiled = jnp.where(upper, tiled, _mirror(tiled[None], full, d)[0])
-        return tiled
+        tiled = jnp.swapaxes(tiled, 1, 2).reshape((nb1 * b1, nb2 * b2) + tiled.shape[4:])
+        return tiled[:n1, :n2]
 
     return out.replace(
         nngp=assemble(nngp_blocks, self_nngp),

@@ -59,12 +59,12 @@ def test_blocked_kernel_is_exactly_symmetric():
 
 
 def test_plan_chooses_by_size_and_backend():
-    # Small kernels go in one shot; a block holds about 2^20 floats per array on a CPU.
+    # Small kernels go in one shot; a block holds about 2^18 floats per array on a CPU.
     assert blocks.plan(10, 10, 1, None, "cpu") == 0
     assert blocks.plan(8, 8, 1024 ** 2, None, "cpu") == 1
     b = blocks.plan(256, 256, 784, None, "cpu")
-    assert 16 <= b <= 64 and b * b * 784 <= 2 * 2 ** 20
-    assert blocks.plan(2000, 2000, 1, None, "cpu") == 1000  # two even blocks, not 1024 + 976
+    assert 16 <= b <= 32 and b * b * 784 <= 2 * 2 ** 18
+    assert blocks.plan(2000, 2000, 1, None, "cpu") == 500  # four even blocks, not 3 x 512 + 464
     assert blocks.plan(1024, 1024, 1024 ** 2, None, "gpu") == 4
     assert blocks.plan(7, 7, 1, 3, "cpu") == 3 and blocks.plan(7, 7, 1, 100, "cpu") == 7
     with pytest.raises(ValueError, match="block_size"):
