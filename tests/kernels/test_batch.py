@@ -30,13 +30,20 @@ def net(name):
     if name == "pooled_cnn":
         return stax.serial(stax.Conv(4, (2, 2), padding="SAME", W_std=1.4, b_std=0.1), stax.Relu(),
                            stax.GlobalAvgPool(), stax.Dense(1))[2]
+    if name == "flatten_cnn":  # keeps equal positions only
+        return stax.serial(stax.Conv(4, (2, 2), padding="SAME", W_std=1.4, b_std=0.1), stax.Relu(),
+                           stax.Flatten(), stax.Dense(1))[2]
+    if name == "attention":
+        return stax.serial(stax.Dense(4), stax.GlobalSelfAttention(4, 4, 4, 2, linear_scaling=True), stax.Relu(),
+                           stax.GlobalAvgPool(), stax.Dense(1))[2]
     if name == "spatial_cnn":  # output keeps position pairs: (N1, N2, S, S')
         return stax.serial(stax.Conv(3, (2,), padding="SAME", W_std=1.3, b_std=0.1), stax.Relu(),
                            stax.Conv(3, (2,), padding="SAME"))[2]
     raise KeyError(name)
 
 
-SHAPES = {"mlp": (X1, X2, TILE), "pooled_cnn": ((5, 3, 3, 2), (3, 3, 3, 2), 2), "spatial_cnn": ((5, 3, 2), None, 2)}
+SHAPES = {"mlp": (X1, X2, TILE), "pooled_cnn": ((5, 3, 3, 2), (3, 3, 3, 2), 2), "spatial_cnn": ((5, 3, 2), None, 2),
+          "flatten_cnn": ((5, 3, 3, 2), (3, 3, 3, 2), 2), "attention": ((5, 3, 2), (3, 3, 2), 2)}
 
 
 def inputs(shape, seed):
@@ -72,7 +79,8 @@ def check(expected: Kernel, got, get):
 
 
 CASES = ([("mlp", get, given) for get in (None, "ntk", BOTH) for given in (False, True)]
-         + [("pooled_cnn", None, False), ("pooled_cnn", BOTH, True), ("spatial_cnn", "nngp", False)])
+         + [("pooled_cnn", None, False), ("pooled_cnn", BOTH, True), ("spatial_cnn", "nngp", False)]
+         + [(name, BOTH, given) for name in ("flatten_cnn", "attention") for given in (False, True)])
 
 
 @pytest.mark.parametrize("name,get,given", CASES)
@@ -207,7 +215,6 @@ def test_progress_bar_and_errors(capsys):
         batch(net("mlp"), -1)
 
 
-@pytest.mark.slow
 def test_four_simulated_devices_equal_one():
     """Tiles spread round-robin over 4 CPU devices (a subprocess: the flag must precede JAX's start)."""
     code = textwrap.dedent("""
@@ -215,12 +222,15 @@ def test_four_simulated_devices_equal_one():
         jax.config.update("jax_enable_x64", True)
         from kernels import batch, stax
         assert len(jax.local_devices()) == 4
-        kernel_fn = stax.serial(stax.Dense(8), stax.Relu(), stax.Dense(1))[2]
-        x = np.random.default_rng(0).normal(size=(11, 5))
-        got = batch(kernel_fn, 2, progress=False)(x, None, "ntk")
-        one = batch(kernel_fn, 2, device_count=1, progress=False)(x, None, "ntk")
-        assert np.allclose(got, kernel_fn(x, None, "ntk"), rtol=1e-10, atol=1e-12)
-        assert np.allclose(got, one, rtol=1e-10, atol=1e-12)
+        rng = np.random.default_rng(0)
+        mlp = stax.serial(stax.Dense(8), stax.Relu(), stax.Dense(1))[2]
+        cnn = stax.serial(stax.Conv(3, (2, 2), padding="SAME"), stax.Relu(), stax.GlobalAvgPool(), stax.Dense(1))[2]
+        for kernel_fn, x in ((mlp, rng.normal(size=(11, 5))), (cnn, rng.normal(size=(7, 3, 3, 2)))):
+            for x2 in (None, x[:5] + 1):
+                got = batch(kernel_fn, 2, progress=False)(x, x2, "ntk")
+                one = batch(kernel_fn, 2, device_count=1, progress=False)(x, x2, "ntk")
+                assert np.allclose(got, kernel_fn(x, x2, "ntk"), rtol=1e-10, atol=1e-12)
+                assert np.allclose(got, one, rtol=1e-10, atol=1e-12)
         print("ok")
     """)
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
