@@ -137,7 +137,7 @@ def _pad_rows(x, rows: int):
     return jnp.concatenate([x, jnp.repeat(x[-1:], extra, axis=0)])
 
 
-def _self_pass(rule: Callable, xs, full: bool, chunk: int):
+def _self_pass(rule: Callable, xs, full: bool, chunk: int, name: str):
     """Diagonal kernels, self-covariance tape and output template of every example in ``xs``."""
     template = {}
 
@@ -145,8 +145,8 @@ def _self_pass(rule: Callable, xs, full: bool, chunk: int):
         with _taping("record", []) as entries:
             out = rule(input_kernel(x, None, full))
         if not isinstance(out, Kernel):
-            raise ValueError(f"the network ends in {len(out)} branches; merge them (FanInSum, FanInConcat, "
-                             "FanInProd) before asking for a kernel")
+            raise ValueError(f"{name}: the network ends in {len(out)} branches; "
+                             "merge them (FanInSum, FanInConcat, FanInProd) before asking for a kernel")
         template["out"] = out
         return out.nngp[0, 0], out.ntk[0, 0], [tuple(c[0] for c in e) for e in entries]
 
@@ -174,10 +174,12 @@ def _mirror(blocks, full: bool, d: int):
     return jnp.transpose(blocks, axes)
 
 
-def evaluate(rule: Callable, x1, x2, full: bool, b: int, chunk: Optional[int] = None) -> Kernel:
+def evaluate(rule: Callable, x1, x2, full: bool, b: int, chunk: Optional[int] = None,
+             name: str = "kernel_fn") -> Kernel:
     """The network's `Kernel` (library layout) on ``x1``, ``x2``, ``b x b`` pairs at a time.
 
-    ``chunk``: examples per step of the self pass (default: as many as one block has pairs).
+    ``chunk``: examples per step of the self pass (default: as many as one block has pairs);
+    ``name``: how errors name the network.
     """
     symmetric = x2 is None
     n1 = x1.shape[0]
@@ -189,7 +191,7 @@ def evaluate(rule: Callable, x1, x2, full: bool, b: int, chunk: Optional[int] = 
     x1p = _pad_rows(x1, nb1 * b1)
     x2p = x1p if symmetric else _pad_rows(x2, nb2 * b2)
     xs = x1p if symmetric else jnp.concatenate([x1p, x2p])
-    self_nngp, self_ntk, tape, out = _self_pass(rule, xs, full, chunk or b1 * b2)
+    self_nngp, self_ntk, tape, out = _self_pass(rule, xs, full, chunk or b1 * b2, name)
     d = out.spatial_ndim
 
     rows = np.arange(nb1)[:, None].repeat(nb2, 1)

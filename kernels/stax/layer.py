@@ -100,7 +100,7 @@ class KernelFn:
 
     def _forward(self, x1, x2, full: bool, names: tuple, b: int) -> Kernel:
         if b:
-            k = blocks.evaluate(self.rule, x1, x2, full, b)
+            k = blocks.evaluate(self.rule, x1, x2, full, b, name=self.name)
         else:
             k = self.rule(input_kernel(x1, x2, full))
         if not isinstance(k, Kernel):
