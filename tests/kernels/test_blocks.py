@@ -3,7 +3,8 @@
 The one-shot evaluation (``block_size=0``) is held against neural-tangents' numbers and
 Monte Carlo averages elsewhere (test_oracle, test_layers); here the two evaluation orders
 must agree to rounding (1e-10, float64) on every kind of network the tape has to replay:
-MLPs, Flatten and pooled CNNs, attention, branches with LayerNorm, spatial outputs, with
+MLPs, Flatten and pooled CNNs, attention, branches with LayerNorm or channel concatenation
+(whose kernel depends on channel counts), the standard parameterization, spatial outputs, with
 ``x2 = None`` and given, and batches that the block size does not divide.
 """
 import jax
@@ -14,6 +15,7 @@ from kernels import stax
 from kernels.stax import blocks
 
 _conv = stax.Conv(3, (3, 3), padding="SAME", W_std=1.3, b_std=0.2)
+_standard = stax.Conv(3, (2, 2), padding="SAME", W_std=1.2, b_std=0.3, parameterization="standard")
 NETWORKS = {
     "mlp": (lambda: stax.serial(stax.Dense(8, W_std=1.5, b_std=0.1), stax.Relu(), stax.Dense(8), stax.Erf(),
                                 stax.Dense(1)), (7, 5)),
@@ -24,6 +26,9 @@ NETWORKS = {
     "attention": (lambda: stax.serial(stax.Dense(8), stax.GlobalSelfAttention(8, 8, 8, 2, linear_scaling=True),
                                       stax.Relu(), stax.GlobalAvgPool(), stax.Dense(1)), (5, 4, 3)),
     "spatial_output": (lambda: stax.serial(_conv, stax.Relu(), stax.AvgPool((2, 2)), _conv), (5, 4, 3, 2)),
+    "standard_concat": (lambda: stax.serial(_standard, stax.FanOut(2), stax.parallel(stax.Relu(), stax.serial(
+        stax.Erf(), _standard)), stax.FanInConcat(), _standard, stax.Relu(), stax.AvgPool((2, 2)), stax.Flatten(),
+        stax.Dense(2, parameterization="standard")), (5, 4, 4, 2)),
     "branches": (lambda: stax.serial(stax.Dense(8), stax.FanOut(2),
                                      stax.parallel(stax.Relu(), stax.serial(stax.Erf(), stax.Dense(4))),
                                      stax.FanInSum(), stax.LayerNorm(), stax.Dense(2)), (6, 5)),
