@@ -171,29 +171,29 @@ def _check_inputs(x1, x2):
 
 
 def _check_finite_output(kernel_fn: KernelFn, x1, x2, full, names, out: Kernel):
-    arrays = [getattr(out, n) for n in names if getattr(out, n) is not None]
-    if not all(_is_concrete(a) for a in arrays):
+    present = [(n, getattr(out, n)) for n in names if getattr(out, n) is not None]
+    if not all(_is_concrete(a) for _, a in present):
         return  # inside a user's jit: documented as unchecked
-    bad = [(n, a) for n, a in zip([n for n in names if getattr(out, n) is not None], arrays)
-           if not np.isfinite(np.asarray(a)).all()]
+    bad = [(n, np.asarray(a)) for n, a in present if not np.isfinite(np.asarray(a)).all()]
     if not bad:
         return
     # Re-run the rules, checking every layer, on the first offending pair only: the whole
     # batch, evaluated at once, could need far more memory than the blocked evaluation did.
     name, array = bad[0]
-    index = np.argwhere(~np.isfinite(np.asarray(array)))[0]
-    i = int(index[0]) if name != "cov2" else None
-    j = int(index[1]) if name in ("nngp", "ntk") else int(index[0]) if name == "cov2" else None
+    index = tuple(int(t) for t in np.argwhere(~np.isfinite(array))[0])
     other = x1 if x2 is None else x2
-    a = x1[i:i + 1] if i is not None else other[j:j + 1]
-    b = None if j is None or (x2 is None and i == j) or i is None else other[j:j + 1]
+    if name in ("nngp", "ntk"):
+        i, j = index[:2]
+        a, b = x1[i:i + 1], (None if x2 is None and i == j else other[j:j + 1])
+    else:
+        a, b = (x1 if name == "cov1" else other)[index[0]:index[0] + 1], None
     _Diagnosis.active = True
     try:
         kernel_fn.rule(input_kernel(a, b, full))
     finally:
         _Diagnosis.active = False
-    where = f"{name}[{', '.join(str(int(t)) for t in index)}]"
-    raise FloatingPointError(f"{kernel_fn.name}: the kernel contains NaN or infinite values (first at {where})")
+    raise FloatingPointError(f"{kernel_fn.name}: the kernel contains NaN or infinite values "
+                             f"(first at {name}{list(index)})")
 
 
 def checked(name: str, rule: Callable[[Kernel], Kernel]) -> Callable[[Kernel], Kernel]:
