@@ -131,6 +131,14 @@ def input_kernel(x1: jax.Array, x2: Optional[jax.Array], full: bool) -> Kernel:
     )
 
 
+def single_kernel(out, name: str) -> Kernel:
+    """A network's result as one `Kernel`; an error naming the network if it ends in branches."""
+    if not isinstance(out, Kernel):
+        raise ValueError(f"{name}: the network ends in {len(out)} branches; "
+                         "merge them (FanInSum, FanInConcat, FanInProd) before asking for a kernel")
+    return out
+
+
 def position_variances(cov: jax.Array, full: bool, d: int) -> jax.Array:
     """Per-position variances ``(N, *S)`` from a self-covariance ``cov``."""
     if not full or d == 0:

@@ -20,6 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from kernels.kernel import HIGHEST
+
 PADDINGS = ("VALID", "SAME", "CIRCULAR")
 
 
@@ -60,10 +62,7 @@ def conv_positions(a, full: bool, d: int, filter_shape, strides, padding: str):
     if not full:
         return _conv_diagonal(a, d, filter_shape, strides, padding)
     for i, (k, s) in enumerate(zip(filter_shape, strides)):
-        if full:
-            axes = (a.ndim - 2 * d + i, a.ndim - d + i)
-        else:
-            axes = (a.ndim - d + i,)
+        axes = (a.ndim - 2 * d + i, a.ndim - d + i)
         size = a.shape[axes[0]]
         out = output_size(size, k, s, padding)
         a = _pad(a, axes, pad_amounts(size, k, s, padding), padding)
@@ -106,14 +105,8 @@ def _conv_diagonal(a, d: int, filter_shape, strides, padding: str):
     for i, (k, s) in enumerate(zip(filter_shape, strides)):
         axis = a.ndim - d + i
         t = jnp.asarray(window_matrix(a.shape[axis], k, s, padding), a.dtype)
-        a = jnp.moveaxis(jnp.tensordot(a, t, axes=[[axis], [1]], precision=lax.Precision.HIGHEST), -1, axis)
+        a = jnp.moveaxis(jnp.tensordot(a, t, axes=[[axis], [1]], precision=HIGHEST), -1, axis)
     return a / math.prod(filter_shape)
-
-
-def _window_counts(size, window, stride, padding):
-    ones = jnp.pad(jnp.ones(size), pad_amounts(size, window, stride, padding))
-    out = output_size(size, window, stride, padding)
-    return sum(_strided(ones, 0, t, out, stride) for t in range(window))
 
 
 def pool_positions(a, d: int, window_shape, strides, padding: str, normalize_edges: bool, average: bool):
@@ -126,7 +119,7 @@ def pool_positions(a, d: int, window_shape, strides, padding: str, normalize_edg
             a = sum(_strided(padded, ax, t, out, s) for t in range(w))
             if average:
                 if normalize_edges and padding == "SAME":
-                    counts = _window_counts(size, w, s, padding)
+                    counts = jnp.asarray(window_matrix(size, w, s, padding).sum(1))  # real entries per window
                 else:
                     counts = jnp.full((out,), float(w))
                 shape = [1] * a.ndim

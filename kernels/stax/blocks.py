@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from kernels.kernel import Kernel, input_kernel
+from kernels.kernel import Kernel, input_kernel, single_kernel
 
 __all__ = ["evaluate", "plan", "at_leaf"]
 
@@ -64,31 +64,21 @@ class _Tape(threading.local):
 _TAPE = _Tape()
 
 
-def _kernels(k):
-    return [k] if isinstance(k, Kernel) else list(k)
+def at_leaf(k: Kernel) -> Kernel:
+    """Called with a leaf layer's input before its rule runs: records or replays self covariances.
 
-
-def _rebuild(k, kernels):
-    return kernels[0] if isinstance(k, Kernel) else type(k)(kernels)
-
-
-def at_leaf(k):
-    """Called with a leaf layer's input before its rule runs: records or replays self covariances."""
+    A leaf's input is one `Kernel` (fan-in layers, which take several, are not leaves).
+    """
     mode = _TAPE.mode
     if mode is None:
         return k
-    parts = _kernels(k)
     if mode == "record":
-        # One example, x2 = None: its self covariance is its pair covariance.
-        parts = [p.replace(cov1=p.nngp[0]) for p in parts]
-        _TAPE.entries.append(tuple(p.cov1 for p in parts))
-        return _rebuild(k, parts)
-    covs1, covs2 = _TAPE.entries[_TAPE.cursor]
+        k = k.replace(cov1=k.nngp[0])  # one example, x2 = None: its self covariance is its pair covariance
+        _TAPE.entries.append(k.cov1)
+        return k
+    cov1, cov2 = _TAPE.entries[_TAPE.cursor]
     _TAPE.cursor += 1
-    if len(covs1) != len(parts):  # pragma: no cover - the same network traced twice
-        raise RuntimeError("kernels.stax.blocks: the pair pass reached a layer the self pass did not record")
-    parts = [p.replace(cov1=c1, cov2=c2) for p, c1, c2 in zip(parts, covs1, covs2)]
-    return _rebuild(k, parts)
+    return k.replace(cov1=cov1, cov2=cov2)
 
 
 @contextlib.contextmanager
@@ -143,12 +133,9 @@ def _self_pass(rule: Callable, xs, full: bool, chunk: int, name: str):
 
     def one(x):  # x: (1, *S, C)
         with _taping("record", []) as entries:
-            out = rule(input_kernel(x, None, full))
-        if not isinstance(out, Kernel):
-            raise ValueError(f"{name}: the network ends in {len(out)} branches; "
-                             "merge them (FanInSum, FanInConcat, FanInProd) before asking for a kernel")
+            out = single_kernel(rule(input_kernel(x, None, full)), name)
         template["out"] = out
-        return out.nngp[0, 0], out.ntk[0, 0], [tuple(c[0] for c in e) for e in entries]
+        return out.nngp[0, 0], out.ntk[0, 0], [c[0] for c in entries]
 
     n = xs.shape[0]
     chunk = max(1, min(chunk, n))
@@ -174,12 +161,11 @@ def _mirror(blocks, full: bool, d: int):
     return jnp.transpose(blocks, axes)
 
 
-def evaluate(rule: Callable, x1, x2, full: bool, b: int, chunk: Optional[int] = None,
-             name: str = "kernel_fn") -> Kernel:
+def evaluate(rule: Callable, x1, x2, full: bool, b: int, name: str = "kernel_fn") -> Kernel:
     """The network's `Kernel` (library layout) on ``x1``, ``x2``, ``b x b`` pairs at a time.
 
-    ``chunk``: examples per step of the self pass (default: as many as one block has pairs);
-    ``name``: how errors name the network.
+    The self pass takes as many examples per step as one block has pairs; ``name`` is how
+    errors name the network.
     """
     symmetric = x2 is None
     n1 = x1.shape[0]
@@ -191,7 +177,7 @@ def evaluate(rule: Callable, x1, x2, full: bool, b: int, chunk: Optional[int] = 
     x1p = _pad_rows(x1, nb1 * b1)
     x2p = x1p if symmetric else _pad_rows(x2, nb2 * b2)
     xs = x1p if symmetric else jnp.concatenate([x1p, x2p])
-    self_nngp, self_ntk, tape, out = _self_pass(rule, xs, full, chunk or b1 * b2, name)
+    self_nngp, self_ntk, tape, out = _self_pass(rule, xs, full, b1 * b2, name)
     d = out.spatial_ndim
 
     rows = np.arange(nb1)[:, None].repeat(nb2, 1)
@@ -208,8 +194,7 @@ def evaluate(rule: Callable, x1, x2, full: bool, b: int, chunk: Optional[int] = 
         r0, c0 = i * b1, offset2 + j * b2
         xa = lax.dynamic_slice_in_dim(x1p, i * b1, b1)
         xb = lax.dynamic_slice_in_dim(x2p, j * b2, b2)
-        entries = [(tuple(lax.dynamic_slice_in_dim(c, r0, b1) for c in e),
-                    tuple(lax.dynamic_slice_in_dim(c, c0, b2) for c in e)) for e in tape]
+        entries = [(lax.dynamic_slice_in_dim(c, r0, b1), lax.dynamic_slice_in_dim(c, c0, b2)) for c in tape]
         with _taping("replay", entries):
             k = rule(input_kernel(xa, xb, full))
         return k.nngp, k.ntk

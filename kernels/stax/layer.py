@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kernels.kernel import Kernel, input_kernel, to_neural_tangents_layout
+from kernels.kernel import Kernel, input_kernel, single_kernel, to_neural_tangents_layout
 from kernels.stax import blocks
 
 GET_NAMES = ("nngp", "ntk", "cov1", "cov2")
@@ -102,10 +102,7 @@ class KernelFn:
         if b:
             k = blocks.evaluate(self.rule, x1, x2, full, b, name=self.name)
         else:
-            k = self.rule(input_kernel(x1, x2, full))
-        if not isinstance(k, Kernel):
-            raise ValueError(f"{self.name}: the network ends in {len(k)} branches; "
-                             "merge them (FanInSum, FanInConcat, FanInProd) before asking for a kernel")
+            k = single_kernel(self.rule(input_kernel(x1, x2, full)), self.name)
         d = k.spatial_ndim
         nt = functools.partial(to_neural_tangents_layout, full=k.full, d=d)
         return k.replace(
