@@ -198,8 +198,9 @@ def checked(name: str, rule: Callable[[Kernel], Kernel]) -> Callable[[Kernel], K
     def wrapped(k):
         out = rule(blocks.at_leaf(k))
         if _Diagnosis.active:
+            outs = [out] if isinstance(out, Kernel) else out  # FanOut returns one kernel per branch
             bad = [f for f in ("nngp", "ntk", "cov1", "cov2")
-                   if getattr(out, f) is not None and not bool(jnp.isfinite(getattr(out, f)).all())]
+                   if any(getattr(o, f) is not None and not bool(jnp.isfinite(getattr(o, f)).all()) for o in outs)]
             if bad:
                 raise FloatingPointError(
                     f"{name}: produced NaN or infinite values in {', '.join(bad)} "

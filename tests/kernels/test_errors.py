@@ -89,3 +89,11 @@ def test_integer_inputs_and_unexpected_keywords():
         kernel_fn(np.ones((2, 3), dtype=np.int32))
     with pytest.raises(TypeError, match="unexpected keyword arguments"):
         kernel_fn(x(2, 3), diagonal_spatial=True)
+
+
+def test_non_finite_kernel_inside_a_branch_names_the_layer():
+    # The diagnosis walks through FanOut, whose rule returns one kernel per branch.
+    _, _, kernel_fn = stax.serial(stax.Dense(4, W_std=2.), stax.FanOut(2),
+                                  stax.parallel(stax.Gaussian(1., 0.5), stax.Relu()), stax.FanInSum(), stax.Dense(1))
+    with pytest.raises(FloatingPointError, match=r"Gaussian\(a=1.0, b=0.5\): produced NaN or infinite values"):
+        kernel_fn(x(3, 5) / np.sqrt(np.mean(np.asarray(x(3, 5)) ** 2, axis=1, keepdims=True)))
