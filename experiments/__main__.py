@@ -7,7 +7,9 @@
 `run` defaults to `--size small` and `--out runs/NAME` under the working
 directory; `--shard I/N` (0 <= I < N) runs every N-th piece starting at I, so
 the tasks 0..N-1 of a scheduler's job array split one sweep. Rerunning skips
-saved pieces. When all pieces are saved, the results JSON and figure PNG are
+saved pieces after verifying them: damaged ones are recomputed (and named), a
+folder or piece of another run is refused. `--seed S` takes 0 <= S < 2**32;
+every argument is checked before the folder is touched. When all pieces are saved, the results JSON and figure PNG are
 written to the out folder and the agreement with theory is printed.
 `collect --figures DIR` also copies them to `DIR/NAME.json` and `DIR/NAME.png`
 (e.g. the committed `figures/`, which nothing else writes).
@@ -21,13 +23,40 @@ from experiments import registry, runner
 
 
 def _shard(text):
+    """`--shard I/N` as `(I, N)`, checked by `runner.check_shard`."""
     try:
-        index, count = (int(part) for part in text.split("/"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected I/N such as 0/4, got {text!r}") from None
-    if not 0 <= index < count:
-        raise argparse.ArgumentTypeError(f"need 0 <= I < N in I/N, got {text!r}")
-    return index, count
+        return runner.check_shard("--shard", tuple(int(part) for part in text.split("/")))
+    except (ValueError, TypeError):
+        raise argparse.ArgumentTypeError(
+            f"expected I/N with integers 0 <= I < N, such as 0/4; received {text!r}") from None
+
+
+def _seed(text):
+    """`--seed S` as an int, checked by `runner.check_seed`."""
+    try:
+        return runner.check_seed("--seed", int(text))
+    except (ValueError, TypeError):
+        raise argparse.ArgumentTypeError(
+            f"expected an integer 0 <= S < 2**32; received {text!r}") from None
+
+
+def _folder(text):
+    """A folder path given on the command line: not empty (an empty one would silently mean the default)."""
+    if not text:
+        raise argparse.ArgumentTypeError("expected a folder path; received an empty string")
+    return text
+
+
+def _dash_values_attached(argv):
+    """`--shard -1/2` as `--shard=-1/2`, so that argparse hands a value that starts with '-' to its
+    check (it would otherwise read it as an option and say only "expected one argument")."""
+    argv, joined = list(argv), []
+    while argv:
+        token = argv.pop(0)
+        if token in ("--shard", "--seed") and argv and argv[0].startswith("-"):
+            token = f"{token}={argv.pop(0)}"
+        joined.append(token)
+    return joined
 
 
 def _parser():
@@ -38,15 +67,16 @@ def _parser():
     run = commands.add_parser("run", help="run an experiment (or one shard of it)")
     run.add_argument("name")
     run.add_argument("--size", choices=runner.SIZES, default="small")
-    run.add_argument("--out", help="output folder (default: runs/NAME)")
+    run.add_argument("--out", type=_folder, help="output folder (default: runs/NAME)")
     run.add_argument("--shard", type=_shard, default=(0, 1), metavar="I/N",
                      help="run pieces i with i %% N == I (default 0/1: all)")
-    run.add_argument("--seed", type=int, help="replace the config's base seed")
+    run.add_argument("--seed", type=_seed, metavar="S",
+                     help="replace the config's base seed (0 <= S < 2**32)")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     collect = commands.add_parser("collect", help="merge shards, write results and figure")
     collect.add_argument("name")
-    collect.add_argument("--out", help="output folder (default: runs/NAME)")
-    collect.add_argument("--figures", help="also copy NAME.png and NAME.json here")
+    collect.add_argument("--out", type=_folder, help="output folder (default: runs/NAME)")
+    collect.add_argument("--figures", type=_folder, help="also copy NAME.png and NAME.json here")
     return parser
 
 
@@ -63,7 +93,7 @@ def main(argv=None):
     import matplotlib
     matplotlib.use("Agg")  # files only, never a window
 
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(_dash_values_attached(sys.argv[1:] if argv is None else argv))
     if args.command == "list":
         if not registry.EXPERIMENTS:
             print("no experiments registered")
@@ -75,7 +105,7 @@ def main(argv=None):
     except KeyError as error:
         print(f"widekit: {error.args[0]}", file=sys.stderr)
         return 2
-    out = args.out or runner.default_out(args.name)
+    out = runner.default_out(args.name) if args.out is None else args.out
     try:
         if args.command == "run":
             record = runner.run(args.name, module, size=args.size, out=out, shard=args.shard,

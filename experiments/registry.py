@@ -6,6 +6,8 @@ experiment's missing optional dependency leave the others usable.
 """
 import importlib
 
+from kernels.checks import argument_error
+
 EXPERIMENTS = {
     "ntk-convergence": "experiments.ntk_convergence",
     "function-dynamics": "experiments.function_dynamics",
@@ -18,7 +20,9 @@ EXPERIMENTS = {
 
 
 def load_experiment(name):
-    """The module registered under `name`; KeyError lists the known names."""
+    """The module registered under `name`; KeyError lists the known names, TypeError refuses a non-string."""
+    if not isinstance(name, str):
+        raise argument_error("load_experiment", "name", "an experiment's name (a string)", name, TypeError)
     if name not in EXPERIMENTS:
         known = ", ".join(sorted(EXPERIMENTS)) or "none registered"
         raise KeyError(f"no experiment named {name!r} (known: {known})")

@@ -1,4 +1,4 @@
-"""Run a named experiment piece by piece: sharded, resumable, crash-safe.
+"""Run a named experiment piece by piece: sharded, resumable, crash-safe, verified.
 
 An experiment is a plain module that defines
 
@@ -21,15 +21,19 @@ into nested lists), so `plot(load_results(out)["results"])` redraws a figure
 from `results.json` alone.
 
 `run` does the pieces `i` with `i % n == shard` (`--shard shard/n`, 0-based,
-so a job array of n tasks covers every piece), skipping pieces already saved.
-Each finished piece is written at once, atomically (a temporary file in the
-same folder, then `os.replace`), to `OUT/pieces/NNNNN.npz`, so a run killed at
-any moment loses at most the piece in progress and a rerun redoes only that.
-`OUT/run.json` records the experiment, size and config; a folder holding
-another config is refused rather than mixed. When every piece is saved (by
-this shard or by others), `finish` writes `OUT/results.json` (config, results
-and agreement) and the figure `OUT/NAME.png`; `collect` does the same for a
-folder filled by several shards.
+so a job array of n tasks covers every piece). Each finished piece is written
+at once, atomically, to `OUT/pieces/NNNNN.npz`, so a run killed at any moment
+loses at most the piece in progress and a rerun redoes only that. What is on
+disk proves what made it (`experiments.run_folder`): `OUT/run.json`, created
+exclusively, and every piece record the run's fingerprint (experiment, size,
+full config with the seed), and every piece a checksum of its arrays. A rerun
+verifies each saved piece before reusing it: a missing or damaged one is
+recomputed (and the run says so, naming the file); a folder or piece made by
+another run, or before fingerprints were recorded, is refused naming the file
+and what differs. When every piece is saved (by this shard or by others),
+`OUT/results.json` (config, results and agreement) and the figure
+`OUT/NAME.png` are written; `collect` does the same for a folder filled by
+several shards, verifying every piece too.
 """
 import dataclasses
 import json
@@ -39,20 +43,30 @@ import sys
 import numpy as np
 from tqdm import tqdm
 
+from experiments import run_folder
+from experiments.run_folder import RunFolderError, UnusablePiece
+from kernels.checks import argument_error
 from kernels.files import atomic_write
 
 SIZES = ("tiny", "small", "paper")
-RESERVED = "__piece__"
-
-
-class RunFolderError(ValueError):
-    """The out folder holds another run, or is missing pieces to collect."""
+HOOKS = ("Config", "pieces", "run_piece", "summarize", "plot", "agreement")
+SEED_LIMIT = 2 ** 32  # seeds feed NumPy and jax.random.PRNGKey, which take unsigned 32-bit seeds
 
 
 def make_config(module, size, seed=None):
-    """The experiment's config for `size`, with `seed` replaced when given."""
-    if size not in SIZES:
-        raise ValueError(f"size must be one of {SIZES}, got {size!r}")
+    """The experiment's config for `size`, with `seed` replaced when given.
+
+    Args:
+      module: the experiment module.
+      size: "tiny", "small" or "paper".
+      seed: None, or an int 0 <= seed < 2**32 that replaces `config.seed`.
+
+    Returns:
+      The frozen config dataclass.
+    """
+    check_module("make_config", module)
+    check_size("make_config", size)
+    seed = check_seed("make_config", seed)
     config = getattr(module.Config, size)()
     if seed is not None:
         if "seed" not in {f.name for f in dataclasses.fields(config)}:
@@ -63,173 +77,264 @@ def make_config(module, size, seed=None):
 
 def default_out(name):
     """`runs/NAME` under the current working directory."""
+    check_name("default_out", name)
     return os.path.join(os.getcwd(), "runs", name)
 
 
 def run(name, module, size="small", out=None, shard=(0, 1), seed=None, progress=True):
     """Run this shard's unfinished pieces; finish the experiment if all are saved.
 
+    Every argument is checked before anything is written.
+
     Args:
       name: the experiment's registered name (names the figure file).
       module: the experiment module (see the module docstring).
       size: "tiny", "small" or "paper".
       out: output folder; default `runs/NAME` under the working directory.
-      shard: `(index, count)`; this call runs pieces `i` with `i % count == index`.
-      seed: replaces `config.seed` when given.
-      progress: show a tqdm bar over this shard's pieces.
+      shard: `(index, count)` of ints; this call runs pieces `i` with `i % count == index`.
+      seed: None, or an int 0 <= seed < 2**32 that replaces `config.seed`.
+      progress: bool, show a tqdm bar over this shard's pieces.
 
     Returns:
       The record written to `results.json` if every piece is now saved, else None.
     """
-    out = out or default_out(name)
-    index, count = shard
-    if not (isinstance(index, int) and isinstance(count, int) and 0 <= index < count):
-        raise ValueError(f"shard must be (index, count) with 0 <= index < count, got {shard}")
+    out = _check_common("run", name, module, out)
+    index, count = check_shard("run", shard)
+    if not isinstance(progress, bool):
+        raise argument_error("run", "progress", "True or False", progress, TypeError)
     config = make_config(module, size, seed)
-    pieces = [tuple(p) for p in module.pieces(config)]
-    _claim_folder(out, name, size, config, len(pieces))
+    pieces = _pieces(module, config)
+    fingerprint = run_folder.run_fingerprint(name, size, dataclasses.asdict(config))
+    run_folder.claim_folder(out, fingerprint, len(pieces))
     mine = [(i, p) for i, p in enumerate(pieces) if i % count == index]
-    todo = [(i, p) for i, p in mine if not os.path.exists(piece_path(out, i))]
+    todo = _pieces_to_run(name, out, fingerprint, mine)
     with tqdm(total=len(mine), initial=len(mine) - len(todo), unit="piece",
               desc=f"{name} [{size}] shard {index}/{count}", disable=not progress) as bar:
         for i, piece in todo:
-            try:
-                result = module.run_piece(config, piece)
-            except BaseException:
-                print(f"{name}: piece {i} {piece} failed; finished pieces are saved in {out}, "
-                      "rerun the same command to resume", file=sys.stderr)
-                raise
-            _save_piece(out, i, piece, result)
+            _run_piece(name, module, config, out, fingerprint, i, piece)
             bar.update(1)
-    missing = missing_pieces(out, len(pieces))
-    if missing:
-        print(f"{name}: {len(pieces) - len(missing)} of {len(pieces)} pieces saved in {out}; "
-              f"after the other shards run `widekit collect {name} --out {out}`", file=sys.stderr)
+    results, missing, damaged = _read_pieces(out, fingerprint, pieces)
+    if missing or damaged:
+        print(f"{name}: {len(results)} of {len(pieces)} pieces saved in {out}"
+              f"{_damaged_note(damaged)}; after the other shards run "
+              f"`widekit collect {name} --out {out}`", file=sys.stderr)
         return None
-    return finish(name, module, out, config, size, pieces)
+    return _finish(name, module, out, config, size, results)
 
 
 def collect(name, module, out=None):
-    """Merge the pieces that shards saved in `out` and finish the experiment.
+    """Verify and merge the pieces that shards saved in `out`, and finish the experiment.
 
-    The size and seed are read from `out/run.json`. Raises `RunFolderError`
-    naming the missing pieces (and the shards that owe them) if any are absent.
+    Args:
+      name: the experiment's registered name; must be the one `out/run.json` records.
+      module: the experiment module.
+      out: the run folder; default `runs/NAME` under the working directory.
+
+    Returns:
+      The record written to `results.json`.
+
+    Raises:
+      RunFolderError: `out` holds no run, a run of another experiment or config, or pieces
+        missing, damaged or made by another run (naming them and the shards that owe them).
     """
-    out = out or default_out(name)
-    claim = _read_json(os.path.join(out, "run.json"))
-    if claim is None:
-        raise RunFolderError(f"{out} holds no run of {name} (no run.json)")
-    config = make_config(module, claim["size"], claim["config"].get("seed"))
-    if _jsonable(dataclasses.asdict(config)) != claim["config"]:
-        raise RunFolderError(f"{out}/run.json has a config that {name}'s Config.{claim['size']}() "
-                         "no longer produces; rerun the experiment into a new folder")
-    pieces = [tuple(p) for p in module.pieces(config)]
-    missing = missing_pieces(out, len(pieces))
-    if missing:
-        raise RunFolderError(
-            f"{out}: {len(missing)} of {len(pieces)} pieces missing, e.g. indices {missing[:10]}; "
-            f"with --shard I/N, piece i belongs to shard i % N")
-    return finish(name, module, out, config, claim["size"], pieces)
-
-
-def finish(name, module, out, config, size, pieces):
-    """Summarize the saved pieces, write results.json and NAME.png, return the record."""
-    # plot and agreement see the results as JSON gives them back (lists, not
-    # arrays), so a figure can be redrawn from results.json alone.
-    results = _jsonable(module.summarize(
-        config, [load_piece(out, i, p) for i, p in enumerate(pieces)]))
-    record = _jsonable({"experiment": name, "size": size, "config": dataclasses.asdict(config),
-                        "results": results, "agreement": module.agreement(results)})
-    atomic_write(os.path.join(out, "results.json"),
-                  lambda f: f.write(json.dumps(record, indent=1).encode()))
-    save_figure(module.plot(results), os.path.join(out, f"{name}.png"))
-    return record
+    out = _check_common("collect", name, module, out)
+    config, size = _claimed_config(name, module, out)
+    fingerprint = run_folder.run_fingerprint(name, size, dataclasses.asdict(config))
+    pieces = _pieces(module, config)
+    run_folder.claim_folder(out, fingerprint, len(pieces))  # a no-op that compares with run.json
+    results, missing, damaged = _read_pieces(out, fingerprint, pieces)
+    if missing or damaged:
+        shown = f"{len(missing)} of {len(pieces)} pieces missing, e.g. indices {missing[:10]}"
+        raise RunFolderError(f"{out}: {shown if missing else 'no piece missing'}"
+                             f"{_damaged_note(damaged)}; with --shard I/N, piece i belongs to "
+                             "shard i % N, and rerunning it recomputes what is missing or damaged")
+    return _finish(name, module, out, config, size, results)
 
 
 def load_results(out):
-    """The record that `finish` wrote to `out/results.json`; `["results"]` feeds `plot`."""
-    record = _read_json(os.path.join(out, "results.json"))
+    """The record written to `out/results.json`; `["results"]` feeds `plot`."""
+    out = _check_out("load_results", out)
+    path = os.path.join(out, "results.json")
+    record = run_folder.read_json(path)
     if record is None:
         raise RunFolderError(f"{out} holds no results.json yet")
+    if not isinstance(record, dict) or "results" not in record:
+        raise RunFolderError(f"{path} holds no record of results; rerun `widekit collect` to rewrite it")
     return record
 
 
-def save_figure(figure, path):
+def check_seed(where, seed):
+    """`seed` as an int: None, or an integer 0 <= seed < 2**32 (bool refused); else an error naming it."""
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise argument_error(where, "seed", "None or an int 0 <= seed < 2**32", seed, TypeError)
+    if not 0 <= seed < SEED_LIMIT:
+        raise argument_error(where, "seed", "an int 0 <= seed < 2**32", seed)
+    return int(seed)
+
+
+def check_shard(where, shard):
+    """`shard` as `(index, count)`: two ints with 0 <= index < count; else an error naming it."""
+    expected = "(index, count), two ints with 0 <= index < count"
+    if not (isinstance(shard, (tuple, list)) and len(shard) == 2 and all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in shard)):
+        raise argument_error(where, "shard", expected, shard, TypeError)
+    if not 0 <= shard[0] < shard[1]:
+        raise argument_error(where, "shard", expected, shard)
+    return int(shard[0]), int(shard[1])
+
+
+def check_size(where, size):
+    """Refuses a `size` other than "tiny", "small" or "paper", naming it."""
+    if not (isinstance(size, str) and size in SIZES):
+        raise argument_error(where, "size", f"one of {SIZES}", size)
+
+
+def check_name(where, name):
+    """Refuses an experiment `name` that is not a non-empty string usable as a file name."""
+    if not (isinstance(name, str) and name and os.sep not in name and name not in (".", "..")):
+        raise argument_error(where, "name", "an experiment's name (a non-empty string, no '/')",
+                             name, TypeError if not isinstance(name, str) else ValueError)
+
+
+def check_module(where, module):
+    """Refuses a `module` that lacks any of the experiment hooks, naming those missing."""
+    missing = [hook for hook in HOOKS if not hasattr(module, hook)]
+    if missing:
+        raise argument_error(where, "module", f"an experiment module defining {', '.join(HOOKS)}",
+                             f"{getattr(module, '__name__', module)!r}, which lacks {', '.join(missing)}",
+                             TypeError)
+
+
+def _check_common(where, name, module, out):
+    """Checks `name` and `module`; returns `out`, or `runs/NAME` when it is None."""
+    check_name(where, name)
+    check_module(where, module)
+    return default_out(name) if out is None else _check_out(where, out)
+
+
+def _check_out(where, out):
+    """`out` as a string path: a non-empty str or os.PathLike."""
+    if not isinstance(out, (str, os.PathLike)) or not os.fspath(out):
+        raise argument_error(where, "out", "a folder path (a non-empty str or os.PathLike)", out,
+                             TypeError if not isinstance(out, (str, os.PathLike)) else ValueError)
+    return os.fspath(out)
+
+
+def _claimed_config(name, module, out):
+    """The config and size `out/run.json` records, rebuilt from `module`; refuses another experiment's folder."""
+    claim = run_folder.read_claim(out)
+    path = os.path.join(out, "run.json")
+    if claim is None:
+        raise RunFolderError(f"{out} holds no run of {name} (no run.json)")
+    found = claim["fingerprint"]
+    if found.get("experiment") != name:
+        raise RunFolderError(
+            f"{path} holds a run of {found.get('experiment')!r}, not of {name!r}: collect it as "
+            f"`widekit collect {found.get('experiment')} --out {out}`, or give {name}'s own folder")
+    try:
+        config = make_config(module, found.get("size"), (found.get("config") or {}).get("seed"))
+    except (ValueError, TypeError) as error:
+        raise RunFolderError(f"{path} records a size or seed {name} cannot rebuild: {error}") from None
+    return config, found["size"]
+
+
+def _pieces(module, config):
+    """The experiment's pieces as tuples, each checked to be a sequence of numbers and strings."""
+    pieces = module.pieces(config)
+    if not isinstance(pieces, (list, tuple)):
+        raise TypeError(f"{module.__name__}.pieces must return a list of pieces; got "
+                        f"{type(pieces).__name__}")
+    for piece in pieces:
+        if not (isinstance(piece, (tuple, list)) and all(
+                isinstance(v, (int, float, str, np.integer, np.floating)) for v in piece)):
+            raise TypeError(f"{module.__name__}.pieces returned the piece {piece!r}: each piece "
+                            "must be a tuple of numbers and strings")
+    return [tuple(p) for p in pieces]
+
+
+def _pieces_to_run(name, out, fingerprint, mine):
+    """The (index, piece) pairs of `mine` with no usable saved file; says which files are recomputed."""
+    todo = []
+    for i, piece in mine:
+        try:
+            run_folder.read_piece(out, i, piece, fingerprint)
+        except UnusablePiece as error:
+            if os.path.exists(run_folder.piece_path(out, i)):
+                print(f"{name}: recomputing piece {i} {list(piece)}: {error}", file=sys.stderr)
+            todo.append((i, piece))
+    return todo
+
+
+def _run_piece(name, module, config, out, fingerprint, index, piece):
+    """Runs one piece and saves its checked result with the run's fingerprint."""
+    try:
+        result = module.run_piece(config, piece)
+    except BaseException:
+        print(f"{name}: piece {index} {piece} failed; finished pieces are saved in {out}, "
+              "rerun the same command to resume", file=sys.stderr)
+        raise
+    run_folder.save_piece(out, index, piece, _piece_arrays(module, piece, result), fingerprint)
+
+
+def _piece_arrays(module, piece, result):
+    """`run_piece`'s result as name -> NumPy array; refuses keys and values that are not, naming them."""
+    where = f"{module.__name__}.run_piece{piece}"
+    if not isinstance(result, dict):
+        raise TypeError(f"{where} must return a dict, got {type(result).__name__}")
+    arrays = {}
+    for key, value in result.items():
+        if not isinstance(key, str) or key in run_folder.RESERVED:
+            raise ValueError(f"{where} returned the key {key!r}: keys are strings other than "
+                             f"{run_folder.RESERVED}")
+        try:
+            arrays[key] = np.asarray(value)
+        except (ValueError, TypeError) as error:  # ragged lists and the like
+            raise TypeError(f"{where} returned {key!r}, which is not an array ({error})") from None
+        if arrays[key].dtype == object:
+            raise TypeError(f"{where} returned {key!r} of type {type(value).__name__}, which is not "
+                            "numeric or a plain string; return arrays or numbers")
+    return arrays
+
+
+def _read_pieces(out, fingerprint, pieces):
+    """The verified arrays of the saved pieces, the indices missing, and the damaged files (index -> reason)."""
+    results, missing, damaged = [], [], {}
+    for i, piece in enumerate(pieces):
+        if not os.path.exists(run_folder.piece_path(out, i)):
+            missing.append(i)
+            continue
+        try:
+            results.append(run_folder.read_piece(out, i, piece, fingerprint))
+        except UnusablePiece as error:
+            damaged[i] = str(error)
+    return results, missing, damaged
+
+
+def _damaged_note(damaged):
+    if not damaged:
+        return ""
+    shown = "; ".join(list(damaged.values())[:5])
+    return f"; {len(damaged)} damaged, to be recomputed by their shard (e.g. {shown})"
+
+
+def _finish(name, module, out, config, size, results):
+    """Summarize the pieces' results, write results.json and NAME.png, return the record."""
+    # plot and agreement see the results as JSON gives them back (lists, not
+    # arrays), so a figure can be redrawn from results.json alone.
+    summary = run_folder.jsonable(module.summarize(config, results))
+    record = run_folder.jsonable({"experiment": name, "size": size, "config": dataclasses.asdict(config),
+                                  "results": summary, "agreement": module.agreement(summary)})
+    atomic_write(os.path.join(out, "results.json"),
+                 lambda f: f.write(json.dumps(record, indent=1).encode()))
+    _save_figure(module.plot(summary), os.path.join(out, f"{name}.png"))
+    return record
+
+
+def _save_figure(figure, path):
     """Write `figure` as PNG atomically, then release it."""
     atomic_write(path, lambda f: figure.savefig(f, format="png", dpi=150, bbox_inches="tight"))
     pyplot = sys.modules.get("matplotlib.pyplot")
     if pyplot is not None:  # figures made with pyplot stay registered until closed
         pyplot.close(figure)
-
-
-def piece_path(out, index):
-    return os.path.join(out, "pieces", f"{index:05d}.npz")
-
-
-def missing_pieces(out, count):
-    return [i for i in range(count) if not os.path.exists(piece_path(out, i))]
-
-
-def load_piece(out, index, piece):
-    """The saved result of piece `index` as a dict of NumPy arrays (0-d for numbers)."""
-    path = piece_path(out, index)
-    with np.load(path, allow_pickle=False) as saved:
-        arrays = {key: saved[key] for key in saved.files}
-    stored = tuple(json.loads(str(arrays.pop(RESERVED))))
-    if stored != tuple(_jsonable(list(piece))):
-        raise RunFolderError(f"{path} holds piece {stored}, expected {piece}: a stale folder?")
-    return arrays
-
-
-def _save_piece(out, index, piece, result):
-    if not isinstance(result, dict):
-        raise TypeError(f"run_piece must return a dict, got {type(result).__name__} for {piece}")
-    arrays = {}
-    for key, value in result.items():
-        if not isinstance(key, str) or key == RESERVED:
-            raise ValueError(f"run_piece returned the key {key!r} for {piece}: keys are "
-                             f"strings other than {RESERVED!r}")
-        arrays[key] = np.asarray(value)
-        if arrays[key].dtype == object:
-            raise TypeError(f"run_piece returned {key!r} for {piece}, which is not numeric "
-                            "or a plain string; return arrays or numbers")
-    arrays[RESERVED] = np.asarray(json.dumps(_jsonable(list(piece))))
-    atomic_write(piece_path(out, index), lambda f: np.savez(f, **arrays))
-
-
-def _claim_folder(out, name, size, config, n_pieces):
-    """Record what `out` holds; refuse a folder that holds another config."""
-    claim = _jsonable({"experiment": name, "size": size,
-                       "config": dataclasses.asdict(config), "pieces": n_pieces})
-    path = os.path.join(out, "run.json")
-    existing = _read_json(path)
-    if existing is not None and existing != claim:
-        raise RunFolderError(
-            f"{out} already holds a run of {existing['experiment']} [{existing['size']}] with "
-            f"config {existing['config']}; this run is {name} [{size}] with {claim['config']}. "
-            "Use another --out or remove the folder.")
-    if existing is None:
-        atomic_write(path, lambda f: f.write(json.dumps(claim, indent=1).encode()))
-
-
-def _read_json(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        return None
-
-
-def _jsonable(value):
-    """Plain JSON types: tuples and arrays become lists, NumPy scalars numbers."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (str, bool, int, float)) or value is None:
-        return value
-    if isinstance(value, np.generic):
-        return value.item()
-    if hasattr(value, "__array__"):  # NumPy and JAX arrays
-        return _jsonable(np.asarray(value).tolist())
-    raise TypeError(f"cannot write {type(value).__name__} to JSON: {value!r}")

@@ -103,7 +103,7 @@ def test_kill_while_saving_leaves_no_half_written_piece(tmp_path, monkeypatch):
 
     def replace_then_die(source, target):
         renames.append(target)
-        if len(renames) == 4:  # run.json, then pieces 0, 1; die saving piece 2
+        if len(renames) == 3:  # pieces 0, 1; die saving piece 2 (run.json is linked, not renamed)
             raise KeyboardInterrupt
         real_replace(source, target)
 
@@ -136,7 +136,7 @@ def test_command_line_errors(tmp_path, capsys):
     assert "no experiment named 'no-such-thing' (known: " in err and "toy-linear" in err
     with pytest.raises(SystemExit):
         main(["run", "toy-linear", "--shard", "3/3"])
-    assert "need 0 <= I < N" in capsys.readouterr().err
+    assert "expected I/N with integers 0 <= I < N" in capsys.readouterr().err
     assert main(["list"]) == 0
     assert "toy-linear" in capsys.readouterr().out
 
