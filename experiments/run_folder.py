@@ -195,7 +195,7 @@ def read_piece(out, index, piece, fingerprint):
     path = piece_path(out, index)
     arrays = _load_npz(path)
     meta = _checked_meta(path, arrays, fingerprint)
-    if meta["piece"] != jsonable(list(piece)):
+    if fingerprint_sha256(meta["piece"]) != fingerprint_sha256(jsonable(list(piece))):  # NaN == NaN
         raise UnusablePiece(f"{path} holds piece {meta['piece']}, not piece {index} {list(piece)}")
     if meta["sha256"] != arrays_sha256(arrays):
         raise UnusablePiece(f"{path} is damaged: its arrays do not match the checksum recorded "

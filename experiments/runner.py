@@ -292,9 +292,11 @@ def _piece_arrays(module, piece, result):
             arrays[key] = np.asarray(value)
         except (ValueError, TypeError) as error:  # ragged lists and the like
             raise TypeError(f"{where} returned {key!r}, which is not an array ({error})") from None
-        if arrays[key].dtype == object:
-            raise TypeError(f"{where} returned {key!r} of type {type(value).__name__}, which is not "
-                            "numeric or a plain string; return arrays or numbers")
+        if arrays[key].dtype.kind not in "biufcSU":  # object, void (bfloat16), datetime: an
+            # .npz would store them as pickles or raw bytes that do not load back as they were
+            raise TypeError(f"{where} returned {key!r} of type {type(value).__name__} (dtype "
+                            f"{arrays[key].dtype}), which is not numeric or a plain string; return "
+                            "arrays of bool, int, float or complex, or numbers")
     return arrays
 
 

@@ -359,7 +359,8 @@ def test_public_functions_refuse_bad_arguments_before_writing(tmp_path, monkeypa
     assert os.listdir(tmp_path) == []  # neither `toy` nor the default runs/ was created
 
 
-@pytest.mark.parametrize("value", [[[1.0, 2.0], [3.0]], None, {"a": 1}, object()])
+@pytest.mark.parametrize("value", [[[1.0, 2.0], [3.0]], None, {"a": 1}, object(),
+                                   np.zeros(2, dtype="V2"), np.datetime64("2024-01-01")])
 def test_run_piece_value_that_is_not_an_array_is_refused_naming_the_key(tmp_path, monkeypatch,
                                                                         value):
     monkeypatch.setattr(toy_linear, "run_piece", lambda config, p: {"width": p[0], "bad": value})
@@ -375,6 +376,17 @@ def test_result_keys_named_like_savez_arguments_are_kept(tmp_path, monkeypatch):
     runner.run("toy-linear", toy_linear, "tiny", str(tmp_path / "toy"), progress=False)
     saved = entries(piece(tmp_path / "toy", 0))
     assert saved["allow_pickle"] == 1.5 and saved["file"] == 2.5
+
+
+def test_piece_holding_nan_is_reused_not_recomputed_forever(tmp_path, monkeypatch):
+    real = toy_linear.run_piece
+    monkeypatch.setattr(toy_linear, "pieces", lambda config: [(w, s, float("nan")) for w, s in PIECES])
+    monkeypatch.setattr(toy_linear, "run_piece", lambda config, p: real(config, p[:2]))
+    out = tmp_path / "toy"
+    runner.run("toy-linear", toy_linear, "tiny", str(out), progress=False)
+    toy_linear.CALLS.clear()
+    runner.run("toy-linear", toy_linear, "tiny", str(out), progress=False)
+    assert toy_linear.CALLS == []
 
 
 def test_pieces_that_are_not_tuples_are_refused_naming_the_hook(tmp_path, monkeypatch):
