@@ -38,6 +38,8 @@ import functools
 import numpy as np
 from scipy.special import roots_hermitenorm
 
+from theory import arguments
+
 __all__ = [
     "relu_dual", "erf_dual", "tanh_dual", "quadrature_dual",
     "CriticalInitialization", "critical_initialization",
@@ -54,8 +56,21 @@ _CRITICAL = {
 }
 
 
-def _as_float64(*arrays):
-    return np.broadcast_arrays(*(np.asarray(a, dtype=np.float64) for a in arrays))
+def _as_float64(where, cov12, var1, var2):
+    """The covariances of a pair of Gaussians, checked (real, finite, var >= 0, |cov12| <= sqrt(var1 var2))
+    and broadcast as float64 arrays."""
+    cov12 = arguments.real_values(where, "cov12", cov12)
+    var1 = arguments.real_values(where, "var1", var1, low=0)
+    var2 = arguments.real_values(where, "var2", var2, low=0)
+    try:
+        cov12, var1, var2 = np.broadcast_arrays(cov12, var1, var2)
+    except ValueError:
+        raise arguments.argument_error(where, "cov12", "broadcastable with var1 and var2",
+                                       f"shapes {cov12.shape}, {var1.shape}, {var2.shape}") from None
+    if np.any(cov12 ** 2 > var1 * var2 * (1 + 1e-12)):
+        raise arguments.argument_error(where, "cov12", "a covariance: |cov12| <= sqrt(var1 var2)",
+                                       "a value beyond it (not a covariance)")
+    return cov12, var1, var2
 
 
 def relu_dual(cov12, var1, var2):
@@ -73,7 +88,7 @@ def relu_dual(cov12, var1, var2):
     Returns:
       (nngp, dot), float64 arrays of the broadcast shape.
     """
-    cov12, var1, var2 = _as_float64(cov12, var1, var2)
+    cov12, var1, var2 = _as_float64("relu_dual", cov12, var1, var2)
     s = np.sqrt(np.clip(var1 * var2 - cov12 ** 2, 0.0, None))
     theta = np.arctan2(s, cov12)
     return (s + (np.pi - theta) * cov12) / (2 * np.pi), (np.pi - theta) / (2 * np.pi)
@@ -95,7 +110,7 @@ def erf_dual(cov12, var1, var2):
     Returns:
       (nngp, dot), float64 arrays of the broadcast shape.
     """
-    cov12, var1, var2 = _as_float64(cov12, var1, var2)
+    cov12, var1, var2 = _as_float64("erf_dual", cov12, var1, var2)
     det = (1 + 2 * var1) * (1 + 2 * var2) - 4 * cov12 ** 2
     nngp = (2 / np.pi) * np.arctan2(2 * cov12, np.sqrt(np.clip(det, 0.0, None)))
     return nngp, (4 / np.pi) / np.sqrt(det)
@@ -156,8 +171,14 @@ def quadrature_dual(phi, dphi, degree=64):
     Returns:
       A dual map (cov12, var1, var2) -> (nngp, dot).
     """
+    if not (callable(phi) and callable(dphi)):
+        raise arguments.argument_error("quadrature_dual", "phi" if not callable(phi) else "dphi",
+                                       "a NumPy-vectorized function", type(phi if not callable(phi) else dphi).__name__,
+                                       TypeError)
+    degree = arguments.integer("quadrature_dual", "degree", degree, low=1)
+
     def dual(cov12, var1, var2):
-        cov12, var1, var2 = _as_float64(cov12, var1, var2)
+        cov12, var1, var2 = _as_float64("quadrature_dual's dual", cov12, var1, var2)
         out = _gaussian_pair_moments(phi, dphi, cov12.ravel(), var1.ravel(), var2.ravel(), degree)
         return tuple(o.reshape(cov12.shape) for o in out)
     return dual
@@ -187,7 +208,7 @@ def tanh_dual(cov12, var1, var2):
     Returns:
       (nngp, dot), float64 arrays of the broadcast shape.
     """
-    cov12, var1, var2 = _as_float64(cov12, var1, var2)
+    cov12, var1, var2 = _as_float64("tanh_dual", cov12, var1, var2)
     c, v1, v2 = cov12.ravel(), var1.ravel(), var2.ravel()
     need = 300.0 * np.sqrt(np.maximum(v1, v2))
     degree = np.clip(64 * np.ceil(need / 64), 64, 2000).astype(int)
@@ -209,18 +230,16 @@ def critical_initialization(activation):
     Returns:
       CriticalInitialization(C_b, C_W).
     """
-    try:
-        return _CRITICAL[activation]
-    except KeyError:
-        raise ValueError(f"no critical initialization recorded for {activation!r}; "
-                         f"known: {sorted(_CRITICAL)}.") from None
+    if not isinstance(activation, str) or activation not in _CRITICAL:
+        raise arguments.argument_error("critical_initialization", "activation",
+                                       f"one of {sorted(_CRITICAL)} (no critical initialization recorded otherwise)",
+                                       repr(activation))
+    return _CRITICAL[activation]
 
 
-def _check_weights(C_W, C_b):
-    if not (np.isfinite(C_W) and C_W > 0):
-        raise ValueError(f"C_W must be finite and > 0; got {C_W}.")
-    if not (np.isfinite(C_b) and C_b >= 0):
-        raise ValueError(f"C_b must be finite and >= 0; got {C_b}.")
+def _check_weights(where, C_W, C_b):
+    return (arguments.scalar(where, "C_W", C_W, low=0, low_open=True),
+            arguments.scalar(where, "C_b", C_b, low=0))
 
 
 def _call_dual(dual, cov12, var1, var2, where):
@@ -255,17 +274,16 @@ def kernel_recursion(dual, cov12, var1, var2, depth, C_W, C_b=0.0):
     Raises:
       ValueError: bad arguments, or a non-finite kernel (naming the layer).
     """
+    where = "kernel_recursion"
     if not callable(dual):
-        raise TypeError(f"dual must be callable; got {type(dual).__name__}.")
-    if int(depth) != depth or depth < 0:
-        raise ValueError(f"depth must be an integer >= 0; got {depth}.")
-    _check_weights(C_W, C_b)
-    cov12, var1, var2 = _as_float64(cov12, var1, var2)
-    if not (np.all(np.isfinite(cov12)) and np.all(var1 > 0) and np.all(var2 > 0)
-            and np.all(np.isfinite(var1 * var2))):
-        raise ValueError("var1 and var2 must be finite and > 0, cov12 finite.")
-    if np.any(cov12 ** 2 > var1 * var2 * (1 + 1e-12)):
-        raise ValueError("|cov12| exceeds sqrt(var1 var2): not a covariance.")
+        raise arguments.argument_error(where, "dual", "callable: dual(cov12, var1, var2) -> (nngp, dot)",
+                                       type(dual).__name__, TypeError)
+    depth = int(arguments.real_values(where, "depth", depth, low=0, integer_valued=True).reshape(()))
+    C_W, C_b = _check_weights(where, C_W, C_b)
+    cov12, var1, var2 = _as_float64(where, cov12, var1, var2)
+    for name, var in (("var1", var1), ("var2", var2)):
+        if not np.all(var > 0):
+            raise arguments.argument_error(where, name, "> 0 (the first layer's variances)", "a value <= 0")
     flow = [(cov12, var1, var2)]
     for layer in range(1, int(depth) + 1):
         c, v1, v2 = flow[-1]
@@ -295,12 +313,12 @@ def susceptibilities(dual, K, C_W):
     Returns:
       (chi_parallel, chi_perp), float64 arrays of K's shape.
     """
+    where = "susceptibilities"
     if not callable(dual):
-        raise TypeError(f"dual must be callable; got {type(dual).__name__}.")
-    _check_weights(C_W, 0.0)
-    K = np.asarray(K, dtype=np.float64)
-    if not (np.all(np.isfinite(K)) and np.all(K > 0)):
-        raise ValueError(f"K must be finite and > 0; got {K}.")
+        raise arguments.argument_error(where, "dual", "callable: dual(cov12, var1, var2) -> (nngp, dot)",
+                                       type(dual).__name__, TypeError)
+    C_W = _check_weights(where, C_W, 0.0)[0]
+    K = arguments.real_values(where, "K", K, low=0, low_open=True)
     diag = lambda k: _call_dual(dual, k, k, k, "at the susceptibility's kernel K")
     chi_perp = C_W * diag(K)[1]
 
@@ -345,11 +363,7 @@ def relu_output_kurtosis(width, depth):
     Returns:
       float64 array of the broadcast shape (a float for scalars).
     """
-    width = np.asarray(width, dtype=np.float64)
-    depth = np.asarray(depth)
-    if not (np.all(np.isfinite(width)) and np.all(width >= 1)):
-        raise ValueError(f"width must be >= 1; got {width}.")
-    if not (np.all(np.mod(depth, 1) == 0) and np.all(depth >= 0)):
-        raise ValueError(f"depth must be an integer >= 0; got {depth}.")
-    out = 3.0 * (1.0 + 5.0 / width) ** depth.astype(np.float64)
+    width = arguments.real_values("relu_output_kurtosis", "width", width, low=1)
+    depth = arguments.real_values("relu_output_kurtosis", "depth", depth, low=0, integer_valued=True)
+    out = 3.0 * (1.0 + 5.0 / width) ** depth
     return out[()] if out.ndim == 0 else out

@@ -30,18 +30,13 @@ divide by zero at s = 0 (where tau du/dt = -2 u^2, u = u0 / (1 + 2 u0 t / tau)).
 """
 import numpy as np
 
+from theory import arguments
+
 __all__ = ["mode_strength", "learning_time"]
 
 
-def _check(name, value, *, positive=False):
-    value = np.asarray(value, dtype=np.float64)
-    if not np.all(np.isfinite(value)):
-        raise ValueError(f"{name} must be finite; got {value}.")
-    if positive and np.any(value <= 0):
-        raise ValueError(f"{name} must be > 0; got {value}.")
-    if not positive and np.any(value < 0):
-        raise ValueError(f"{name} must be >= 0; got {value}.")
-    return value
+def _check(where, name, value, *, positive=False):
+    return arguments.real_values(where, name, value, low=0, low_open=positive)
 
 
 def _unbox(x):
@@ -74,12 +69,11 @@ def mode_strength(t, s, u0, tau=1.0):
     Raises:
       ValueError: negative or non-finite t or s, u0 <= 0, tau <= 0.
     """
-    t = np.asarray(t, dtype=np.float64)
-    if np.any(np.isnan(t)) or np.any(t < 0):
-        raise ValueError(f"t must be >= 0 (np.inf allowed); got {t}.")
-    s = _check("s (singular value)", s)
-    u0 = _check("u0 (initial mode strength)", u0, positive=True)
-    tau = float(_check("tau", tau, positive=True))
+    where = "mode_strength"
+    t = arguments.times(where, "t", t)
+    s = _check(where, "s", s)
+    u0 = _check(where, "u0", u0, positive=True)
+    tau = arguments.scalar(where, "tau", tau, low=0, low_open=True)
     t, s, u0 = np.broadcast_arrays(t, s, u0)
     with np.errstate(invalid="ignore", divide="ignore"):
         x = 2.0 * s * t / tau  # NaN only at s = 0, t = inf, handled below
@@ -117,10 +111,11 @@ def learning_time(s, u0, uf, tau=1.0):
     Raises:
       ValueError: an argument out of range, or uf not reachable from u0.
     """
-    s = _check("s (singular value)", s)
-    u0 = _check("u0 (initial mode strength)", u0, positive=True)
-    uf = _check("uf (final mode strength)", uf, positive=True)
-    tau = float(_check("tau", tau, positive=True))
+    where = "learning_time"
+    s = _check(where, "s", s)
+    u0 = _check(where, "u0", u0, positive=True)
+    uf = _check(where, "uf", uf, positive=True)
+    tau = arguments.scalar(where, "tau", tau, low=0, low_open=True)
     s, u0, uf = np.broadcast_arrays(s, u0, uf)
     rising = (u0 <= uf) & (uf < s)
     falling = (s < uf) & (uf <= u0)

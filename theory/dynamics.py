@@ -26,41 +26,42 @@ descent with step `h = learning_rate / y_train.size` replaces `exp(-s Θ)` by
 `(I - h Θ)^k` after k steps; it is stable while `h * λ_max(Θ) < 2`, i.e.
 `learning_rate < max_learning_rate(Θ, y_train.size)`.
 """
+import jax.numpy as jnp
 import numpy as np
 import scipy.sparse.linalg
 
-from theory import linalg, output_axes, regression, spectral
-from theory.regression import Gaussian, canonical_get, finish, named_output, result_dtype
+from theory import arguments, linalg, output_axes, regression, spectral
+from theory.regression import Gaussian, NonFiniteResult, finish, named_output, result_dtype
 from theory.spectral import TrainKernel
 
 
-def _check_learning_rate(learning_rate):
-    value = np.asarray(learning_rate)
-    if value.ndim != 0 or not np.isfinite(value) or value <= 0:
-        raise ValueError(f"learning_rate must be a finite positive scalar, got {learning_rate!r}.")
-    return float(value)
+def check_learning_rate(where, learning_rate):
+    """A finite positive learning rate, as a float."""
+    return arguments.scalar(where, "learning_rate", learning_rate, low=0, low_open=True)
 
 
-def _check_prediction_inputs(fx_train_0, fx_test_0, k_test_train):
+def check_prediction_inputs(where, fx_train_0, fx_test_0, k_test_train):
+    """Refuses a call of a `predict_fn` with nothing to predict, or test outputs without a test kernel."""
     if fx_train_0 is None and fx_test_0 is None:
-        raise ValueError("fx_train_0 and fx_test_0 are both None: there is nothing to predict.")
+        raise arguments.argument_error(where, "fx_train_0", "given when fx_test_0 is None (else there is "
+                                       "nothing to predict)", None)
     if fx_test_0 is not None and k_test_train is None:
-        raise ValueError("predictions on the test set (fx_test_0 given) need k_test_train.")
+        raise arguments.argument_error(where, "k_test_train", "given with fx_test_0 (test predictions need "
+                                       "the test-train kernel)", None)
 
 
 class _LinearDynamics:
     """Shared machinery of `gradient_descent_mse` and `gradient_descent_mse_discrete`."""
 
-    def __init__(self, k_train_train, y_train, diag_reg, diag_reg_absolute_scale, trace_axes, solver):
-        self.layout = output_axes.output_layout(y_train, trace_axes)
-        self.diag_reg = linalg.check_diag_reg(diag_reg)
-        self.absolute = diag_reg_absolute_scale
-        self.solver = spectral.check_solver(solver)
+    def __init__(self, where, k_train_train, y_train, diag_reg, diag_reg_absolute_scale, trace_axes, solver):
+        self.layout = output_axes.output_layout(where, y_train, trace_axes)
+        self.diag_reg = arguments.scalar(where, "diag_reg", diag_reg, low=0)
+        self.absolute = arguments.flag(where, "diag_reg_absolute_scale", diag_reg_absolute_scale)
+        self.solver = spectral.check_solver(where, solver)
         self.n_train = self.layout.y_shape[0]
         self.k2d = output_axes.kernel_2d(self.layout, "k_train_train", k_train_train, self.n_train, self.n_train)
-        linalg.check_finite("k_train_train", self.k2d)
-        linalg.check_finite("y_train", y_train)
         self.y_train = y_train
+        self.predict_where = f"{where}'s predict_fn"
         self.dtype = result_dtype(k_train_train)
         self._train = None
 
@@ -72,14 +73,15 @@ class _LinearDynamics:
 
     def predict(self, times, fx_train_0, fx_test_0, k_test_train, expm1_fn, gain_fn, f_args_fn, solver):
         """times: float64 array or None (= infinity); *_fn: the spectral filters."""
-        _check_prediction_inputs(fx_train_0, fx_test_0, k_test_train)
-        layout = self.layout
+        where = self.predict_where
+        check_prediction_inputs(where, fx_train_0, fx_test_0, k_test_train)
+        layout = self.layout._replace(where=where)
         lead = () if times is None else times.shape
         flat = np.array([np.inf]) if times is None else times.reshape(-1)
         finite = np.flatnonzero(np.isfinite(flat))
         infinite = np.flatnonzero(~np.isfinite(flat))
         y = output_axes.targets_2d(layout, np.asarray(self.y_train, np.float64))
-        f0 = 0.0 if fx_train_0 is None else _broadcast(layout, "fx_train_0", fx_train_0, layout.y_shape)
+        f0 = 0.0 if fx_train_0 is None else broadcast_outputs(layout, "fx_train_0", fx_train_0, layout.y_shape)
         r = f0 - y
         train_out = test_out = None
         with linalg.float64():
@@ -93,11 +95,10 @@ class _LinearDynamics:
                 train_out = finish("fx_train_t", train_out.reshape(lead + layout.y_shape), self.dtype)
             if fx_test_0 is not None:
                 k_td = output_axes.kernel_2d(layout, "k_test_train", k_test_train, None, self.n_train)
-                linalg.check_finite("k_test_train", k_td)
                 k_td = np.asarray(k_td, np.float64)
                 test_kept = output_axes.rows_shape(layout, k_test_train)
-                test_shape = _output_shape(layout, test_kept)
-                g0 = _broadcast(layout, "fx_test_0", fx_test_0, test_shape)
+                test_shape = output_shape(layout, test_kept)
+                g0 = broadcast_outputs(layout, "fx_test_0", fx_test_0, test_shape)
                 test_out = np.zeros((flat.size, k_td.shape[0], y.shape[1]))
                 if finite.size:
                     gain = self.train.apply(gain_fn, f_args_fn(flat[finite]), r, solver)
@@ -111,22 +112,24 @@ class _LinearDynamics:
         return train_out if test_out is None else test_out
 
 
-def _output_shape(layout, kept_shape):
+def output_shape(layout, kept_shape):
+    """The shape of outputs whose kept axes have sizes `kept_shape` (the others as in y_train)."""
     shape = list(layout.y_shape)
     for axis, dim in zip(layout.kept_axes, kept_shape):
         shape[axis] = dim
     return tuple(shape)
 
 
-def _broadcast(layout, name, value, shape):
-    """Broadcast initial outputs to `shape` and flatten them like the targets (float64)."""
-    value = np.asarray(value, np.float64)
+def broadcast_outputs(layout, name, value, shape, flatten=True):
+    """Checks initial outputs (real, finite), broadcasts them to `shape` as float64 and (if `flatten`)
+    flattens them like the targets."""
+    value = np.asarray(arguments.real_array(layout.where, name, value), np.float64)
     try:
         value = np.broadcast_to(value, shape)
     except ValueError:
-        raise ValueError(f"{name} of shape {value.shape} does not broadcast to the outputs' shape {shape}.") from None
-    linalg.check_finite(name, value)
-    return output_axes.targets_2d(layout._replace(y_shape=shape), value)
+        raise arguments.argument_error(layout.where, name, f"broadcastable to the outputs' shape {shape}",
+                                       f"shape {value.shape}") from None
+    return output_axes.targets_2d(layout._replace(y_shape=shape), value) if flatten else value
 
 
 def gradient_descent_mse(
@@ -168,11 +171,12 @@ def gradient_descent_mse(
       Returns `fx_train_t`, `fx_test_t` or both as a tuple (whichever initial
       outputs were given), each with leading axes `t.shape`.
     """
-    dynamics = _LinearDynamics(k_train_train, y_train, diag_reg, diag_reg_absolute_scale, trace_axes, solver)
-    scale = _check_learning_rate(learning_rate) / int(np.prod(dynamics.layout.y_shape))
+    where = "gradient_descent_mse"
+    dynamics = _LinearDynamics(where, k_train_train, y_train, diag_reg, diag_reg_absolute_scale, trace_axes, solver)
+    scale = check_learning_rate(where, learning_rate) / int(np.prod(dynamics.layout.y_shape))
 
     def predict_fn(t=None, fx_train_0=0.0, fx_test_0=None, k_test_train=None):
-        times = None if t is None else spectral.as_times("t", t)
+        times = None if t is None else arguments.times(dynamics.predict_where, "t", t)
         return dynamics.predict(
             times,
             fx_train_0,
@@ -219,12 +223,14 @@ def gradient_descent_mse_discrete(
       ValueError: `steps=None` with `learning_rate >= max_learning_rate`, or
         predictions that overflow because gradient descent diverges.
     """
-    dynamics = _LinearDynamics(k_train_train, y_train, diag_reg, diag_reg_absolute_scale, trace_axes, "eigh")
-    learning_rate = _check_learning_rate(learning_rate)
+    where = "gradient_descent_mse_discrete"
+    dynamics = _LinearDynamics(where, k_train_train, y_train, diag_reg, diag_reg_absolute_scale, trace_axes, "eigh")
+    learning_rate = check_learning_rate(where, learning_rate)
     step = learning_rate / int(np.prod(dynamics.layout.y_shape))
 
     def predict_fn(steps=None, fx_train_0=0.0, fx_test_0=None, k_test_train=None):
-        times = None if steps is None else spectral.as_times("steps", steps, integer=True)
+        times = None if steps is None else arguments.times(dynamics.predict_where, "steps", steps,
+                                                           integer_valued=True)
         if times is None or np.any(np.isinf(times)):
             with linalg.float64():
                 top = dynamics.train.largest_eigenvalue()
@@ -245,13 +251,11 @@ def gradient_descent_mse_discrete(
                 lambda ks: (ks, np.float64(step)),
                 "eigh",
             )
-        except ValueError as error:
-            if "non-finite" in str(error):
-                raise ValueError(
-                    f"gradient descent with learning_rate={learning_rate:g} diverged to overflow; "
-                    "it is above max_learning_rate for this kernel."
-                ) from error
-            raise
+        except NonFiniteResult as error:
+            raise NonFiniteResult(
+                f"gradient descent with learning_rate={learning_rate:g} diverged to overflow; "
+                "it is above max_learning_rate for this kernel."
+            ) from error
 
     return predict_fn
 
@@ -307,13 +311,17 @@ def gradient_descent_mse_ensemble(
       tuple). Each value is the mean, with leading axes `t.shape`, or with
       `compute_cov=True` a `Gaussian(mean, covariance)`.
     """
-    layout = output_axes.output_layout(y_train, trace_axes)
+    where = "gradient_descent_mse_ensemble"
+    if not callable(kernel_fn):
+        raise arguments.argument_error(where, "kernel_fn", "a kernel function", type(kernel_fn).__name__, TypeError)
+    layout = output_axes.output_layout(where, y_train, trace_axes)
     n_train = layout.y_shape[0]
     output_axes.check_inputs_match(layout, x_train)
-    diag_reg = linalg.check_diag_reg(diag_reg)
-    scale = _check_learning_rate(learning_rate) / int(np.prod(layout.y_shape))
-    solver = spectral.check_solver(solver)
-    linalg.check_finite("y_train", y_train)
+    diag_reg = arguments.scalar(where, "diag_reg", diag_reg, low=0)
+    diag_reg_absolute_scale = arguments.flag(where, "diag_reg_absolute_scale", diag_reg_absolute_scale)
+    scale = check_learning_rate(where, learning_rate) / int(np.prod(layout.y_shape))
+    solver = spectral.check_solver(where, solver)
+    predict_where = f"{where}'s predict_fn"
     raw_train = {}
     trains = {}
 
@@ -323,17 +331,22 @@ def gradient_descent_mse_ensemble(
             computed = _call_kernel(kernel_fn, x_train, None, missing, kernel_fn_train_train_kwargs)
             for g in missing:
                 k = output_axes.kernel_2d(layout, f"kernel_fn(x_train, None).{g}", computed[g], n_train, n_train)
-                linalg.check_finite(f"kernel_fn(x_train, None).{g}", k)
                 raw_train[g] = computed[g]
                 with linalg.float64():
                     trains[g] = TrainKernel(k, diag_reg, diag_reg_absolute_scale, f"kernel_fn(x_train, None).{g}")
 
     def predict_fn(t=None, x_test=None, get=None, compute_cov=False, **kernel_fn_test_test_kwargs):
-        names = canonical_get(get)
-        needed = tuple(g for g in ("nngp", "ntk") if g in names or (g == "nngp" and compute_cov))
+        parsed = arguments.parse_get(get, ("nngp", "ntk"), predict_where)
+        compute_cov = arguments.flag(predict_where, "compute_cov", compute_cov)
+        times = None if t is None else arguments.times(predict_where, "t", t)
+        if x_test is not None:
+            x_shape = arguments.examples(predict_where, "x_test", x_test).shape
+            if x_shape[1:] != np.shape(x_train)[1:]:
+                raise arguments.argument_error(predict_where, "x_test", f"inputs of shape (M, *{np.shape(x_train)[1:]}) "
+                                               "like x_train", f"shape {x_shape}")
+        needed = tuple(g for g in ("nngp", "ntk") if g in parsed.names or (g == "nngp" and compute_cov))
         train_kernels(needed)
         dtype = result_dtype(*(raw_train[g] for g in needed))
-        times = None if t is None else spectral.as_times("t", t)
         lead = () if times is None else times.shape
         flat = np.array([np.inf]) if times is None else times.reshape(-1)
         finite = np.flatnonzero(np.isfinite(flat))
@@ -354,7 +367,7 @@ def gradient_descent_mse_ensemble(
         if compute_cov:
             nngp_dd = np.asarray(output_axes.kernel_2d(layout, "nngp", raw_train["nngp"]), np.float64)
         with linalg.float64():
-            for g in names:
+            for g in parsed.names:
                 train = trains[g]
                 if test is None:
                     kept = layout.kept_shape
@@ -374,7 +387,7 @@ def gradient_descent_mse_ensemble(
                     if infinite.size:
                         mean[infinite] = regression.posterior_mean(train, k_td, y)
                 mean = output_axes.outputs_from_2d(layout, mean, kept, (flat.size,))
-                mean = finish(f"mean ({g})", mean.reshape(lead + _output_shape(layout, kept)), dtype)
+                mean = finish(f"mean ({g})", mean.reshape(lead + output_shape(layout, kept)), dtype)
                 if not compute_cov:
                     out[g] = mean
                     continue
@@ -382,16 +395,13 @@ def gradient_descent_mse_ensemble(
                 cov = output_axes.covariance_from_2d(cov, kept, (flat.size,))
                 cov = finish(f"covariance ({g})", cov.reshape(lead + cov.shape[1:]), dtype)
                 out[g] = Gaussian(mean, cov)
-        return named_output(get if get is not None else ("nngp", "ntk"), out)
+        return named_output(parsed, out)
 
     return predict_fn
 
 
 def _test_train(layout, g, k, n_train):
-    name = f"kernel_fn(x_test, x_train).{g}"
-    k2 = output_axes.kernel_2d(layout, name, k, None, n_train)
-    linalg.check_finite(name, k2)
-    return np.asarray(k2, np.float64)
+    return np.asarray(output_axes.kernel_2d(layout, f"kernel_fn(x_test, x_train).{g}", k, None, n_train), np.float64)
 
 
 def _train_covariance_nngp(evecs, evals, s):
@@ -443,8 +453,7 @@ def _ensemble_covariance(layout, g, train, nngp_dd, test, n_train, flat, finite,
     name = "kernel_fn(x_test, None).nngp"
     nngp_tt = output_axes.kernel_2d(layout, name, raw_tt)
     if nngp_tt.shape != (m, m):
-        raise ValueError(f"{name} must have shape ({m}, {m}), got {np.shape(raw_tt)}.")
-    linalg.check_finite(name, nngp_tt)
+        raise arguments.argument_error(layout.where, name, f"of shape ({m}, {m})", f"shape {np.shape(raw_tt)}")
     nngp_tt = np.asarray(nngp_tt, np.float64)
     nngp_td = _test_train(layout, "nngp", raw_td["nngp"], n_train) if g == "ntk" else None
     cov = np.zeros((flat.size, m, m))
@@ -464,6 +473,12 @@ def _ensemble_covariance(layout, g, train, nngp_dd, test, n_train, flat, finite,
     return 0.5 * (cov + np.swapaxes(cov, 1, 2))
 
 
+# max_learning_rate refuses a kernel whose smallest eigenvalue is below -tolerance x its largest, the
+# tolerance being this or, if larger, N x the machine epsilon of the kernel's dtype (the rounding of a
+# float32 kernel). Gradient descent along a negative eigendirection diverges at every learning rate.
+NEGATIVE_EIGENVALUE_TOLERANCE = linalg.MAX_RELATIVE_JITTER
+
+
 def max_learning_rate(ntk_train_train, y_train_size=None, momentum=0.0, eps=1e-12):
     """Largest learning rate for which (momentum) gradient descent on MSE converges.
 
@@ -472,31 +487,50 @@ def max_learning_rate(ntk_train_train, y_train_size=None, momentum=0.0, eps=1e-1
     by `I - learning_rate * Θ / y_train_size`, a contraction iff
     `learning_rate < 2 * y_train_size / λ_max(Θ)`; heavy-ball momentum μ
     raises the limit by `(1 + μ)` (Goh 2017, "Why momentum really works",
-    §"The dynamics of momentum").
+    §"The dynamics of momentum"). The limit exists only for a positive
+    semi-definite Θ: unlike neural-tangents, a kernel with a negative
+    eigenvalue beyond rounding (`NEGATIVE_EIGENVALUE_TOLERANCE`), or with no
+    positive eigenvalue, is refused.
 
     Args:
-      ntk_train_train: NTK on the training set, `(N, N)` or zipped.
-      y_train_size: `y_train.size`; None means the number of rows of the
-        flattened kernel (as if `trace_axes=()`).
+      ntk_train_train: NTK on the training set, `(N, N)` or zipped; real and finite.
+      y_train_size: `y_train.size`, an integer >= 1; None means the number of
+        rows of the flattened kernel (as if `trace_axes=()`).
       momentum: heavy-ball momentum in [0, 1).
-      eps: added to λ_max to avoid dividing by zero.
+      eps: non-negative, added to λ_max (neural-tangents' guard against dividing by zero).
 
     Returns:
-      The largest stable learning rate, a Python float.
+      The largest stable learning rate, a positive Python float.
+
+    Raises:
+      ValueError, TypeError: an argument out of range or of the wrong type, naming it.
     """
-    k = np.asarray(ntk_train_train, np.float64)
+    where = "max_learning_rate"
+    raw = arguments.real_array(where, "ntk_train_train", ntk_train_train)
+    k = np.asarray(raw, np.float64)
     if k.ndim % 2 or k.ndim == 0 or k.shape[0::2] != k.shape[1::2]:
-        raise ValueError(f"ntk_train_train must be a square (or zipped square) kernel, got shape {k.shape}.")
+        raise arguments.argument_error(where, "ntk_train_train", "a square (or zipped square) kernel",
+                                       f"shape {k.shape}")
     k = np.transpose(k, tuple(range(0, k.ndim, 2)) + tuple(range(1, k.ndim, 2)))
     n = int(np.prod(k.shape[: k.ndim // 2]))
     k = k.reshape(n, n)
-    linalg.check_finite("ntk_train_train", k)
-    if not 0 <= momentum < 1:
-        raise ValueError(f"momentum must be in [0, 1), got {momentum!r}.")
-    factor = n if y_train_size is None else int(y_train_size)
+    momentum = arguments.scalar(where, "momentum", momentum, low=0, high=1)
+    eps = arguments.scalar(where, "eps", eps, low=0)
+    factor = n if y_train_size is None else arguments.integer(where, "y_train_size", y_train_size, low=1)
     k = 0.5 * (k + k.T)
     if n >= spectral.LANCZOS_MIN_SIZE:
-        top = float(scipy.sparse.linalg.eigsh(k, k=1, which="LA", return_eigenvectors=False, tol=1e-12)[0])
+        ends = scipy.sparse.linalg.eigsh(k, k=2, which="BE", return_eigenvectors=False, tol=1e-12)
+        smallest, top = float(np.min(ends)), float(np.max(ends))
     else:
-        top = float(np.linalg.eigvalsh(k)[-1])
+        evals = np.linalg.eigvalsh(k)
+        smallest, top = float(evals[0]), float(evals[-1])
+    dtype = np.dtype(raw.dtype)
+    floating = np.issubdtype(dtype, np.floating) or dtype.name == "bfloat16"
+    rounding = n * float(jnp.finfo(dtype if floating else np.float64).eps)
+    tolerance = max(NEGATIVE_EIGENVALUE_TOLERANCE, rounding)
+    if not top > 0 or smallest < -tolerance * top:
+        raise arguments.argument_error(
+            where, "ntk_train_train", f"positive semi-definite with a positive largest eigenvalue (smallest "
+            f"eigenvalue >= -{tolerance:.3g} x the largest)",
+            f"a kernel of shape {k.shape} with eigenvalues from {smallest:.4g} to {top:.4g}")
     return 2 * (1 + momentum) * factor / (top + eps)

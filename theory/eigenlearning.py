@@ -64,6 +64,8 @@ import dataclasses
 import numpy as np
 from scipy.optimize import brentq
 
+from theory import arguments
+
 __all__ = ["RiskEstimate", "kernel_ridge_risk", "random_feature_risk"]
 
 
@@ -93,30 +95,21 @@ class RiskEstimate:
     overfitting_coefficient: float
 
 
-def _check_spectrum(eigenvalues, target_power):
-    lam = np.asarray(eigenvalues, dtype=np.float64)
-    v2 = np.asarray(target_power, dtype=np.float64)
-    if lam.ndim != 1 or lam.size == 0:
-        raise ValueError(f"eigenvalues must be a non-empty 1-D array (M,); got shape {lam.shape}.")
+def _check_spectrum(where, eigenvalues, target_power):
+    lam = arguments.real_values(where, "eigenvalues", eigenvalues, low=0)
+    v2 = arguments.real_values(where, "target_power", target_power, low=0)
+    if lam.ndim != 1:
+        raise arguments.argument_error(where, "eigenvalues", "a 1-D array (M,)", f"shape {lam.shape}")
     if v2.shape != lam.shape:
-        raise ValueError(f"target_power must have the shape of eigenvalues {lam.shape}; got {v2.shape}.")
-    for name, arr in (("eigenvalues", lam), ("target_power", v2)):
-        if not np.all(np.isfinite(arr)) or np.any(arr < 0):
-            raise ValueError(f"{name} must be finite and >= 0.")
+        raise arguments.argument_error(where, "target_power", f"of the shape of eigenvalues {lam.shape}",
+                                       f"shape {v2.shape}")
     if not np.any(lam > 0):
-        raise ValueError("eigenvalues must contain at least one positive value.")
+        raise arguments.argument_error(where, "eigenvalues", "at least one positive value", "all zeros")
     return lam, v2
 
 
-def _check_scalar(name, value, *, positive, allow_inf=False):
-    if np.ndim(value) != 0:
-        raise ValueError(f"{name} must be a scalar; got shape {np.shape(value)}.")
-    value = float(value)
-    ok = (value > 0 if positive else value >= 0) and (np.isfinite(value) or allow_inf)
-    if np.isnan(value) or not ok:
-        raise ValueError(f"{name} must be {'> 0' if positive else '>= 0'}"
-                         f"{'' if allow_inf else ' and finite'}; got {value}.")
-    return value
+def _check_scalar(where, name, value, *, positive, allow_inf=False):
+    return arguments.scalar(where, name, value, low=0, low_open=positive, allow_inf=allow_inf)
 
 
 def _learnabilities(lam, kappa):
@@ -191,10 +184,11 @@ def kernel_ridge_risk(eigenvalues, target_power, n, ridge=0.0, noise=0.0):
     Raises:
       ValueError: bad shapes or values.
     """
-    lam, v2 = _check_spectrum(eigenvalues, target_power)
-    n = _check_scalar("n", n, positive=True)
-    ridge = _check_scalar("ridge", ridge, positive=False)
-    noise = _check_scalar("noise", noise, positive=False)
+    where = "kernel_ridge_risk"
+    lam, v2 = _check_spectrum(where, eigenvalues, target_power)
+    n = _check_scalar(where, "n", n, positive=True)
+    ridge = _check_scalar(where, "ridge", ridge, positive=False)
+    noise = _check_scalar(where, "noise", noise, positive=False)
     rank = np.count_nonzero(lam)
 
     def excess(kappa):  # decreasing in kappa
@@ -232,11 +226,12 @@ def random_feature_risk(eigenvalues, target_power, n, k, ridge=0.0, noise=0.0):
     Raises:
       ValueError: bad shapes or values.
     """
-    lam, v2 = _check_spectrum(eigenvalues, target_power)
-    n = _check_scalar("n", n, positive=True)
-    k = _check_scalar("k", k, positive=True, allow_inf=True)
-    ridge = _check_scalar("ridge", ridge, positive=False)
-    noise = _check_scalar("noise", noise, positive=False)
+    where = "random_feature_risk"
+    lam, v2 = _check_spectrum(where, eigenvalues, target_power)
+    n = _check_scalar(where, "n", n, positive=True)
+    k = _check_scalar(where, "k", k, positive=True, allow_inf=True)
+    ridge = _check_scalar(where, "ridge", ridge, positive=False)
+    noise = _check_scalar(where, "noise", noise, positive=False)
     if np.isinf(k):
         return kernel_ridge_risk(lam, v2, n, ridge=ridge, noise=noise)
     rank = np.count_nonzero(lam)

@@ -53,6 +53,8 @@ any t.
 """
 import numpy as np
 
+from theory import arguments
+
 __all__ = ["generalization_error", "marchenko_pastur_density"]
 
 _GL_NODES, _GL_WEIGHTS = np.polynomial.legendre.leggauss(24)
@@ -94,21 +96,13 @@ def marchenko_pastur_density(lam, alpha):
     Returns:
       float64 array of lam's shape; 0 outside [l_-, l_+].
     """
-    alpha = _check_positive("alpha", alpha)
-    lam = np.asarray(lam, dtype=np.float64)
+    alpha = arguments.scalar("marchenko_pastur_density", "alpha", alpha, low=0, low_open=True)
+    lam = arguments.real_values("marchenko_pastur_density", "lam", lam, allow_inf=True)
     lo, hi = _edges(alpha)
     inside = (lam > lo) & (lam < hi) & (lam > 0)
     safe = np.where(inside, lam, 1.0)
     out = alpha * np.sqrt(np.clip((hi - safe) * (safe - lo), 0.0, None)) / (2 * np.pi * safe)
     return np.where(inside, out, 0.0)
-
-
-def _check_positive(name, value, allow_zero=False):
-    value = float(value)
-    if not np.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} must be a finite number {bound}; got {value}.")
-    return value
 
 
 def generalization_error(t, alpha, sigma_w2=1.0, sigma_w0_2=0.0, sigma_eps2=0.0, tau=1.0):
@@ -134,14 +128,13 @@ def generalization_error(t, alpha, sigma_w2=1.0, sigma_w0_2=0.0, sigma_eps2=0.0,
     Raises:
       ValueError: negative or NaN t, alpha <= 0, negative variances, tau <= 0.
     """
-    t = np.asarray(t, dtype=np.float64)
-    if np.any(np.isnan(t)) or np.any(t < 0):
-        raise ValueError(f"t must be >= 0 (np.inf allowed); got {t}.")
-    alpha = _check_positive("alpha", alpha)
-    sigma_w2 = _check_positive("sigma_w2", sigma_w2, allow_zero=True)
-    sigma_w0_2 = _check_positive("sigma_w0_2", sigma_w0_2, allow_zero=True)
-    sigma_eps2 = _check_positive("sigma_eps2", sigma_eps2, allow_zero=True)
-    tau = _check_positive("tau", tau)
+    where = "generalization_error"
+    t = arguments.times(where, "t", t)
+    alpha = arguments.scalar(where, "alpha", alpha, low=0, low_open=True)
+    sigma_w2 = arguments.scalar(where, "sigma_w2", sigma_w2, low=0)
+    sigma_w0_2 = arguments.scalar(where, "sigma_w0_2", sigma_w0_2, low=0)
+    sigma_eps2 = arguments.scalar(where, "sigma_eps2", sigma_eps2, low=0)
+    tau = arguments.scalar(where, "tau", tau, low=0, low_open=True)
 
     lo, hi = _edges(alpha)
     h = 0.5 * (hi - lo)

@@ -60,25 +60,6 @@ def as_float64(x, device):
     return np.asarray(x, np.float64)
 
 
-def check_finite(name, x):
-    """Raise a ValueError naming `name` if the concrete array `x` holds NaN or inf."""
-    x = np.asarray(x)
-    if not np.all(np.isfinite(x)):
-        where = np.argwhere(~np.isfinite(x))
-        raise ValueError(
-            f"{name} of shape {x.shape} holds {len(where)} non-finite entries "
-            f"(first at index {tuple(int(i) for i in where[0])})."
-        )
-
-
-def check_diag_reg(diag_reg):
-    """Validate `diag_reg`: a finite, non-negative scalar (a Python or NumPy number)."""
-    value = np.asarray(diag_reg)
-    if value.ndim != 0 or not np.isfinite(value) or value < 0:
-        raise ValueError(f"diag_reg must be a finite, non-negative scalar; got {diag_reg!r}.")
-    return float(value)
-
-
 @jax.jit
 def _factor_device(k):
     factor = jnp.linalg.cholesky(k)

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.optimize
 
-from theory import linalg, output_axes
+from theory import arguments, linalg, output_axes
 from theory.regression import result_dtype
 
 
@@ -58,12 +58,12 @@ def log_marginal_likelihood(k_train_train, y_train, diag_reg=0.0, diag_reg_absol
       diag_reg_absolute_scale: take `diag_reg` in absolute units.
       trace_axes: independent output axes.
     """
-    layout = output_axes.output_layout(y_train, trace_axes)
+    where = "log_marginal_likelihood"
+    layout = output_axes.output_layout(where, y_train, trace_axes)
     n = layout.y_shape[0]
-    diag_reg = linalg.check_diag_reg(diag_reg)
+    diag_reg = arguments.scalar(where, "diag_reg", diag_reg, low=0)
+    diag_reg_absolute_scale = arguments.flag(where, "diag_reg_absolute_scale", diag_reg_absolute_scale)
     k = output_axes.kernel_2d(layout, "k_train_train", k_train_train, n, n)
-    linalg.check_finite("k_train_train", k)
-    linalg.check_finite("y_train", y_train)
     y = output_axes.targets_2d(layout, np.asarray(y_train, np.float64))
     dtype = result_dtype(k_train_train)
     with linalg.float64():
@@ -75,6 +75,10 @@ def log_marginal_likelihood(k_train_train, y_train, diag_reg=0.0, diag_reg_absol
         logdet = 2 * float(jnp.sum(jnp.log(jnp.diagonal(factor))))
         value = -0.5 * float(np.sum(y * alpha)) - 0.5 * y.shape[1] * logdet - 0.5 * y.size * math.log(2 * math.pi)
         return jnp.asarray(value, dtype)
+
+
+# scipy.optimize.minimize's methods that need neither a Hessian nor constraints (lower case).
+_METHODS = ("l-bfgs-b", "nelder-mead", "powell", "cg", "bfgs", "tnc", "slsqp", "trust-constr", "cobyla")
 
 
 class FitResult(NamedTuple):
@@ -137,27 +141,37 @@ def fit_hyperparameters(
       `FitResult`.
 
     Raises:
-      ValueError: non-positive initial values, mismatched `x_train` /
-        `y_train`, unknown `get`, or a kernel that JAX cannot differentiate in
-        the hyperparameters (use `method="Nelder-Mead"` then).
+      ValueError, TypeError: an argument out of range or of the wrong type,
+        naming it (non-positive initial values, inputs that are empty, not
+        real or not finite, mismatched `x_train` / `y_train`, an unknown `get`
+        or `method`), or a kernel that JAX cannot differentiate in the
+        hyperparameters (use `method="Nelder-Mead"` then).
     """
-    layout = output_axes.output_layout(y_train, trace_axes)
+    where = "fit_hyperparameters"
+    if not callable(network):
+        raise arguments.argument_error(where, "network", "a function of keyword hyperparameters returning a "
+                                       "stax triple", type(network).__name__, TypeError)
+    layout = output_axes.output_layout(where, y_train, trace_axes)
     n = layout.y_shape[0]
     output_axes.check_inputs_match(layout, x_train)
-    if get not in ("nngp", "ntk"):
-        raise ValueError(f"get must be 'nngp' or 'ntk', got {get!r}.")
+    get = arguments.one_name(where, "get", get, ("nngp", "ntk"))
+    diag_reg_absolute_scale = arguments.flag(where, "diag_reg_absolute_scale", diag_reg_absolute_scale)
+    max_iterations = arguments.integer(where, "max_iterations", max_iterations, low=1)
+    if not isinstance(method, str) or method.lower() not in _METHODS:
+        raise arguments.argument_error(where, "method", f"a scipy.optimize.minimize method, one of {_METHODS}",
+                                       method)
+    if not isinstance(init, dict) or not init:
+        raise arguments.argument_error(where, "init", "a non-empty dict {name: positive initial value}", init,
+                                       TypeError if not isinstance(init, dict) else ValueError)
     fixed = dict(fixed or {})
     names = list(init)
-    if not names:
-        raise ValueError("init must name at least one hyperparameter to fit.")
-    start = np.array([init[name] for name in names], np.float64)
-    if not np.all(np.isfinite(start)) or np.any(start <= 0):
-        raise ValueError(f"initial hyperparameters must be finite and positive (fitted in log space), got {init!r}.")
+    start = np.array([arguments.scalar(where, f"init[{name!r}]", init[name], low=0, low_open=True)
+                      for name in names], np.float64)
     overlap = set(names) & set(fixed)
     if overlap:
-        raise ValueError(f"hyperparameters {sorted(overlap)} are both in init and fixed.")
-    linalg.check_diag_reg(fixed.get("diag_reg", 0.0))
-    linalg.check_finite("y_train", y_train)
+        raise arguments.argument_error(where, "fixed", "disjoint from init", f"{fixed!r}, which repeats "
+                                       f"{sorted(overlap)}")
+    arguments.scalar(where, "fixed['diag_reg']", fixed.get("diag_reg", 0.0), low=0)
     y = output_axes.targets_2d(layout, np.asarray(y_train, np.float64))
     scale = 1.0 / y.size  # the objective per target, so tolerances do not depend on N
 
@@ -174,7 +188,7 @@ def fit_hyperparameters(
 
     with linalg.float64():
         x = jnp.asarray(x_train, jnp.float64)
-        if method == "L-BFGS-B":
+        if method.lower() == "l-bfgs-b":
             # x is an argument, not a closed-over constant: it stays out of the compiled program.
             value_and_grad = jax.jit(jax.value_and_grad(lambda p, x: -scale * lml(p, x)))
             try:

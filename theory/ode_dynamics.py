@@ -23,7 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from theory import linalg, output_axes, spectral
+from theory import arguments, linalg, output_axes
+from theory.dynamics import broadcast_outputs, check_learning_rate, check_prediction_inputs, output_shape
 from theory.regression import finish, result_dtype
 
 
@@ -83,84 +84,96 @@ def gradient_descent(
       `gradient_descent_mse`'s `predict_fn`, with leading axes `t.shape`.
 
     Raises:
-      ValueError: `t=None` or infinite (integrate to finite times), momentum
-        outside [0, 1), momentum state without momentum, shape mismatches.
+      ValueError, TypeError: an argument out of range or of the wrong type
+        (`t=None` or infinite: integrate to finite times; momentum outside
+        [0, 1); a momentum state without momentum; shape mismatches), naming
+        it; a `loss` whose value or gradient is not finite at the initial
+        outputs, or whose integration stops early (a gradient that turns NaN
+        on the way, or too few `max_steps`), naming `loss`.
     """
-    layout = output_axes.output_layout(y_train, trace_axes)
+    where = "gradient_descent"
+    if not callable(loss):
+        raise arguments.argument_error(where, "loss", "a function loss(fx_train, y_train) -> scalar",
+                                       type(loss).__name__, TypeError)
+    layout = output_axes.output_layout(where, y_train, trace_axes)
     n_train = layout.y_shape[0]
     k2d = output_axes.kernel_2d(layout, "k_train_train", k_train_train, n_train, n_train)
-    linalg.check_finite("k_train_train", k2d)
-    linalg.check_finite("y_train", y_train)
-    value = np.asarray(learning_rate)
-    if value.ndim or not np.isfinite(value) or value <= 0:
-        raise ValueError(f"learning_rate must be a finite positive scalar, got {learning_rate!r}.")
-    if momentum is not None and not 0 <= momentum < 1:
-        raise ValueError(f"momentum must be None or in [0, 1), got {momentum!r}.")
+    value = check_learning_rate(where, learning_rate)
+    if momentum is not None:
+        momentum = arguments.scalar(where, "momentum", momentum, low=0, high=1)
+    rtol = arguments.scalar(where, "rtol", rtol, low=0, low_open=True)
+    atol = arguments.scalar(where, "atol", atol, low=0, low_open=True)
+    max_steps = arguments.integer(where, "max_steps", max_steps, low=1)
     dtype = result_dtype(k_train_train)
-    time_scale = float(value) if momentum is None else float(np.sqrt(value))
+    time_scale = value if momentum is None else float(np.sqrt(value))
     friction = None if momentum is None else (1.0 - momentum) / float(np.sqrt(value))
     import diffrax  # imported on first use: `import theory` stays light
 
+    if solver is not None and not isinstance(solver, diffrax.AbstractSolver):
+        raise arguments.argument_error(where, "solver", "None or a diffrax solver instance, e.g. diffrax.Tsit5()",
+                                       type(solver).__name__, TypeError)
     controls = dict(loss=loss, layout=layout, solver=diffrax.Tsit5() if solver is None else solver,
                     rtol=rtol, atol=atol, max_steps=max_steps)
+    predict_where = f"{where}'s predict_fn"
 
     def predict_fn(t=None, fx_train_or_state_0=0.0, fx_test_0=None, k_test_train=None):
         if t is None:
-            raise ValueError("gradient_descent integrates to finite times: pass t (t=None would mean infinity).")
-        times = spectral.as_times("t", t)
-        if np.any(np.isinf(times)):
-            raise ValueError(f"gradient_descent integrates to finite times, got t={t!r}.")
+            raise arguments.argument_error(predict_where, "t", "finite times (t=None would mean infinity, "
+                                           "which an ODE integration does not reach)", None)
+        times = arguments.times(predict_where, "t", t, allow_inf=False)
         as_state = isinstance(fx_train_or_state_0, ODEState)
         if as_state:
             if fx_test_0 is not None:
-                raise ValueError("fx_test_0 is part of the ODEState; pass it there and leave fx_test_0=None.")
+                raise arguments.argument_error(predict_where, "fx_test_0", "None when an ODEState is given "
+                                               "(the state holds the test outputs)", "an array")
             state0 = fx_train_or_state_0
             if momentum is None and (state0.qx_train is not None or state0.qx_test is not None):
-                raise ValueError("the ODEState holds momentum variables, but momentum is None.")
+                raise arguments.argument_error(predict_where, "fx_train_or_state_0", "an ODEState without "
+                                               "momentum variables (momentum is None)", "one with qx_train/qx_test")
             fx_train_0, fx_test_0 = state0.fx_train, state0.fx_test
         else:
             state0 = ODEState(fx_train_or_state_0, fx_test_0)
             fx_train_0 = fx_train_or_state_0
-        if fx_train_0 is None and fx_test_0 is None and not as_state:
-            raise ValueError("fx_train_0 and fx_test_0 are both None: there is nothing to predict.")
-        if fx_test_0 is not None and k_test_train is None:
-            raise ValueError("predictions on the test set (fx_test_0 given) need k_test_train.")
+        if not as_state:
+            check_prediction_inputs(predict_where, fx_train_0, fx_test_0, k_test_train)
+        elif fx_test_0 is not None and k_test_train is None:
+            check_prediction_inputs(predict_where, fx_train_0, fx_test_0, k_test_train)
+        here = layout._replace(where=predict_where)
 
         with linalg.float64():
             k = jnp.asarray(k2d, jnp.float64)
             y = jnp.asarray(y_train, jnp.float64)
-            f_train = jnp.asarray(0.0 if fx_train_0 is None else fx_train_0, jnp.float64)
-            f_train = jnp.broadcast_to(f_train, layout.y_shape)
+            f_train = 0.0 if fx_train_0 is None else fx_train_0
+            f_train = jnp.asarray(broadcast_outputs(here, "fx_train_0", f_train, layout.y_shape, flatten=False))
+            _check_loss_at_start(predict_where, loss, f_train, y)
             k_td = test_shape = None
             f_test = None
             if fx_test_0 is not None:
-                k_td = output_axes.kernel_2d(layout, "k_test_train", k_test_train, None, n_train)
-                linalg.check_finite("k_test_train", k_td)
-                k_td = jnp.asarray(k_td, jnp.float64)
-                test_kept = output_axes.rows_shape(layout, k_test_train)
-                test_shape = list(layout.y_shape)
-                for axis, dim in zip(layout.kept_axes, test_kept):
-                    test_shape[axis] = dim
-                test_shape = tuple(test_shape)
-                f_test = jnp.broadcast_to(jnp.asarray(fx_test_0, jnp.float64), test_shape)
+                k_td = jnp.asarray(output_axes.kernel_2d(here, "k_test_train", k_test_train, None, n_train),
+                                   jnp.float64)
+                test_shape = output_shape(layout, output_axes.rows_shape(layout, k_test_train))
+                f_test = jnp.asarray(broadcast_outputs(here, "fx_test_0", fx_test_0, test_shape, flatten=False))
             q_train = q_test = None
             if momentum is not None:
-                q_train = jnp.zeros(layout.y_shape) if state0.qx_train is None else jnp.broadcast_to(
-                    jnp.asarray(state0.qx_train, jnp.float64), layout.y_shape)
+                q_train = jnp.zeros(layout.y_shape) if state0.qx_train is None else jnp.asarray(
+                    broadcast_outputs(here, "qx_train", state0.qx_train, layout.y_shape, flatten=False))
                 if f_test is not None:
-                    q_test = jnp.zeros(test_shape) if state0.qx_test is None else jnp.broadcast_to(
-                        jnp.asarray(state0.qx_test, jnp.float64), test_shape)
+                    q_test = jnp.zeros(test_shape) if state0.qx_test is None else jnp.asarray(
+                        broadcast_outputs(here, "qx_test", state0.qx_test, test_shape, flatten=False))
             start = ODEState(f_train, f_test, q_train, q_test)
             order = np.argsort(times.reshape(-1), kind="stable")
             ts = jnp.asarray(times.reshape(-1)[order] * time_scale)
             if float(ts[-1]) == 0.0:
                 path = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (ts.shape[0],) + x.shape), start)
             else:
-                path = _solve(k, k_td, y, friction, start, ts, **controls)
+                path, result = _solve(k, k_td, y, friction, start, ts, **controls)
+                if result != diffrax.RESULTS.successful:
+                    _integration_failed(predict_where, loss, path, y, ts / time_scale, diffrax.RESULTS[result])
             inverse = np.empty_like(order)
             inverse[order] = np.arange(order.size)
+            advice = "the ODE integration overflowed; check `loss` and the kernel's scale"
             path = jax.tree_util.tree_map(
-                lambda x: finish("ODE solution", x[inverse].reshape(times.shape + x.shape[1:]), dtype), path
+                lambda x: finish("ODE solution", x[inverse].reshape(times.shape + x.shape[1:]), dtype, advice), path
             )
         if as_state:
             return path
@@ -171,6 +184,36 @@ def gradient_descent(
         return path.fx_train, path.fx_test
 
     return predict_fn
+
+
+def _check_loss_at_start(where, loss, f_train, y):
+    """Refuses a loss whose value or gradient is not finite at the initial train outputs, naming `loss`."""
+    value, gradient = jax.value_and_grad(loss)(f_train, y)
+    if jnp.ndim(value) != 0:
+        raise arguments.argument_error(where, "loss", "a function returning a scalar",
+                                       f"a result of shape {jnp.shape(value)}", TypeError)
+    if not (np.isfinite(float(value)) and np.all(np.isfinite(np.asarray(gradient)))):
+        raise arguments.argument_error(
+            where, "loss", "finite, with a finite gradient, at the initial outputs fx_train_0",
+            f"value {float(value)!r} and {int(np.sum(~np.isfinite(np.asarray(gradient))))} non-finite "
+            "gradient entries there")
+
+
+def _integration_failed(where, loss, path, y, times, message):
+    """Raises the error of an integration that stopped early, saying whether `loss`'s gradient is to blame."""
+    reached = np.isfinite(np.asarray(path.fx_train)).reshape(len(times), -1).all(axis=1)
+    last = int(np.flatnonzero(reached)[-1]) if reached.any() else None
+    first_missing = float(times[int(np.flatnonzero(~reached)[0])]) if (~reached).any() else float(times[-1])
+    state = path.fx_train[last] if last is not None else None
+    blame = ""
+    if state is not None:
+        gradient = np.asarray(jax.grad(loss)(state, y))
+        blame = (f"; the gradient of `loss` at the last saved state (t={float(times[last]):g}) is "
+                 f"{'not finite' if not np.all(np.isfinite(gradient)) else 'finite'}")
+    raise ValueError(
+        f"{where}: the integration of the gradient flow of `loss` stopped before t={first_missing:g} "
+        f"(diffrax: {message}){blame}. A loss whose gradient turns NaN or infinite on the way cannot be "
+        "integrated: fix `loss`; if its gradient stays finite, raise max_steps or loosen rtol/atol.")
 
 
 def _kernel_times(layout, kernel, gradient, shape):
@@ -209,5 +252,6 @@ def _solve(k, k_td, y, friction, start, ts, loss, layout, solver, rtol, atol, ma
         saveat=diffrax.SaveAt(ts=ts),
         stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
         max_steps=max_steps,
+        throw=False,  # a failure is diagnosed on the host (`_integration_failed`), naming the loss
     )
-    return solution.ys
+    return solution.ys, solution.result

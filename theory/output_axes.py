@@ -16,15 +16,19 @@ from typing import NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
-from theory import linalg
+from theory import arguments, linalg
 
 
 class OutputLayout(NamedTuple):
-    """Which axes of the targets are kept in the kernel and which are traced."""
+    """Which axes of the targets are kept in the kernel and which are traced.
+
+    `where` is the public function the layout was made for; shape errors name it.
+    """
 
     y_shape: tuple
     trace_axes: tuple  # non-negative, sorted
     kept_axes: tuple  # non-negative, sorted, starts with 0
+    where: str = "theory"
 
     @property
     def kept_shape(self):
@@ -39,48 +43,44 @@ class OutputLayout(NamedTuple):
         return int(np.prod(self.trace_shape, dtype=int))
 
 
-def output_layout(y_train, trace_axes):
-    """Validate `trace_axes` against `y_train` and describe the layout."""
+def output_layout(where, y_train, trace_axes):
+    """Checks `y_train` (real, finite, at least one example) and `trace_axes`; describes the layout.
+
+    Args:
+      where: the public function, for errors.
+      y_train: targets `(N, ...)`.
+      trace_axes: axes of `y_train` that are independent outputs sharing one kernel.
+    """
+    arguments.real_array(where, "y_train", y_train)
     shape = tuple(np.shape(y_train))
     if len(shape) == 0:
-        raise ValueError("y_train must have a leading batch axis, got a scalar.")
+        raise arguments.argument_error(where, "y_train", "an array with a leading batch axis", "a scalar")
     ndim = len(shape)
+    expected = f"a sequence of distinct axes of y_train (shape {shape}) other than the batch axis 0"
     try:
-        axes = tuple(int(a) for a in trace_axes)
+        axes = tuple(arguments.integer(where, "trace_axes", a) for a in trace_axes)
     except TypeError:
-        raise TypeError(f"trace_axes must be a sequence of ints, got {trace_axes!r}.") from None
-    canonical = []
-    for a in axes:
-        if not -ndim <= a < ndim:
-            raise ValueError(f"trace_axes={trace_axes!r} is out of range for y_train of shape {shape}.")
-        canonical.append(a % ndim)
+        raise arguments.argument_error(where, "trace_axes", expected, trace_axes, TypeError) from None
+    if any(not -ndim <= a < ndim for a in axes):
+        raise arguments.argument_error(where, "trace_axes", expected, f"{trace_axes!r}, out of range")
+    canonical = [a % ndim for a in axes]
     if len(set(canonical)) != len(canonical):
-        raise ValueError(f"trace_axes={trace_axes!r} repeats an axis of y_train of shape {shape}.")
+        raise arguments.argument_error(where, "trace_axes", expected, f"{trace_axes!r}, which repeats an axis")
     if 0 in canonical:
-        raise ValueError(
-            f"trace_axes={trace_axes!r} includes the batch axis 0 of y_train of shape {shape}; "
-            "the batch axis is always kept."
-        )
+        raise arguments.argument_error(where, "trace_axes", expected,
+                                       f"{trace_axes!r}, which includes the batch axis (always kept)")
     traced = tuple(sorted(canonical))
     kept = tuple(a for a in range(ndim) if a not in traced)
-    return OutputLayout(shape, traced, kept)
+    return OutputLayout(shape, traced, kept, where)
 
 
 def check_inputs_match(layout, x_train):
-    """Raises unless ``x_train`` has one example per row of ``y_train``."""
-    if np.ndim(x_train) == 0 or np.shape(x_train)[0] != layout.y_shape[0]:
-        raise ValueError(
-            f"x_train and y_train must have the same number of examples; got x_train of shape "
-            f"{np.shape(x_train)} and y_train of shape {layout.y_shape}."
-        )
-
-
-def check_targets(layout, name, y, batch_size=None):
-    """Check that `y` has the targets' shape (with `batch_size` rows if given)."""
-    expected = layout.y_shape if batch_size is None else (batch_size,) + layout.y_shape[1:]
-    shape = tuple(np.shape(y))
-    if shape != expected:
-        raise ValueError(f"{name} must have shape {expected} (like y_train), got {shape}.")
+    """Checks `x_train` (`arguments.examples`): one example per row of `y_train`."""
+    arguments.examples(layout.where, "x_train", x_train)
+    if np.shape(x_train)[0] != layout.y_shape[0]:
+        raise arguments.argument_error(
+            layout.where, "x_train", f"one example per row of y_train (shape {layout.y_shape})",
+            f"shape {np.shape(x_train)}")
 
 
 def targets_2d(layout, y, xp=np):
@@ -95,31 +95,30 @@ def targets_2d(layout, y, xp=np):
 
 
 def kernel_2d(layout, name, k, rows_batch=None, cols_batch=None):
-    """Flatten a zipped kernel to (P_rows, P_cols), checking its shape.
+    """Flatten a zipped kernel to (P_rows, P_cols), checking it: real, finite, of the right shape.
 
     `rows_batch` / `cols_batch`: the batch size the rows / columns must have
-    (None: any). The non-batch kept dimensions must match the targets'. A
-    kernel on an accelerator stays there (its solves run there).
+    (None: any, but at least 1). The non-batch kept dimensions must match the
+    targets'. A kernel on an accelerator stays there (its solves run there).
+    Errors name `layout.where` and `name`.
     """
+    arguments.real_array(layout.where, name, k, finite=False)
     xp = jnp if linalg.on_accelerator(k) else np
     k = xp.asarray(k)
     kept = layout.kept_shape
     n_kept = len(kept)
-    expected_rank = 2 * n_kept
-    if k.ndim != expected_rank:
-        raise ValueError(
-            f"{name} must have {expected_rank} axes (kept output shape {kept} zipped for two "
-            f"inputs, trace_axes={layout.trace_axes}), got shape {k.shape}."
-        )
     rows, cols = k.shape[0::2], k.shape[1::2]
-    bad = rows[1:] != kept[1:] or cols[1:] != kept[1:]
+    bad = k.ndim != 2 * n_kept or rows[1:] != kept[1:] or cols[1:] != kept[1:]
     bad = bad or (rows_batch is not None and rows[0] != rows_batch)
     bad = bad or (cols_batch is not None and cols[0] != cols_batch)
     if bad:
         want_rows = (rows_batch if rows_batch is not None else "M",) + kept[1:]
         want_cols = (cols_batch if cols_batch is not None else "M",) + kept[1:]
         want = tuple(x for pair in zip(want_rows, want_cols) for x in pair)
-        raise ValueError(f"{name} must have shape {want} for y_train of shape {layout.y_shape}, got {k.shape}.")
+        raise arguments.argument_error(
+            layout.where, name, f"of shape {want} (the kept output axes {kept} of y_train zipped for two "
+            f"inputs, trace_axes={layout.trace_axes})", f"shape {k.shape}")
+    arguments.real_array(layout.where, name, k)  # non-empty and finite
     k = xp.transpose(k, tuple(range(0, k.ndim, 2)) + tuple(range(1, k.ndim, 2)))
     return k.reshape((int(np.prod(rows)), int(np.prod(cols))))
 

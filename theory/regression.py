@@ -24,6 +24,7 @@ regression above, and its covariance
 mixes the NTK Θ (which governs training) with the NNGP K (the distribution at
 initialization).
 """
+import functools
 from collections import namedtuple
 from typing import NamedTuple
 
@@ -31,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from theory import linalg, output_axes
+from theory import arguments, linalg, output_axes
 from theory.spectral import TrainKernel
 
 GETS = ("nngp", "ntk")
@@ -49,25 +50,16 @@ class Gaussian(NamedTuple):
     covariance: jax.Array
 
 
-def canonical_get(get, allowed=GETS):
-    """`get` as a tuple of names; None means ("nngp", "ntk")."""
-    if get is None:
-        return ("nngp", "ntk")
-    names = (get,) if isinstance(get, str) else tuple(get)
-    for g in names:
-        if g not in allowed:
-            raise ValueError(f"get must name one of {allowed} (or be a tuple of them, or None), got {get!r}.")
-    if not names:
-        raise ValueError("get must name at least one kernel, got an empty tuple.")
-    return names
-
-
 def named_output(get, values):
-    """One value for a string `get`, else a `Gaussians` named tuple in `get`'s order."""
-    if isinstance(get, str):
-        return values[get]
-    names = canonical_get(get, tuple(values))
-    return namedtuple("Gaussians", names)(*(values[g] for g in names))
+    """The result a parsed `get` asks for: one value, or a `Gaussians` named tuple in `get`'s order."""
+    if get.form == "one":
+        return values[get.names[0]]
+    return _gaussians(get.names)(*(values[g] for g in get.names))
+
+
+@functools.lru_cache(maxsize=None)
+def _gaussians(names):
+    return namedtuple("Gaussians", names)
 
 
 def kernel_part(k, g, name):
@@ -78,6 +70,10 @@ def kernel_part(k, g, name):
     if value is None:
         raise ValueError(f"{name} has no {g!r} kernel (got {type(k).__name__}); it is needed for get={g!r}.")
     return value
+
+
+class NonFiniteResult(ValueError):
+    """A prediction came out NaN or infinite (an ill-conditioned kernel, or diverging gradient descent)."""
 
 
 def posterior_mean(train, k_td, y):
@@ -99,14 +95,11 @@ def ntk_ensemble_covariance(theta, theta_td, nngp_dd, nngp_td, nngp_tt):
     return 0.5 * (cov + cov.T)
 
 
-def finish(name, x, dtype):
-    """Float64 NumPy result -> a JAX array of the input dtype, refusing non-finite values."""
+def finish(name, x, dtype, advice="the kernel is too ill-conditioned for this request; pass a positive diag_reg."):
+    """Float64 NumPy result -> a JAX array of the input dtype; `NonFiniteResult` (saying `advice`) if not finite."""
     x = np.asarray(x)
     if not np.all(np.isfinite(x)):
-        raise ValueError(
-            f"{name} came out non-finite; the kernel is too ill-conditioned for this request. "
-            "Pass a positive diag_reg."
-        )
+        raise NonFiniteResult(f"{name} came out non-finite: {advice}")
     with linalg.float64():
         return jnp.asarray(x.astype(dtype))
 
@@ -151,10 +144,12 @@ def gp_inference(k_train_train, y_train, diag_reg=0.0, diag_reg_absolute_scale=F
         unknown `get`, missing kernels, a kernel that is not positive
         semi-definite (a small violation is fixed by a reported jitter).
     """
-    layout = output_axes.output_layout(y_train, trace_axes)
-    diag_reg = linalg.check_diag_reg(diag_reg)
-    linalg.check_finite("y_train", y_train)
+    where = "gp_inference"
+    layout = output_axes.output_layout(where, y_train, trace_axes)
+    diag_reg = arguments.scalar(where, "diag_reg", diag_reg, low=0)
+    diag_reg_absolute_scale = arguments.flag(where, "diag_reg_absolute_scale", diag_reg_absolute_scale)
     n_train = layout.y_shape[0]
+    predict_where = "gp_inference's predict_fn"
     trains = {}
 
     def train_kernel(g):
@@ -162,16 +157,15 @@ def gp_inference(k_train_train, y_train, diag_reg=0.0, diag_reg_absolute_scale=F
             k = output_axes.kernel_2d(
                 layout, f"k_train_train.{g}", kernel_part(k_train_train, g, "k_train_train"), n_train, n_train
             )
-            linalg.check_finite(f"k_train_train.{g}", k)
             trains[g] = TrainKernel(k, diag_reg, diag_reg_absolute_scale, f"k_train_train.{g}")
         return trains[g]
 
     def predict_fn(get=None, k_test_train=None, k_test_test=None):
-        names = canonical_get(get, ("nngp", "ntk", "ntkgp"))
+        parsed = arguments.parse_get(get, ("nngp", "ntk", "ntkgp"), predict_where, default=("nngp", "ntk"))
         out = {}
         with linalg.float64():
             y = output_axes.targets_2d(layout, np.asarray(y_train, np.float64))
-            for g in names:
+            for g in parsed.names:
                 kind = "nngp" if g == "nngp" else "ntk"
                 dtype = result_dtype(kernel_part(k_train_train, kind, "k_train_train"))
                 if k_test_train is None:
@@ -199,7 +193,6 @@ def gp_inference(k_train_train, y_train, diag_reg=0.0, diag_reg_absolute_scale=F
                             "k_test_train as objects with .nngp and .ntk (e.g. kernel_fn(..., get=('nngp', 'ntk')))."
                         )
                     nngp_dd = output_axes.kernel_2d(layout, "k_train_train.nngp", k_train_train.nngp, n_train, n_train)
-                    linalg.check_finite("k_train_train.nngp", nngp_dd)
                     nngp_td = _test_train_2d(layout, "k_test_train.nngp", k_test_train.nngp, n_train)
                     nngp_tt = kernel_part(k_test_test, "nngp", "k_test_test")
                     nngp_tt = _test_test_2d(layout, "k_test_test.nngp", nngp_tt, m)
@@ -210,20 +203,18 @@ def gp_inference(k_train_train, y_train, diag_reg=0.0, diag_reg_absolute_scale=F
                     cov = gp_posterior_covariance(train, k_td, k_tt)
                 cov = output_axes.covariance_from_2d(cov, test_kept)
                 out[g] = Gaussian(finish(f"mean ({g})", mean, dtype), finish(f"covariance ({g})", cov, dtype))
-        return named_output(get if get is not None else ("nngp", "ntk"), out)
+        return named_output(parsed, out)
 
     return predict_fn
 
 
 def _test_train_2d(layout, name, k, n_train):
-    k2 = output_axes.kernel_2d(layout, name, k, None, n_train)
-    linalg.check_finite(name, k2)
-    return np.asarray(k2, np.float64)
+    return np.asarray(output_axes.kernel_2d(layout, name, k, None, n_train), np.float64)
 
 
 def _test_test_2d(layout, name, k, m):
     k2 = output_axes.kernel_2d(layout, name, k)
     if k2.shape != (m, m):
-        raise ValueError(f"{name} must be square with {m} rows (like k_test_train), got shape {np.shape(k)}.")
-    linalg.check_finite(name, k2)
+        raise arguments.argument_error(layout.where, name, f"square with {m} rows (like k_test_train)",
+                                       f"shape {np.shape(k)}")
     return np.asarray(k2, np.float64)

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kernels.checks import argument_error
 from theory import linalg
 from theory.krylov import KrylovBasis
 
@@ -198,19 +199,8 @@ class TrainKernel:
         return run_where(_apply_eigh, evecs, evals, r, f, f_args)
 
 
-def check_solver(solver):
-    if solver not in SOLVERS:
-        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}.")
+def check_solver(where, solver):
+    """One of `SOLVERS`, else a ValueError naming `solver`."""
+    if not isinstance(solver, str) or solver not in SOLVERS:
+        raise argument_error(where, "solver", f"one of {SOLVERS}", solver)
     return solver
-
-
-def as_times(name, t, integer=False):
-    """Validate times / steps: a non-negative scalar or array; returns float64 NumPy."""
-    arr = np.asarray(t, dtype=np.float64)
-    if np.any(np.isnan(arr)) or np.any(arr < 0):
-        raise ValueError(f"{name} must be non-negative (inf allowed), got {t!r}.")
-    if integer:
-        finite = arr[np.isfinite(arr)]
-        if np.any(finite != np.round(finite)):
-            raise ValueError(f"{name} counts gradient-descent steps and must hold integers, got {t!r}.")
-    return arr

@@ -271,7 +271,7 @@ def test_rejects_bad_arguments():
         kernel_recursion(lambda c, a, b: (c * np.nan, c), 0.1, 1.0, 1.0, depth=2, C_W=1.0)
     with pytest.raises(TypeError, match="pair"):
         kernel_recursion(lambda c, a, b: c, 0.1, 1.0, 1.0, depth=2, C_W=1.0)
-    with pytest.raises(ValueError, match="K must"):
+    with pytest.raises(ValueError, match="`K` must"):
         susceptibilities(relu_dual, 0.0, 2.0)
     with pytest.raises(ValueError, match="no critical initialization"):
         critical_initialization("sigmoid")

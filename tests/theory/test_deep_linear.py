@@ -92,7 +92,7 @@ def test_limits_and_inverse():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(t=-1.0, s=1.0, u0=0.1), "t must be"),
+    (dict(t=-1.0, s=1.0, u0=0.1), "`t` must be"),
     (dict(t=1.0, s=-1.0, u0=0.1), "s "),
     (dict(t=1.0, s=1.0, u0=0.0), "u0"),
     (dict(t=1.0, s=1.0, u0=0.1, tau=0.0), "tau"),

@@ -234,9 +234,9 @@ def test_errors_name_the_argument():
         predict.gradient_descent_mse(k, y, diag_reg=-1.0)
     with pytest.raises(ValueError, match="learning_rate"):
         predict.gradient_descent_mse(k, y, learning_rate=0.0)
-    with pytest.raises(ValueError, match=r"k_train_train must have shape \(24, 24\)"):
+    with pytest.raises(ValueError, match=r"`k_train_train` must be of shape \(24, 24\)"):
         predict.gradient_descent_mse(k[:-1, :-1], y)
-    with pytest.raises(ValueError, match="k_train_train .* non-finite"):
+    with pytest.raises(ValueError, match="`k_train_train` must be finite"):
         predict.gradient_descent_mse(np.where(np.eye(len(k)) > 0, np.nan, k), y)
     with pytest.raises(ValueError, match="solver"):
         predict.gradient_descent_mse(k, y, solver="qr")
@@ -247,15 +247,15 @@ def test_errors_name_the_argument():
         flow(1.0, 0.0, 0.0, k_td[:, :-1])
     with pytest.raises(ValueError, match="k_test_train"):
         flow(1.0, 0.0, 0.0, None)
-    with pytest.raises(ValueError, match="both None"):
+    with pytest.raises(ValueError, match="`fx_train_0` must be given when fx_test_0 is None"):
         flow(1.0, None, None)
-    with pytest.raises(ValueError, match="non-negative"):
+    with pytest.raises(ValueError, match="`t` must be real numbers >= 0"):
         flow(-1.0, 0.0)
     with pytest.raises(ValueError, match="fx_train_0"):
         flow(1.0, np.zeros((3, 3)))
     with pytest.raises(ValueError, match="integers"):
         predict.gradient_descent_mse_discrete(k, y, 1.0)(2.5, 0.0)
-    with pytest.raises(ValueError, match=r"x_train of shape \(23, 5\) and y_train of shape \(24, 2\)"):
+    with pytest.raises(ValueError, match=r"`x_train` must be one example per row of y_train \(shape \(24, 2\)\); received shape \(23, 5\)"):
         predict.gradient_descent_mse_ensemble(mlp_kernel_fn(), x[:-1], y)
     ensemble = predict.gradient_descent_mse_ensemble(mlp_kernel_fn(), x, y)
     with pytest.raises(ValueError, match="get"):

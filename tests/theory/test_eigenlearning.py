@@ -155,13 +155,14 @@ def test_returns_risk_estimate_and_rejects_bad_arguments():
         (dict(eigenvalues=[1.0, -0.5], target_power=[1.0, 1.0], n=3), "eigenvalues"),
         (dict(eigenvalues=[0.0, 0.0], target_power=[1.0, 1.0], n=3), "positive"),
         (dict(eigenvalues=[1.0], target_power=[np.nan], n=3), "target_power"),
-        (dict(eigenvalues=[1.0], target_power=[1.0], n=0), "n must"),
+        (dict(eigenvalues=[1.0], target_power=[1.0], n=0), "`n` must"),
         (dict(eigenvalues=[1.0], target_power=[1.0], n=3, ridge=-1.0), "ridge"),
         (dict(eigenvalues=[1.0], target_power=[1.0], n=3, noise=-1.0), "noise"),
-        (dict(eigenvalues=[1.0], target_power=[1.0], n=[3, 4]), "scalar"),
     ]
     for kwargs, match in bad:
         with pytest.raises(ValueError, match=match):
             kernel_ridge_risk(**kwargs)
-    with pytest.raises(ValueError, match="k must"):
+    with pytest.raises(TypeError, match="`n` must be a finite real number"):
+        kernel_ridge_risk([1.0], [1.0], n=[3, 4])
+    with pytest.raises(ValueError, match="`k` must"):
         random_feature_risk([1.0], [1.0], 3, 0)

@@ -139,8 +139,8 @@ def test_gradient_descent_time_convention():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(t=-1.0, alpha=1.0), "t must be"),
-    (dict(t=np.nan, alpha=1.0), "t must be"),
+    (dict(t=-1.0, alpha=1.0), "`t` must be"),
+    (dict(t=np.nan, alpha=1.0), "`t` must be"),
     (dict(t=1.0, alpha=0.0), "alpha"),
     (dict(t=1.0, alpha=1.0, sigma_eps2=-0.1), "sigma_eps2"),
     (dict(t=1.0, alpha=1.0, sigma_w2=np.inf), "sigma_w2"),

@@ -39,7 +39,7 @@ def test_log_marginal_likelihood_errors(sample):
     x, y, k = sample
     with pytest.raises(ValueError, match="diag_reg"):
         theory.log_marginal_likelihood(k, y, -0.1)
-    with pytest.raises(ValueError, match="k_train_train must have shape"):
+    with pytest.raises(ValueError, match="`k_train_train` must be of shape"):
         theory.log_marginal_likelihood(k[:5, :5], y)
     with pytest.raises(ValueError, match="not positive semi-definite"):
         theory.log_marginal_likelihood(k - 2 * np.eye(len(k)) * np.max(np.diag(k)), y)
@@ -70,11 +70,11 @@ def test_fit_with_fixed_hyperparameters_and_errors(sample):
     x, y, _ = sample
     fit = theory.fit_hyperparameters(network, x, y, {"W_std": 1.0}, fixed={"b_std": 0.6, "diag_reg": 0.05, "depth": 1})
     assert set(fit.hyperparameters) == {"W_std"}
-    with pytest.raises(ValueError, match="positive"):
+    with pytest.raises(ValueError, match=r"`init\['b_std'\]` must be a finite real number > 0"):
         theory.fit_hyperparameters(network, x, y, {"W_std": 1.0, "b_std": 0.0})
-    with pytest.raises(ValueError, match="same number of examples"):
+    with pytest.raises(ValueError, match="`x_train` must be one example per row"):
         theory.fit_hyperparameters(network, x[:-1], y, {"W_std": 1.0})
-    with pytest.raises(ValueError, match="both in init and fixed"):
+    with pytest.raises(ValueError, match="`fixed` must be disjoint from init"):
         theory.fit_hyperparameters(network, x, y, {"W_std": 1.0}, fixed={"W_std": 2.0})
 
 

@@ -86,7 +86,7 @@ def test_ode_errors(problem):
     fn = predict.gradient_descent(mse, k, y)
     with pytest.raises(ValueError, match="finite times"):
         fn(None, f0)
-    with pytest.raises(ValueError, match="finite times"):
+    with pytest.raises(ValueError, match="`t` must be real numbers >= 0, finite"):
         fn(np.inf, f0)
     with pytest.raises(ValueError, match="momentum"):
         fn(1.0, predict.ODEState(f0, None, f0))
