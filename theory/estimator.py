@@ -2,25 +2,38 @@
 
 `fit` computes the network's NNGP / NTK on the training set; `predict` is the
 mean of the infinite ensemble trained by gradient flow on MSE for time `t`
-(`theory.predict.gradient_descent_mse_ensemble`; `t=None`: to convergence,
+(`theory.predict.gradient_descent_mse_ensemble`, computed here from the train
+kernel by `theory.predict.gradient_descent_mse`; `t=None`: to convergence,
 i.e. kernel ridge regression, Lee et al. 2019, §2.3.1). Hyperparameters are
 constructor arguments, so `GridSearchCV`, `Pipeline` and `clone` work.
 
+scikit-learn's conventions are kept: `__init__` only stores the
+hyperparameters and `fit` validates them (an error names the parameter); `fit`
+validates `X` and `y` with scikit-learn's own `validate_data` and records
+`n_features_in_` and, for a pandas DataFrame, `feature_names_in_`; `predict`
+refuses inputs with another number of features or, for a frame, other or
+reordered column names, as scikit-learn's estimators do. scikit-learn's
+`check_estimator` runs in the tests (tests/theory/test_estimator.py).
+
 scikit-learn is optional: with it installed the class derives from its
 `BaseEstimator` and `RegressorMixin`; without it, a minimal stand-in
-provides `get_params`, `set_params` and `score` with the same meaning.
+provides `get_params`, `set_params` and `score` with the same meaning, and the
+inputs are checked by `theory.arguments` (feature names included).
 """
 import inspect
 
 import numpy as np
 
-from theory.dynamics import gradient_descent_mse_ensemble
+from theory import arguments
+from theory.dynamics import gradient_descent_mse
 
 try:
     from sklearn.base import BaseEstimator, RegressorMixin
+    from sklearn.utils.validation import check_is_fitted, validate_data
 
     _BASES = (RegressorMixin, BaseEstimator)
 except ImportError:  # scikit-learn is an optional extra
+    check_is_fitted = validate_data = None
 
     class _MinimalEstimator:
         """get_params / set_params / score (R^2) as scikit-learn defines them."""
@@ -64,15 +77,23 @@ class KernelRegressor(*_BASES):
       network: function of keyword hyperparameters `depth`, `W_std`, `b_std`
         returning a stax triple `(init_fn, apply_fn, kernel_fn)`; None: a ReLU
         MLP (`relu_mlp`, needs `kernels.stax`).
-      depth, W_std, b_std: passed to `network`.
-      diag_reg: ridge, relative to the mean diagonal of the train kernel.
-      get: "ntk" (gradient-trained ensemble) or "nngp" (Bayesian posterior mean).
-      t: training time in steps of learning rate 1 (None: to convergence).
+      depth: an integer >= 0, passed to `network`.
+      W_std, b_std: finite, `W_std > 0` and `b_std >= 0`, passed to `network`.
+      diag_reg: finite >= 0, the ridge, relative to the mean diagonal of the train kernel.
+      get: "ntk" (gradient-trained ensemble) or "nngp" (Bayesian posterior mean), any case.
+      t: training time >= 0 in steps of learning rate 1 (None or inf: to convergence).
+
+    The hyperparameters are validated by `fit` (scikit-learn's convention),
+    which raises a ValueError or TypeError naming the one that is wrong.
 
     Attributes (after `fit`):
+      n_features_in_: `X.shape[1]`.
+      feature_names_in_: the column names of a pandas DataFrame `X` (only then).
+      input_shape_: the shape of one example, `X.shape[1:]`.
+      X_train_, y_train_: the training inputs (float64) and targets `(N, C)`.
+      k_train_train_: the train kernel (`get`), computed by `fit`.
       kernel_fn_: the network's kernel function.
-      predict_fn_: the fitted `gradient_descent_mse_ensemble` predictor.
-      n_features_in_: number of features of 2-D `X`.
+      predict_fn_: the `gradient_descent_mse` predictor of the train kernel.
     """
 
     def __init__(self, network=None, depth=2, W_std=1.5, b_std=0.05, diag_reg=1e-4, get="ntk", t=None):
@@ -84,36 +105,133 @@ class KernelRegressor(*_BASES):
         self.get = get
         self.t = t
 
+    def _checked_params(self):
+        """The hyperparameters, validated (called by `fit`): {name: value}."""
+        where = f"{type(self).__name__}.fit"
+        if self.network is not None and not callable(self.network):
+            raise arguments.argument_error(where, "network", "None or a function returning a stax triple",
+                                           type(self.network).__name__, TypeError)
+        return dict(
+            network=relu_mlp if self.network is None else self.network,
+            depth=arguments.integer(where, "depth", self.depth, low=0),
+            W_std=arguments.scalar(where, "W_std", self.W_std, low=0, low_open=True),
+            b_std=arguments.scalar(where, "b_std", self.b_std, low=0),
+            diag_reg=arguments.scalar(where, "diag_reg", self.diag_reg, low=0),
+            get=arguments.one_name(where, "get", self.get, ("nngp", "ntk")),
+            t=None if self.t is None else arguments.scalar(where, "t", self.t, low=0, allow_inf=True),
+        )
+
     def fit(self, X, y):
-        """Compute the train kernel of the network with these hyperparameters.
+        """Validate the hyperparameters and the data, and compute the train kernel of the network.
 
         Args:
-          X: `(N, ...)` inputs (features, or images batch first).
-          y: `(N,)` or `(N, C)` targets.
+          X: `(N, ...)` inputs (features, or images batch first): real,
+            finite, N >= 1; a pandas DataFrame's column names are recorded.
+          y: `(N,)` or `(N, C)` targets, real and finite.
+
+        Returns:
+          self.
         """
-        if self.get not in ("nngp", "ntk"):
-            raise ValueError(f"get must be 'nngp' or 'ntk', got {self.get!r}.")
-        X = np.asarray(X, np.float64)
-        y = np.asarray(y, np.float64)
-        if X.ndim < 2 or y.ndim not in (1, 2) or len(X) != len(y):
-            raise ValueError(f"X must be (N, ...) and y (N,) or (N, C); got X {X.shape} and y {y.shape}.")
-        network = relu_mlp if self.network is None else self.network
-        self.kernel_fn_ = network(depth=self.depth, W_std=self.W_std, b_std=self.b_std)[2]
+        params = self._checked_params()
+        X, y = _validate(self, X, y, reset=True)
+        self.input_shape_ = X.shape[1:]
         self._y_is_1d = y.ndim == 1
-        self.predict_fn_ = gradient_descent_mse_ensemble(
-            self.kernel_fn_, X, y.reshape(len(y), -1), diag_reg=self.diag_reg
-        )
-        if X.ndim == 2:
-            self.n_features_in_ = X.shape[1]
+        self.y_train_ = y.reshape(len(y), -1)
+        self.X_train_ = X
+        self.kernel_fn_ = _kernel_fn(params)
+        self.k_train_train_ = np.asarray(self.kernel_fn_(X, None, params["get"]))
+        self.predict_fn_ = gradient_descent_mse(self.k_train_train_, self.y_train_, diag_reg=params["diag_reg"])
         return self
 
     def predict(self, X):
-        """Mean prediction of the trained infinite ensemble at time `t`: `(M,)` or `(M, C)`."""
-        if not hasattr(self, "predict_fn_"):
+        """Mean prediction of the trained infinite ensemble at time `t`: `(M,)` or `(M, C)`.
+
+        Args:
+          X: `(M, ...)` inputs like those of `fit` (same shape per example; a
+            frame with the same columns in the same order).
+        """
+        if check_is_fitted is not None:
+            check_is_fitted(self)
+        elif not hasattr(self, "predict_fn_"):
             raise _not_fitted_error(f"This {type(self).__name__} instance is not fitted yet; call fit first.")
-        X = np.asarray(X, np.float64)
-        mean = np.asarray(self.predict_fn_(t=self.t, x_test=X, get=self.get), np.float64)
+        X = _validate(self, X, reset=False)
+        if X.shape[1:] != self.input_shape_:
+            raise arguments.argument_error(f"{type(self).__name__}.predict", "X", f"inputs of shape (M, "
+                                           f"*{self.input_shape_}) like those of fit", f"shape {X.shape}")
+        get = arguments.one_name(f"{type(self).__name__}.predict", "get", self.get, ("nngp", "ntk"))
+        t = None if self.t is None else float(self.t)
+        k_test_train = self.kernel_fn_(X, self.X_train_, get)
+        mean = np.asarray(self.predict_fn_(t, None, 0.0, k_test_train), np.float64)
         return mean[:, 0] if self._y_is_1d else mean
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        return tags
+
+    def __getstate__(self):
+        # The kernel function and the predictor are closures (not picklable); __setstate__ rebuilds them.
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else dict(self.__dict__)
+        state = dict(state)
+        state.pop("kernel_fn_", None)
+        state.pop("predict_fn_", None)
+        return state
+
+    def __setstate__(self, state):
+        if hasattr(super(), "__setstate__"):
+            super().__setstate__(state)
+        else:
+            self.__dict__.update(state)
+        if "k_train_train_" in state:
+            params = self._checked_params()
+            self.kernel_fn_ = _kernel_fn(params)
+            self.predict_fn_ = gradient_descent_mse(self.k_train_train_, self.y_train_, diag_reg=params["diag_reg"])
+
+
+_NO_TARGETS = "no_validation"  # scikit-learn's marker: validate X only
+
+
+def _kernel_fn(params):
+    """The kernel function of `params["network"]` with the validated hyperparameters."""
+    return params["network"](depth=params["depth"], W_std=params["W_std"], b_std=params["b_std"])[2]
+
+
+def _validate(estimator, X, y=_NO_TARGETS, reset=True):
+    """X (and y, unless `_NO_TARGETS`) checked and converted to float64; n_features_in_ / feature_names_in_
+    recorded (reset) or compared. scikit-learn's `validate_data` when installed, else `theory.arguments`."""
+    if validate_data is not None:
+        # dtype="numeric": strings are refused (a float64 dtype would parse "1.5"), objects converted.
+        if y is _NO_TARGETS:
+            return validate_data(estimator, X, reset=reset, allow_nd=True, dtype="numeric").astype(np.float64)
+        X, y = validate_data(estimator, X, y, reset=reset, allow_nd=True, dtype="numeric", y_numeric=True,
+                             multi_output=True)
+        return X.astype(np.float64), y.astype(np.float64)
+    where = f"{type(estimator).__name__}.{'fit' if reset else 'predict'}"
+    columns = getattr(X, "columns", None)
+    names = None if columns is None else np.asarray([str(c) for c in columns], object)
+    X = np.asarray(arguments.examples(where, "X", X), np.float64)
+    if reset:
+        estimator.n_features_in_ = X.shape[1]
+        if names is not None:
+            estimator.feature_names_in_ = names
+        elif hasattr(estimator, "feature_names_in_"):
+            del estimator.feature_names_in_
+    else:
+        fitted = getattr(estimator, "feature_names_in_", None)
+        if fitted is not None and names is not None and not np.array_equal(fitted, names):
+            raise arguments.argument_error(where, "X", f"columns {list(fitted)} (those of fit, in that order)",
+                                           f"columns {list(names)}")
+        if X.shape[1] != estimator.n_features_in_:
+            raise arguments.argument_error(where, "X", f"{estimator.n_features_in_} features (as in fit)",
+                                           f"shape {X.shape}")
+    if y is _NO_TARGETS:
+        return X
+    if y is None:
+        raise arguments.argument_error(where, "y", "targets (N,) or (N, C)", None)
+    y = np.asarray(arguments.real_array(where, "y", y), np.float64)
+    if y.ndim not in (1, 2) or len(y) != len(X):
+        raise arguments.argument_error(where, "y", f"of shape ({len(X)},) or ({len(X)}, C)", f"shape {y.shape}")
+    return X, y
 
 
 def _not_fitted_error(message):
