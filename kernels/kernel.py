@@ -21,7 +21,7 @@ neural-tangents does: ``(N1, N2, S_1, S'_1, S_2, S'_2, ...)``.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
@@ -46,6 +46,9 @@ class Kernel:
         only the ``standard`` parameterization and channel concatenation need it (static).
       is_gaussian: whether the outputs are one Gaussian field (true after Dense, Conv,
         attention), so that an activation's dual map applies to them (static).
+      selves: during a block-by-block evaluation, the self covariances recorded for the
+        leaf layers and where this kernel stands in the network (`kernels.stax.blocks.Selves`);
+        ``None`` otherwise. Rules pass it on with `replace` and never read it.
     """
 
     nngp: jax.Array
@@ -55,6 +58,7 @@ class Kernel:
     full: bool = dataclasses.field(metadata=dict(static=True), default=False)
     channels: int = dataclasses.field(metadata=dict(static=True), default=1)
     is_gaussian: bool = dataclasses.field(metadata=dict(static=True), default=False)
+    selves: Optional[Any] = None
 
     def replace(self, **changes) -> "Kernel":
         return dataclasses.replace(self, **changes)

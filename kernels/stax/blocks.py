@@ -5,35 +5,43 @@ with itself at the input of every layer (its *self covariance*: what an activati
 map normalizes by, what pooling and attention mix). Evaluating all ``N1 x N2`` pairs at once
 holds every pair's position covariances together (for Myrtle-5 on 24 images of 32x32, one
 44 GB buffer) and computes each self covariance next to the pairs. Here the matrix is
-computed in two passes instead:
+computed in two passes instead, over the tiles of one `kernels.tiling.TilePlan`:
 
 1. **Self pass.** Each distinct example against itself, a chunk of examples at a time
    (``jax.vmap`` over examples inside ``lax.map`` over chunks). For one example with
    ``x2 = None`` the self covariance *is* the pair covariance ``nngp``, so before every
-   layer the self covariance is replaced by it; the layer's own computation of the self
-   covariance then has no consumer and XLA removes it: one pair's worth of work per
-   example. The self covariance at the input of every leaf layer is recorded, in layer
-   order, on a *tape*; the example's diagonal entries ``K(x, x)`` come out too.
-2. **Pair pass.** ``lax.map`` over blocks of ``b1 x b2`` pairs; every leaf layer reads its
-   inputs' self covariances from the tape instead of computing them (dead code again, so
-   removed). With ``x2 = None`` only blocks on or above the diagonal are computed; the
-   others are their mirror image, ``K(x', x)[s', s] = K(x, x')[s, s']``; with ``b = 1``
-   the diagonal itself comes from the self pass.
+   leaf layer the self covariance is replaced by it; the layer's own computation of the
+   self covariance then has no consumer and XLA removes it: one pair's worth of work per
+   example. The self covariance arriving at every leaf layer is recorded; the example's
+   diagonal entries ``K(x, x)`` come out too.
+2. **Pair pass.** ``lax.map`` over tiles of ``b x b`` pairs; every leaf layer reads its
+   inputs' self covariances from the record instead of computing them (dead code again, so
+   removed). With ``x2 = None`` only tiles on or above the diagonal are computed, the
+   others are their mirror image; with ``b = 1`` the diagonal itself comes from the self pass.
 
 Work, in units of one pair's covariances: ``N (N + 1) / 2`` for ``x2 = None`` with ``b = 1``
 (``N^2 / 2 + N b / 2`` in general), against ``N^2 + N`` for the one-shot evaluation; memory:
-one block of pairs plus the tape (``N`` self covariances per layer whose rule reads them;
+one tile of pairs plus the record (``N`` self covariances per layer whose rule reads them;
 the others are removed with their readers).
 
-The tape is replayed by position: the pair pass traces the same rules in the same order
-as the self pass. Every leaf layer's rule goes through `at_leaf` (`kernels.stax.layer.leaf`
-wraps it); combinators only route kernels between leaves.
+How the record finds its reader (explicit data, no hidden state). The recorded self
+covariances travel *in the kernel*: `Kernel.selves` holds a `Selves`, whose ``path`` names
+the value the kernel stands for by the leaf layers applied to the network's input on the way
+to it (a leaf is named by its own wrapped rule, which `through_leaf` appends to its
+outputs' path: an identity, so equal layers built twice are still told apart). A self covariance depends only on that value, so the record is a table
+``path -> self covariance``: written in the self pass, read in the pair pass, whatever order
+the rules run in. Combinators need to know nothing about it: ``serial``/``parallel`` route
+kernels, ``FanOut``'s copies share a path and a value, and a fan-in's output keeps its first
+branch's path (``first.replace``) though its value is new. That, and any other rule that
+changes a value without being a leaf, is caught in the self pass: a path reached by two
+different values is dropped from the table, and its readers compute their self covariances
+(correct, a little slower). A rule that builds a fresh `Kernel` drops ``selves``, with the
+same consequence. The one assumption left is what a rule is anyway: the same function of its
+input kernel whether ``x2`` is given or not.
 """
 from __future__ import annotations
 
-import contextlib
 import math
-import threading
 from typing import Callable, Optional
 
 import jax
@@ -41,9 +49,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from kernels.kernel import Kernel, input_kernel, single_kernel
+from kernels import tiling
+from kernels.kernel import Kernel, input_kernel, single_kernel, to_neural_tangents_layout
 
-__all__ = ["evaluate", "plan", "at_leaf"]
+__all__ = ["evaluate", "plan", "through_leaf", "Selves"]
 
 # Elements of one block's nngp (float count) the automatic plan aims at, and the size of a
 # whole kernel below which the one-shot evaluation is used. CPU: a block's arrays stay in
@@ -54,42 +63,75 @@ _TARGET = {"cpu": 2 ** 18}
 _TARGET_ACCELERATOR = 2 ** 24
 _ONE_SHOT_FACTOR = 2
 
+class _Recording:
+    """The self pass' table, filled while the network's rule is traced once for one example."""
 
-class _Tape(threading.local):
-    mode: Optional[str] = None  # None, "record" or "replay"
-    entries: list = None
-    cursor: int = 0
+    def __init__(self):
+        self.entries = {}  # path -> (nngp it was read from, self covariance)
+        self.ambiguous = set()
+
+    def note(self, path: tuple, nngp) -> jax.Array:
+        cov = nngp[0]  # one example, x2 = None: its self covariance is its pair covariance
+        if path in self.entries and self.entries[path][0] is not nngp:
+            self.ambiguous.add(path)  # two different values under one path: read by nobody
+        self.entries.setdefault(path, (nngp, cov))
+        return cov
+
+    def table(self) -> dict:
+        return {p: c for p, (_, c) in self.entries.items() if p not in self.ambiguous}
 
 
-_TAPE = _Tape()
+@jax.tree_util.register_pytree_node_class
+class Selves:
+    """What a kernel carries during a block-by-block evaluation (`Kernel.selves`).
 
-
-def at_leaf(k: Kernel) -> Kernel:
-    """Called with a leaf layer's input before its rule runs: records or replays self covariances.
-
-    A leaf's input is one `Kernel` (fan-in layers, which take several, are not leaves).
+    Attributes:
+      path: the leaf layers (their wrapped rules) applied to the network's input on the way
+        to this kernel (static).
+      table: pair pass: ``path -> (cov1 rows, cov2 rows)`` recorded in the self pass, for
+        this tile's examples; ``None`` in the self pass.
+      recording: self pass: where self covariances are recorded; ``None`` in the pair pass.
     """
-    mode = _TAPE.mode
-    if mode is None:
+
+    def __init__(self, path: tuple = (), table: Optional[dict] = None, recording: Optional[_Recording] = None):
+        self.path, self.table, self.recording = path, table, recording
+
+    def tree_flatten(self):
+        return (self.table,), (self.path, self.recording)
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        return cls(aux[0], children[0], aux[1])
+
+    def before_leaf(self, k: Kernel) -> Kernel:
+        """The leaf's input with its self covariances recorded (self pass) or read (pair pass)."""
+        if self.recording is not None:
+            return k.replace(cov1=self.recording.note(self.path, k.nngp))
+        if self.table is not None and self.path in self.table:
+            cov1, cov2 = self.table[self.path]
+            return k.replace(cov1=cov1, cov2=cov2)
         return k
-    if mode == "record":
-        k = k.replace(cov1=k.nngp[0])  # one example, x2 = None: its self covariance is its pair covariance
-        _TAPE.entries.append(k.cov1)
-        return k
-    cov1, cov2 = _TAPE.entries[_TAPE.cursor]
-    _TAPE.cursor += 1
-    return k.replace(cov1=cov1, cov2=cov2)
+
+    def after(self, key: Callable) -> "Selves":
+        return Selves(self.path + (key,), self.table, self.recording)
 
 
-@contextlib.contextmanager
-def _taping(mode: str, entries: list):
-    if _TAPE.mode is not None:
-        raise RuntimeError("kernels.stax.blocks: nested block evaluation")
-    _TAPE.mode, _TAPE.entries, _TAPE.cursor = mode, entries, 0
-    try:
-        yield entries
-    finally:
-        _TAPE.mode, _TAPE.entries, _TAPE.cursor = None, None, 0
+def through_leaf(key: Callable, rule: Callable, k: Kernel):
+    """Runs a leaf layer's ``rule`` on ``k``: records or reads self covariances, extends the path.
+
+    ``key`` names the leaf in paths (its wrapped rule, `kernels.stax.layer.checked`).
+
+    A leaf's input is one `Kernel` (fan-in layers, which take several, are not leaves); its
+    output is a `Kernel` or, for ``FanOut``, a tuple of them.
+    """
+    selves = getattr(k, "selves", None)
+    if selves is None:
+        return rule(k)
+    out = rule(selves.before_leaf(k))
+    after = selves.after(key)
+    if isinstance(out, Kernel):
+        return out.replace(selves=after)
+    return type(out)(o.replace(selves=after) if isinstance(o, Kernel) else o for o in out)
 
 
 def pair_elements(x: jax.Array, full: bool) -> int:
@@ -119,116 +161,89 @@ def plan(n1: int, n2: int, per_pair: int, block_size: Optional[int], backend: st
     return -(-n // -(-n // b))  # the same number of blocks, as even as possible
 
 
-def _pad_rows(x, rows: int):
-    """``x`` with its last row repeated up to ``rows`` rows (real inputs: no NaN risk)."""
-    extra = rows - x.shape[0]
-    if extra <= 0:
-        return x
-    return jnp.concatenate([x, jnp.repeat(x[-1:], extra, axis=0)])
-
-
 def _self_pass(rule: Callable, xs, full: bool, chunk: int, name: str):
-    """Diagonal kernels, self-covariance tape and output template of every example in ``xs``."""
+    """Diagonal kernels, recorded self covariances and output template of every example in ``xs``."""
     template = {}
 
     def one(x):  # x: (1, *S, C)
-        with _taping("record", []) as entries:
-            out = single_kernel(rule(input_kernel(x, None, full)), name)
-        template["out"] = out
-        return out.nngp[0, 0], out.ntk[0, 0], [c[0] for c in entries]
+        recording = _Recording()
+        out = single_kernel(rule(input_kernel(x, None, full).replace(selves=Selves((), None, recording))), name)
+        template["out"] = out.replace(selves=None)
+        mean = getattr(out, "mean1", None)  # per-example means, where the kernel carries them
+        means = None if mean is None else mean[0]
+        table = recording.table()
+        template["paths"] = list(table)  # paths hold functions: static, not pytree keys
+        return out.nngp[0, 0], out.ntk[0, 0], means, [c[0] for c in table.values()]
 
     n = xs.shape[0]
     chunk = max(1, min(chunk, n))
     count = -(-n // chunk)
-    padded = _pad_rows(xs, count * chunk)[:, None]
+    padded = tiling.pad_rows(xs, count * chunk)[:, None]
     if count == 1:
         result = jax.vmap(one)(padded)
     else:
         result = lax.map(jax.vmap(one), padded.reshape((count, chunk) + padded.shape[1:]))
         result = jax.tree_util.tree_map(lambda a: a.reshape((count * chunk,) + a.shape[2:]), result)
-    result = jax.tree_util.tree_map(lambda a: a[:n], result)
-    nngp, ntk, tape = result
-    return nngp, ntk, tape, template["out"]
-
-
-def _mirror(blocks, full: bool, d: int):
-    """``K(x', x)`` from ``K(x, x')`` for blocks ``(B, b, b, *S, *S')``: swap examples and positions."""
-    axes = [0, 2, 1]
-    if full and d:
-        axes += list(range(3 + d, 3 + 2 * d)) + list(range(3, 3 + d))
-    else:
-        axes += list(range(3, blocks.ndim))
-    return jnp.transpose(blocks, axes)
+    nngp, ntk, means, recorded = jax.tree_util.tree_map(lambda a: a[:n], result)
+    return nngp, ntk, means, dict(zip(template["paths"], recorded)), template["out"]
 
 
 def evaluate(rule: Callable, x1, x2, full: bool, b: int, name: str = "kernel_fn") -> Kernel:
-    """The network's `Kernel` (library layout) on ``x1``, ``x2``, ``b x b`` pairs at a time.
+    """The network's `Kernel` on ``x1``, ``x2``, ``b x b`` pairs at a time, in neural-tangents' layout.
 
-    The self pass takes as many examples per step as one block has pairs; ``name`` is how
-    errors name the network.
+    Every array is returned in the public layout (`kernels.kernel.to_neural_tangents_layout`),
+    the one `kernels.tiling` mirrors in. The self pass takes as many examples per step as
+    one tile has pairs; ``name`` is how errors name the network.
     """
     symmetric = x2 is None
     n1 = x1.shape[0]
-    n2 = n1 if symmetric else x2.shape[0]
-    b1, b2 = min(b, n1), min(b, n2)
-    if symmetric:
-        b1 = b2 = min(b1, b2)
-    nb1, nb2 = -(-n1 // b1), -(-n2 // b2)
-    x1p = _pad_rows(x1, nb1 * b1)
-    x2p = x1p if symmetric else _pad_rows(x2, nb2 * b2)
+    tiles = tiling.make_plan(n1, n1 if symmetric else x2.shape[0], b, symmetric, skip_diagonal=b == 1)
+    b1, b2 = tiles.b1, tiles.b2
+    x1p = tiling.pad_rows(x1, tiles.rows * b1)
+    x2p = x1p if symmetric else tiling.pad_rows(x2, tiles.cols * b2)
     xs = x1p if symmetric else jnp.concatenate([x1p, x2p])
-    self_nngp, self_ntk, tape, out = _self_pass(rule, xs, full, b1 * b2, name)
+    self_nngp, self_ntk, means, recorded, out = _self_pass(rule, xs, full, b1 * b2, name)
     d = out.spatial_ndim
-
-    rows = np.arange(nb1)[:, None].repeat(nb2, 1)
-    cols = np.arange(nb2)[None, :].repeat(nb1, 0)
-    if symmetric:
-        keep = (cols > rows) if b1 == 1 else (cols >= rows)
-    else:
-        keep = np.ones((nb1, nb2), bool)
-    block_rows, block_cols = rows[keep], cols[keep]
-    offset2 = 0 if symmetric else nb1 * b1
+    offset2 = 0 if symmetric else tiles.rows * b1
+    computed = tiles.tiles()
 
     def block(index):
         i, j = index
         r0, c0 = i * b1, offset2 + j * b2
+        table = {p: (lax.dynamic_slice_in_dim(c, r0, b1), lax.dynamic_slice_in_dim(c, c0, b2))
+                 for p, c in recorded.items()}
         xa = lax.dynamic_slice_in_dim(x1p, i * b1, b1)
         xb = lax.dynamic_slice_in_dim(x2p, j * b2, b2)
-        entries = [(lax.dynamic_slice_in_dim(c, r0, b1), lax.dynamic_slice_in_dim(c, c0, b2)) for c in tape]
-        with _taping("replay", entries):
-            k = rule(input_kernel(xa, xb, full))
+        k = rule(input_kernel(xa, xb, full).replace(selves=Selves((), table)))
         return k.nngp, k.ntk
 
-    if len(block_rows):
-        nngp_blocks, ntk_blocks = lax.map(block, (jnp.asarray(block_rows), jnp.asarray(block_cols)))
+    public = lambda a, batch_ndim: to_neural_tangents_layout(a, batch_ndim, full=out.full, d=d)
+    if len(computed):
+        nngp_tiles, ntk_tiles = lax.map(block, (jnp.asarray(computed[:, 0]), jnp.asarray(computed[:, 1])))
     else:
-        shape = (0, b1, b2) + self_nngp.shape[1:]
-        nngp_blocks = ntk_blocks = jnp.zeros(shape, self_nngp.dtype)
+        nngp_tiles = ntk_tiles = jnp.zeros((0, b1, b2) + self_nngp.shape[1:], self_nngp.dtype)
 
-    def assemble(blocks, diagonal):
-        if symmetric and b1 > 1:  # a block on the diagonal holds K(x, x') and K(x', x): keep one
-            on_diagonal = np.flatnonzero(block_rows == block_cols)
-            upper = np.triu(np.ones((b1, b1), bool)).reshape((1, b1, b1) + (1,) * (blocks.ndim - 3))
-            square = blocks[on_diagonal]
-            blocks = blocks.at[on_diagonal].set(jnp.where(upper, square, _mirror(square, full, d)))
-        pieces = [blocks]
-        grid = np.full((nb1, nb2), -1, np.int64)
-        grid[keep] = np.arange(len(block_rows))
+    def assemble(stack, diagonal):
+        stack = public(stack, 3)  # (T, b1, b2, ...)
+        tail = stack.ndim - 3
+        pieces = [stack]
         if symmetric:
-            pieces.append(_mirror(blocks, full, d))
-            lower = np.tril(np.ones((nb1, nb2), bool), -1)
-            grid[lower] = grid.T[lower] + len(block_rows)
-            if b1 == 1:
-                pieces.append(diagonal[:, None, None])
-                grid[np.arange(nb1), np.arange(nb1)] = 2 * len(block_rows) + np.arange(nb1)
-        every = jnp.concatenate(pieces) if len(pieces) > 1 else blocks
-        tiled = every[jnp.asarray(grid)]  # (nb1, nb2, b1, b2, ...)
-        tiled = jnp.swapaxes(tiled, 1, 2).reshape((nb1 * b1, nb2 * b2) + tiled.shape[4:])
-        return tiled[:n1, :n2]
+            on_diagonal = np.flatnonzero(computed[:, 0] == computed[:, 1])
+            if len(on_diagonal):  # a tile on the diagonal holds K(x, x') and K(x', x): keep one
+                stack = stack.at[on_diagonal].set(tiling.symmetrize(stack[on_diagonal], out.full, lead=1))
+            pieces = [stack, jnp.transpose(stack, tiling.mirror_axes(tail, out.full, lead=1))]
+            if tiles.skip_diagonal:
+                pieces.append(public(diagonal, 1)[:, None, None])
+        every = jnp.concatenate(pieces) if len(pieces) > 1 else stack
+        grid = every[jnp.asarray(tiles.assembly_grid())]  # (rows, cols, b1, b2, ...)
+        grid = jnp.swapaxes(grid, 1, 2).reshape((tiles.rows * b1, tiles.cols * b2) + grid.shape[4:])
+        return grid[:n1, :tiles.n2]
 
+    if means is not None:
+        out = out.replace(mean1=means[:n1], mean2=None if symmetric else means[offset2:offset2 + tiles.n2])
     return out.replace(
-        nngp=assemble(nngp_blocks, self_nngp),
-        ntk=assemble(ntk_blocks, self_ntk),
-        cov1=self_nngp[:n1],
-        cov2=None if symmetric else self_nngp[offset2:offset2 + n2],
+        nngp=assemble(nngp_tiles, self_nngp),
+        ntk=assemble(ntk_tiles, self_ntk),
+        cov1=public(self_nngp[:n1], 1),
+        cov2=None if symmetric else public(self_nngp[offset2:offset2 + tiles.n2], 1),
     )

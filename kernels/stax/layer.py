@@ -99,12 +99,12 @@ class KernelFn:
         return _named_tuple(names)(*(getattr(out, n) for n in names))
 
     def _forward(self, x1, x2, full: bool, names: tuple, b: int) -> Kernel:
-        if b:
+        if b:  # already in neural-tangents' layout, the one kernels.tiling mirrors in
             k = blocks.evaluate(self.rule, x1, x2, full, b, name=self.name)
+            nt = lambda a, batch_ndim: a
         else:
             k = single_kernel(self.rule(input_kernel(x1, x2, full)), self.name)
-        d = k.spatial_ndim
-        nt = functools.partial(to_neural_tangents_layout, full=k.full, d=d)
+            nt = functools.partial(to_neural_tangents_layout, full=k.full, d=k.spatial_ndim)
         return k.replace(
             nngp=nt(k.nngp, 2) if "nngp" in names else None,
             ntk=nt(k.ntk, 2) if "ntk" in names else None,
@@ -196,7 +196,7 @@ def _check_finite_output(kernel_fn: KernelFn, x1, x2, full, names, out: Kernel):
 def checked(name: str, rule: Callable[[Kernel], Kernel]) -> Callable[[Kernel], Kernel]:
     """Wraps a leaf layer's rule so a diagnosis run names the layer that made a non-finite value."""
     def wrapped(k):
-        out = rule(blocks.at_leaf(k))
+        out = blocks.through_leaf(wrapped, rule, k)  # the leaf names itself in the kernel's path
         if _Diagnosis.active:
             outs = [out] if isinstance(out, Kernel) else out  # FanOut returns one kernel per branch
             bad = [f for f in ("nngp", "ntk", "cov1", "cov2")

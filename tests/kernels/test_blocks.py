@@ -2,19 +2,21 @@
 
 The one-shot evaluation (``block_size=0``) is held against neural-tangents' numbers and
 Monte Carlo averages elsewhere (test_oracle, test_layers); here the two evaluation orders
-must agree to rounding (1e-10, float64) on every kind of network the tape has to replay:
-MLPs, Flatten and pooled CNNs, attention, branches with LayerNorm or channel concatenation
-(whose kernel depends on channel counts), the standard parameterization, spatial outputs, with
+must agree to rounding (1e-10, float64) on every kind of network whose recorded self
+covariances must reach the right layer: MLPs, Flatten and pooled CNNs, attention, branches
+with LayerNorm or channel concatenation (whose kernel depends on channel counts), one layer
+object used in several places, the standard parameterization, spatial outputs, with
 ``x2 = None`` and given, and batches that the block size does not divide.
 """
 import jax
 import numpy as np
 import pytest
 
-from kernels import stax
+from kernels import stax, tiling
 from kernels.stax import blocks
 
 _conv = stax.Conv(3, (3, 3), padding="SAME", W_std=1.3, b_std=0.2)
+_relu, _dense = stax.Relu(), stax.Dense(4, W_std=1.2, b_std=0.1)  # one layer object used several times
 _standard = stax.Conv(3, (2, 2), padding="SAME", W_std=1.2, b_std=0.3, parameterization="standard")
 NETWORKS = {
     "mlp": (lambda: stax.serial(stax.Dense(8, W_std=1.5, b_std=0.1), stax.Relu(), stax.Dense(8), stax.Erf(),
@@ -32,11 +34,16 @@ NETWORKS = {
     "branches": (lambda: stax.serial(stax.Dense(8), stax.FanOut(2),
                                      stax.parallel(stax.Relu(), stax.serial(stax.Erf(), stax.Dense(4))),
                                      stax.FanInSum(), stax.LayerNorm(), stax.Dense(2)), (6, 5)),
+    # A residual block with an empty branch: the sum keeps that branch's path in the network
+    # while its value is new, and the same Dense reads both; repeat reuses layers in series.
+    "shared_layers": (lambda: stax.serial(stax.Dense(4), _relu, stax.FanOut(2), stax.parallel(
+        stax.serial(), stax.serial(_dense, _relu)), stax.FanInSum(), _dense, _relu,
+        stax.repeat(stax.serial(_dense, _relu), 2), stax.Dense(1)), (6, 5)),
 }
 
 
 # The issue's four kinds (MLP, Flatten CNN, pooled CNN, attention) both ways; the others' x2-given
-# runs repeat the same tape with x2's own self covariances, so they wait for `-m slow`.
+# runs read the same record with x2's own self covariances, so they wait for `-m slow`.
 _CORE = {"mlp", "flatten_cnn", "pooled_cnn", "attention"}
 CASES = [pytest.param(name, symmetric, marks=() if symmetric or name in _CORE else pytest.mark.slow)
          for name in sorted(NETWORKS) for symmetric in (True, False)]
@@ -84,6 +91,23 @@ def test_plan_chooses_by_size_and_backend():
         blocks.plan(7, 7, 1, -1, "cpu")
 
 
+def test_one_tile_plan():
+    """The plan both evaluations use: upper triangle, mirrors and the grid that puts them together."""
+    plan = tiling.make_plan(5, 5, 2, symmetric=True)
+    assert plan.grid == (3, 3) and plan.tiles().tolist() == [[0, 0], [0, 1], [0, 2], [1, 1], [1, 2], [2, 2]]
+    assert plan.extent(2, 1) == (4, 1, 2, 2)
+    # Below the diagonal: the mirror of the tile above (index + 6); on it: the tile itself.
+    assert plan.assembly_grid().tolist() == [[0, 1, 2], [7, 3, 4], [8, 10, 5]]
+    assert tiling.make_plan(3, 3, 1, True, skip_diagonal=True).assembly_grid().tolist() == [[6, 0, 1], [3, 7, 2],
+                                                                                            [4, 5, 8]]
+    assert tiling.mirror_axes(4, full=True) == (1, 0, 3, 2, 5, 4) and tiling.mirror_axes(2, full=False) == (1, 0, 2, 3)
+    square = np.random.default_rng(0).standard_normal((3, 3, 2, 2))
+    sym = tiling.symmetrize(square, full=True)
+    for i, j in ((0, 1), (0, 2), (1, 2)):  # below the diagonal: the mirror of above
+        np.testing.assert_array_equal(sym[j, i], sym[i, j].T)
+        np.testing.assert_array_equal(sym[i, j], square[i, j])
+
+
 def test_block_size_is_validated_by_kernel_fn():
     _, _, kernel_fn = NETWORKS["mlp"][0]()
     with pytest.raises(ValueError, match="block_size"):
@@ -104,4 +128,4 @@ def test_blocked_memory_is_bounded_by_the_block():
     one_shot = temp_bytes(16, 0)
     blocked_16, blocked_32 = temp_bytes(16, 1), temp_bytes(32, 1)
     assert one_shot > 16 * 16 * pair  # every pair's covariances at once
-    assert blocked_16 < 64 * pair and blocked_32 < 64 * pair  # a block, the tape and the self pass' chunk
+    assert blocked_16 < 64 * pair and blocked_32 < 64 * pair  # a block, the record and the self pass' chunk
