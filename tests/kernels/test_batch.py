@@ -135,7 +135,7 @@ def test_memmap_equals_in_memory(tmp_path):
     s1, _, tile = SHAPES["pooled_cnn"]
     cnn = batch(net("pooled_cnn"), tile, path=str(tmp_path / "cnn"), progress=False)(inputs(s1, 0))
     assert sorted(os.listdir(tmp_path / "cnn")) == ["batch.json", "cov1.npy", "cov2.npy", "nngp.npy",
-                                                    "ntk.npy", "progress.0.npy"]
+                                                    "ntk.npy", "progress.0.jsonl"]
     check(reference("pooled_cnn", False), cnn, None)
 
 
@@ -145,7 +145,7 @@ def test_resume_skips_finished_tiles(tmp_path):
         run(x, fail_at=4, path=str(tmp_path))
     # Tiles before the failing one are recorded once written (how many depends on how far
     # asynchronous dispatch ran ahead when the error surfaced: at most 2 tiles are in flight).
-    done = int(np.load(tmp_path / "progress.0.npy").sum())
+    done = len((tmp_path / "progress.0.jsonl").read_text().splitlines())
     assert 2 <= done <= 3
     got, calls = run(x, path=str(tmp_path))
     assert calls == 6 - done  # the finished tiles are not recomputed
@@ -185,7 +185,7 @@ def test_two_processes_complete_the_matrix(tmp_path, given):
     for p in range(2):
         out, _ = run(x1, x2, path=str(tmp_path), process_index=p, process_count=2)
     check(reference("mlp", given), out, BOTH)
-    assert sorted(os.listdir(tmp_path)) == ["batch.json", "nngp.npy", "ntk.npy", "progress.0.npy", "progress.1.npy"]
+    assert sorted(os.listdir(tmp_path)) == ["batch.json", "nngp.npy", "ntk.npy", "progress.0.jsonl", "progress.1.jsonl"]
     _, calls = run(x1, x2, path=str(tmp_path))  # a single process resuming finds nothing left
     assert calls == 0
 
