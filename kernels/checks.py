@@ -156,3 +156,31 @@ def check_examples(where: str, label: str, x, min_ndim: int = 2, floating: bool 
             raise argument_error(where, label, "finite (no NaN or infinite values)",
                                  f"a non-finite value at index {first} (shape {array.shape})")
     return array
+
+
+def positive_int(where: str, argument: str, value) -> int:
+    """``value`` as an int >= 1 (a width, a channel count, a window size), else an error naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise argument_error(where, argument, "a positive int", value)
+    return int(value)
+
+
+def finite_real(where: str, argument: str, value, optional: bool = False):
+    """``value`` as a finite float (``None`` kept where ``optional``), else an error naming it."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(value):
+        raise argument_error(where, argument, "a finite real number" + (" or None" if optional else ""), value)
+    return float(value)
+
+
+def default_layout(where: str, **axes) -> None:
+    """Refuses, naming it, a layout argument other than neural-tangents' default.
+
+    ``axes``: name -> (value, default), e.g. ``batch_axis=(1, 0)``. Only batch-first,
+    channels-last inputs are supported; another layout is refused rather than ignored.
+    """
+    for argument, (value, default) in axes.items():
+        if value != default:
+            raise argument_error(where, argument, f"{default} (inputs batch first, channels last)", value)

@@ -8,31 +8,33 @@ default the channel axis), so that they estimate the closed forms of
 """
 from __future__ import annotations
 
-import collections
 import functools
 from typing import Iterable, Optional, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from kernels.stax.layer import GET_NAMES
+from kernels.checks import argument_error, parse_get
 
-def _names(get):
-    if get is None:
-        return ("nngp", "ntk")
-    names = (get,) if isinstance(get, str) else tuple(get)
-    for n in names:
-        if n not in ("nngp", "ntk"):
-            raise ValueError(f"get={get!r}: finite-network kernels offer 'nngp' and 'ntk', not {n!r} "
-                             f"(closed forms offer {GET_NAMES})")
-    return names
+NAMES = ("nngp", "ntk")
+# neural-tangents' NtkImplementation values: AUTO, JACOBIAN_CONTRACTION, NTK_VECTOR_PRODUCTS,
+# STRUCTURED_DERIVATIVES. Each computes the same kernel; here all run as a Jacobian contraction.
+IMPLEMENTATIONS = (None, 0, 1, 2, 3)
 
 
-def _pack(get, values: dict):
-    if isinstance(get, str):
-        return values[get]
-    names = _names(get)
-    return collections.namedtuple("Kernel", names)(*(values[n] for n in names))
+def _check_options(where: str, diagonal_axes, vmap_axes, implementation) -> None:
+    """Options that change only how neural-tangents computes a kernel, not the kernel, are checked here.
+
+    ``vmap_axes`` and ``implementation`` are performance hints there: any valid value gives the
+    same kernel, which is computed here by Jacobian contraction (``implementation=1``).
+    """
+    if tuple(diagonal_axes) != ():
+        raise argument_error(where, "diagonal_axes", "() (only full kernels are computed)", diagonal_axes)
+    if getattr(implementation, "value", implementation) not in IMPLEMENTATIONS:  # an int or an enum member
+        raise argument_error(where, "implementation", f"one of {IMPLEMENTATIONS[1:]} (or None)", implementation)
+    if vmap_axes is not None and not isinstance(vmap_axes, (int, tuple, list, dict)):
+        raise argument_error(where, "vmap_axes", "None, an int or a pytree of ints", vmap_axes, TypeError)
 
 
 def empirical_kernel_fn(f, trace_axes=(-1,), diagonal_axes=(), vmap_axes=None, implementation=None,
@@ -43,7 +45,9 @@ def empirical_kernel_fn(f, trace_axes=(-1,), diagonal_axes=(), vmap_axes=None, i
       f: an ``apply_fn``.
       trace_axes: output axes averaged over (default the channel axis); the others are
         kept as pairs, interleaved: ``(N1, N2, S_1, S'_1, ...)`` as the closed forms.
-      diagonal_axes: only ``()`` is supported.
+      diagonal_axes: only ``()`` is supported (refused otherwise).
+      vmap_axes, implementation: neural-tangents' performance hints; checked, and the
+        kernel (the same for every valid value) is computed by Jacobian contraction.
       batch_size: examples of ``x1`` and of ``x2`` per chunk of the Jacobian
         contraction, which bounds memory to ``2 * batch_size * outputs * parameters``.
         ``None`` does all at once.
@@ -51,8 +55,9 @@ def empirical_kernel_fn(f, trace_axes=(-1,), diagonal_axes=(), vmap_axes=None, i
     Returns:
       ``kernel_fn(x1, x2=None, get=None, params=None, **apply_fn_kwargs)``.
     """
-    if tuple(diagonal_axes) != ():
-        raise ValueError("empirical_kernel_fn: diagonal_axes is not supported; use ()")
+    _check_options("empirical_kernel_fn", diagonal_axes, vmap_axes, implementation)
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise argument_error("empirical_kernel_fn", "batch_size", "None or a positive int", batch_size)
 
     def output_axes(ndim):
         traced = tuple(sorted(a % ndim for a in trace_axes))
@@ -108,17 +113,34 @@ def empirical_kernel_fn(f, trace_axes=(-1,), diagonal_axes=(), vmap_axes=None, i
     compiled = jax.jit(lambda params, x1, x2, names: values(params, x1, x2, names, {}), static_argnames="names")
 
     def kernel_fn(x1, x2=None, get=None, params=None, **apply_fn_kwargs):
+        where = "empirical kernel_fn"
         if params is None:
-            raise ValueError("empirical kernel_fn: params of the finite network are required")
-        names = _names(get)
+            raise argument_error(where, "params", "the finite network's parameters", None)
+        request = parse_get(get, NAMES, where)
+        _check_params_fit(where, f, params, x1, x2, apply_fn_kwargs)
         if apply_fn_kwargs:  # may hold non-array options: trace them as Python values
-            out = values(params, x1, x2, names, apply_fn_kwargs)
+            out = values(params, x1, x2, request.names, apply_fn_kwargs)
         else:  # eager Jacobians of a width-16 net took 14-30 s; compiled, well under one
-            out = compiled(params, x1, x2, names)
-        return _pack(get if get is not None else ("nngp", "ntk"), out)
+            out = compiled(params, x1, x2, request.names)
+        return request.pack(out)
 
     kernel_fn.values = values
     return kernel_fn
+
+
+def _check_params_fit(where, f, params, x1, x2, kwargs) -> None:
+    """Refuses, naming ``params``, parameters that ``f`` cannot be applied with (another network's)."""
+    for label, x in (("x1", x1), ("x2", x2)):
+        if x is None:
+            continue
+        try:
+            jax.eval_shape(lambda p, z: f(p, z, **kwargs), params, x)
+        except Exception as error:  # any failure of the user's function on these shapes
+            shapes = jax.tree.map(lambda a: getattr(a, "shape", type(a).__name__), params)
+            raise argument_error(where, "params", f"parameters of this network for inputs {label} of shape "
+                                 f"{getattr(x, 'shape', None)}",
+                                 f"parameters shaped {shapes}, on which apply_fn fails: "
+                                 f"{type(error).__name__}: {str(error).splitlines()[0][:200]}") from error
 
 
 def monte_carlo_kernel_fn(init_fn, apply_fn, key, n_samples: Union[int, Iterable[int]], batch_size: int = 0,
@@ -132,33 +154,47 @@ def monte_carlo_kernel_fn(init_fn, apply_fn, key, n_samples: Union[int, Iterable
       n_samples: an int, or an increasing iterable of ints (then ``kernel_fn``
         returns a generator of running averages at those counts).
       batch_size: if positive, examples per chunk of the Jacobian contraction.
+      device_count, store_on_device: samples run on the default device and results are
+        device arrays; ``device_count`` must name existing devices (``-1``: all), and
+        ``store_on_device=False`` returns NumPy arrays.
+      trace_axes, diagonal_axes, vmap_axes, implementation: as in `empirical_kernel_fn`.
 
     Returns:
       ``kernel_fn(x1, x2=None, get=None, **apply_fn_kwargs)``.
     """
-    empirical = empirical_kernel_fn(apply_fn, trace_axes, diagonal_axes,
+    where = "monte_carlo_kernel_fn"
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 0:
+        raise argument_error(where, "batch_size", "a non-negative int (0: no chunking)", batch_size)
+    if not isinstance(device_count, int) or not -1 <= device_count <= jax.local_device_count():
+        raise argument_error(where, "device_count", f"-1 (all) or 0..{jax.local_device_count()} local devices",
+                             device_count)
+    empirical = empirical_kernel_fn(apply_fn, trace_axes, diagonal_axes, vmap_axes, implementation,
                                     batch_size=batch_size if batch_size > 0 else None)
-    counts = [n_samples] if isinstance(n_samples, int) else sorted(int(n) for n in n_samples)
-    if not counts or counts[0] < 1:
-        raise ValueError(f"monte_carlo_kernel_fn: n_samples must be positive, got {n_samples!r}")
+    try:
+        counts = [n_samples] if isinstance(n_samples, int) else sorted(int(n) for n in n_samples)
+    except (TypeError, ValueError):
+        raise argument_error(where, "n_samples", "a positive int or an iterable of them", n_samples,
+                             TypeError) from None
+    if not counts or counts[0] < 1 or isinstance(n_samples, bool):
+        raise argument_error(where, "n_samples", "a positive int or an iterable of them", n_samples)
 
     @functools.partial(jax.jit, static_argnames=("names",))
     def sample(i, x1, x2, names, kwargs):
         _, params = init_fn(jax.random.fold_in(key, i), x1.shape)
         return empirical.values(params, x1, x2, names, kwargs)
 
-    def running(x1, x2, get, kwargs):
-        names = _names(get)
+    def running(x1, x2, request, kwargs):
         total, done = None, 0
         for n in counts:
             for i in range(done, n):
-                part = sample(i, x1, x2, names, kwargs)
+                part = sample(i, x1, x2, request.names, kwargs)
                 total = part if total is None else jax.tree.map(jnp.add, total, part)
             done = n
-            yield _pack(get if get is not None else ("nngp", "ntk"), {m: total[m] / n for m in names})
+            mean = {m: total[m] / n for m in request.names}
+            yield request.pack(mean if store_on_device else jax.tree.map(np.asarray, mean))
 
     def kernel_fn(x1, x2=None, get=None, **apply_fn_kwargs):
-        gen = running(x1, x2, get, apply_fn_kwargs)
+        gen = running(x1, x2, parse_get(get, NAMES, "monte_carlo kernel_fn"), apply_fn_kwargs)
         if isinstance(n_samples, int):
             return next(gen)
         return gen

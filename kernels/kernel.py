@@ -46,6 +46,14 @@ class Kernel:
         only the ``standard`` parameterization and channel concatenation need it (static).
       is_gaussian: whether the outputs are one Gaussian field (true after Dense, Conv,
         attention), so that an activation's dual map applies to them (static).
+      own_weights: whether a layer with its own random weights (Dense, Conv, attention)
+        produced the outputs since the last `FanOut` (static). Branches without one are
+        functions of one shared field, so their covariances with each other are unknown to
+        the merging layers, which refuse more than one such branch.
+      mean1: the mean over channels of each output of the first batch, per position,
+        ``(N1, *S)``, at infinite width (zero after Dense, Conv and attention, ``E[phi(u)]``
+        after an activation); ``None`` where it has no closed form. `LayerNorm` needs it.
+      mean2: the same for the second batch, or ``None`` when it is the first.
       selves: during a block-by-block evaluation, the self covariances recorded for the
         leaf layers and where this kernel stands in the network (`kernels.stax.blocks.Selves`);
         ``None`` otherwise. Rules pass it on with `replace` and never read it.
@@ -58,6 +66,9 @@ class Kernel:
     full: bool = dataclasses.field(metadata=dict(static=True), default=False)
     channels: int = dataclasses.field(metadata=dict(static=True), default=1)
     is_gaussian: bool = dataclasses.field(metadata=dict(static=True), default=False)
+    own_weights: bool = dataclasses.field(metadata=dict(static=True), default=False)
+    mean1: Optional[jax.Array] = None
+    mean2: Optional[jax.Array] = None
     selves: Optional[Any] = None
 
     def replace(self, **changes) -> "Kernel":
@@ -75,6 +86,22 @@ class Kernel:
     @property
     def cov2_or_cov1(self) -> jax.Array:
         return self.cov1 if self.cov2 is None else self.cov2
+
+    @property
+    def mean2_or_mean1(self) -> Optional[jax.Array]:
+        return self.mean1 if self.mean2 is None else self.mean2
+
+    def map_means(self, fn) -> "Kernel":
+        """Applies ``fn`` to the per-position means ``(N, *S)``, where they are known."""
+        if self.mean1 is None:
+            return self
+        return self.replace(mean1=fn(self.mean1), mean2=None if self.mean2 is None else fn(self.mean2))
+
+    def with_zero_means(self) -> "Kernel":
+        """Zero means at every position (the outputs of zero-mean weights: Dense, Conv, attention)."""
+        def zeros(cov):
+            return jnp.zeros(position_variances(cov, self.full, self.spatial_ndim).shape, cov.dtype)
+        return self.replace(mean1=zeros(self.cov1), mean2=None if self.cov2 is None else zeros(self.cov2))
 
     def map_all(self, fn) -> "Kernel":
         """Applies ``fn`` (acting on trailing position axes) to every array."""
@@ -132,6 +159,8 @@ def input_kernel(x1: jax.Array, x2: Optional[jax.Array], full: bool) -> Kernel:
         cov2=None if x2 is None else self_cov(x2),
         full=full,
         channels=channels,
+        mean1=x1.mean(-1),
+        mean2=None if x2 is None else x2.mean(-1),
     )
 
 

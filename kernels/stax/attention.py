@@ -27,8 +27,9 @@ import math
 import jax
 import jax.numpy as jnp
 
+from kernels.checks import default_layout, finite_real, positive_int
 from kernels.kernel import HIGHEST, Kernel
-from kernels.stax.layer import describe, leaf, needs_pairs, spatial_description
+from kernels.stax.layer import Requires, describe, leaf, needs_pairs, spatial_description
 
 MECHANISMS = ("SOFTMAX", "IDENTITY", "ABS", "RELU")
 
@@ -70,8 +71,14 @@ def GlobalSelfAttention(n_chan_out: int, n_chan_key: int, n_chan_val: int, n_hea
                          f"closed-form kernel; got {attention_mechanism!r}")
     if pos_emb_type != "NONE":
         raise ValueError(f"{name}: pos_emb_type={pos_emb_type!r} is not supported; only 'NONE'")
-    if batch_axis != 0 or channel_axis != -1:
-        raise ValueError(f"{name}: only batch_axis=0 and channel_axis=-1 are supported")
+    default_layout(name, batch_axis=(batch_axis, 0), channel_axis=(channel_axis, -1))
+    for argument, value in dict(n_chan_out=n_chan_out, n_chan_key=n_chan_key, n_chan_val=n_chan_val,
+                                n_heads=n_heads).items():
+        positive_int(name, argument, value)
+    for argument, value in dict(W_key_std=W_key_std, W_value_std=W_value_std, W_query_std=W_query_std,
+                                W_out_std=W_out_std).items():
+        finite_real(name, argument, value)
+    finite_real(name, "b_std", b_std, optional=True)
     mechanism = _mechanism(attention_mechanism)
     qk, ov = W_query_std * W_key_std, W_out_std * W_value_std
     b2 = 0. if b_std is None else b_std ** 2
@@ -106,8 +113,6 @@ def GlobalSelfAttention(n_chan_out: int, n_chan_key: int, n_chan_val: int, n_hea
 
     def rule(k: Kernel) -> Kernel:
         d = k.spatial_ndim
-        if d == 0:
-            raise ValueError(f"{name}: needs inputs with spatial axes (N, *S, C); got {spatial_description(k)}")
         shape = k.spatial_shape
         p = math.prod(shape)
 
@@ -142,6 +147,6 @@ def GlobalSelfAttention(n_chan_out: int, n_chan_key: int, n_chan_val: int, n_hea
             new_cov2 = None if cov2 is None else c * inner(cov2, cov2) * cov2 + b2
         return k.replace(nngp=unflat(new_nngp), ntk=unflat(new_ntk), cov1=unflat(new_cov1),
                          cov2=None if new_cov2 is None else unflat(new_cov2), channels=n_chan_out,
-                         is_gaussian=True)
+                         is_gaussian=True, own_weights=True).with_zero_means()  # W_out has mean zero
 
-    return leaf(name, init_fn, apply_fn, rule, needs_pairs)
+    return leaf(name, init_fn, apply_fn, rule, needs_pairs, Requires(spatial=True))

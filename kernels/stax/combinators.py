@@ -87,7 +87,7 @@ def FanOut(num: int) -> Layer:
     def needs_full(out):
         return any_requirement(out)
     return leaf(describe("FanOut", num=num), lambda rng, shape: ([shape] * num, ()),
-                lambda params, x, **kwargs: [x] * num, lambda k: (k,) * num, needs_full)
+                lambda params, x, **kwargs: [x] * num, lambda k: (k.replace(own_weights=False),) * num, needs_full)
 
 
 def _fan_in(name, init_fn, apply_fn, combine):
@@ -106,21 +106,76 @@ def _fields(ks, field):
     return [getattr(k, field) for k in ks]
 
 
+def _combined_means(ks, combine) -> dict:
+    """``mean1``/``mean2`` of merged branches by ``combine(field_name)``; unknown if any branch's is."""
+    if any(k.mean1 is None for k in ks):
+        return dict(mean1=None, mean2=None)
+    return dict(mean1=combine("mean1"), mean2=None if ks[0].mean2 is None else combine("mean2"))
+
+
 def FanInSum() -> Layer:
-    """Sum of branches: kernels add (the branches' weights are independent)."""
+    """Sum of branches: ``nngp = sum_i nngp_i + sum_{i != j} m_i m_j'``, ``ntk = sum_i ntk_i``.
+
+    Branches with their own weights are independent at infinite width, so their outputs'
+    covariance is the product of their channel means ``m`` (zero after Dense, Conv or
+    attention); their gradients are orthogonal. Refused for two branches without their own
+    weights since the split (dependent: ``x + x`` has kernel ``4 K``, not ``2 K``) and for a
+    branch whose mean has no closed form.
+    """
+    name = "FanInSum()"
+
     def combine(ks):
+        _check_independent(name, ks)
+        if len(ks) > 1 and any(k.mean1 is None for k in ks):
+            raise ValueError(f"{name}: the channel mean of a branch has no closed form (it ends in an Elementwise "
+                             "activation given only its nngp_fn), so the covariance between branches is unknown; "
+                             "end the branch in a Dense or Conv")
         first = ks[0]
         add = lambda f: sum(_fields(ks, f)[1:], _fields(ks, f)[0])
-        return first.replace(nngp=add("nngp"), ntk=add("ntk"), cov1=add("cov1"),
-                             cov2=None if first.cov2 is None else add("cov2"),
-                             is_gaussian=all(k.is_gaussian for k in ks))
-    return _fan_in("FanInSum()", lambda rng, shapes: (shapes[0], ()),
+        nngp, cov1, cov2 = add("nngp"), add("cov1"), None if first.cov2 is None else add("cov2")
+        for i, a in enumerate(ks):
+            for j, b in enumerate(ks):
+                if i != j:
+                    nngp = nngp + _mean_product(a, b, pair=True)
+                    cov1 = cov1 + _mean_product(a, b, pair=False)
+                    cov2 = None if cov2 is None else cov2 + _mean_product(a, b, pair=False, second=True)
+        return first.replace(nngp=nngp, ntk=add("ntk"), cov1=cov1, cov2=cov2,
+                             is_gaussian=all(k.is_gaussian for k in ks), own_weights=all(k.own_weights for k in ks),
+                             **_combined_means(ks, add))
+    return _fan_in(name, lambda rng, shapes: (shapes[0], ()),
                    lambda params, xs, **kwargs: sum(xs[1:], xs[0]), combine)
+
+
+def _check_independent(name, ks):
+    """Refuses two or more branches without their own weights since the split (`Kernel.own_weights`)."""
+    shared = [i for i, k in enumerate(ks) if not k.own_weights]
+    if len(shared) > 1:
+        raise ValueError(f"{name}: branches {shared} have no layer with weights (Dense, Conv, GlobalSelfAttention) "
+                         "since they split, so they depend on each other and their merged kernel is not a function "
+                         "of theirs; give all but one of them such a layer")
+
+
+def _mean_product(a: Kernel, b: Kernel, pair: bool, second: bool = False):
+    """``m_a[p] m_b[p']`` laid out as ``nngp`` (``pair``) or as ``cov1``/``cov2``."""
+    d, shape = a.spatial_ndim, a.spatial_shape
+
+    def left(m):
+        return m.reshape((m.shape[0],) + shape + (1,) * d) if a.full else m
+
+    def right(m):
+        return m.reshape((m.shape[0],) + (1,) * d + shape) if a.full else m
+
+    if pair:
+        return left(a.mean1)[:, None] * right(b.mean2_or_mean1)[None]
+    if second:
+        return left(a.mean2) * right(b.mean2)
+    return left(a.mean1) * right(b.mean1)
 
 
 def FanInProd() -> Layer:
     """Elementwise product of branches: ``nngp = prod nngp_i``,
-    ``ntk = sum_i ntk_i prod_{j != i} nngp_j`` (product rule)."""
+    ``ntk = sum_i ntk_i prod_{j != i} nngp_j`` (product rule), exact for independent
+    branches; refused, as `FanInSum`, for two branches without their own weights."""
     def combine(ks):
         def prod(arrays):
             out = arrays[0]
@@ -129,10 +184,13 @@ def FanInProd() -> Layer:
             return out
         nngps = _fields(ks, "nngp")
         ntk = sum(k.ntk * prod(nngps[:i] + nngps[i + 1:]) if len(ks) > 1 else k.ntk for i, k in enumerate(ks))
+        _check_independent("FanInProd()", ks)
         first = ks[0]
+        # Independent branches: the mean of a product is the product of the means.
         return first.replace(nngp=prod(nngps), ntk=ntk, cov1=prod(_fields(ks, "cov1")),
                              cov2=None if first.cov2 is None else prod(_fields(ks, "cov2")),
-                             is_gaussian=first.is_gaussian and len(ks) == 1)
+                             is_gaussian=first.is_gaussian and len(ks) == 1, own_weights=all(k.own_weights for k in ks),
+                             **_combined_means(ks, lambda f: prod(_fields(ks, f))))
 
     def apply_fn(params, xs, **kwargs):
         out = xs[0]
@@ -166,7 +224,8 @@ def FanInConcat(axis: int = -1) -> Layer:
         first = ks[0]
         return first.replace(nngp=mean("nngp"), ntk=mean("ntk"), cov1=mean("cov1"),
                              cov2=None if first.cov2 is None else mean("cov2"), channels=total,
-                             is_gaussian=first.is_gaussian and len(ks) == 1)
+                             is_gaussian=first.is_gaussian and len(ks) == 1,
+                             own_weights=all(k.own_weights for k in ks), **_combined_means(ks, mean))
 
     def spatial_concat(ks, dim):
         if not all(k.is_gaussian for k in ks):
@@ -174,6 +233,7 @@ def FanInConcat(axis: int = -1) -> Layer:
                              "(each ending in Dense, Conv or attention)")
         if len({k.channels for k in ks}) != 1:
             raise ValueError(f"{name}: branches differ in channels {[k.channels for k in ks]}")
+        _check_independent(name, ks)  # positions of different branches are taken to be uncorrelated
         first = ks[0]
         d = first.spatial_ndim
         sizes = [k.spatial_shape[dim] for k in ks]
@@ -190,9 +250,13 @@ def FanInConcat(axis: int = -1) -> Layer:
                 total = total + jnp.pad(a, widths)
             return total
 
+        def concatenate_means(field):  # (N, *S): positions side by side along the axis
+            return jnp.concatenate(_fields(ks, field), axis=1 + dim)
+
         return first.replace(nngp=combine(_fields(ks, "nngp")), ntk=combine(_fields(ks, "ntk")),
                              cov1=combine(_fields(ks, "cov1")),
-                             cov2=None if first.cov2 is None else combine(_fields(ks, "cov2")))
+                             cov2=None if first.cov2 is None else combine(_fields(ks, "cov2")),
+                             own_weights=all(k.own_weights for k in ks), **_combined_means(ks, concatenate_means))
 
     def rule(ks):
         if isinstance(ks, Kernel) or len(ks) < 1:

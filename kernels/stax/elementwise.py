@@ -8,23 +8,27 @@ in `kernels.duals`, each with its source.
 from __future__ import annotations
 
 import functools
+import math
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.scipy.special import erf
 
 from kernels import duals
 from kernels.kernel import Kernel, position_variances
-from kernels.stax.layer import describe, leaf
+from kernels.stax.layer import Requires, describe, leaf
 
 
-def activation_rule(name: str, dual: duals.Dual):
-    """``Kernel -> Kernel`` for an elementwise activation with dual map ``dual``."""
+def activation_rule(dual: duals.Dual, mean: Optional[duals.Mean]):
+    """``Kernel -> Kernel`` for an elementwise activation with dual map ``dual``.
+
+    ``mean`` (``var -> E[phi(u)]``, `kernels.duals`) sets the outputs' channel means, which
+    `LayerNorm` subtracts; ``None`` where it has no closed form. The input must be a
+    Gaussian field (declared by `_activation`).
+    """
     def rule(k: Kernel) -> Kernel:
-        if not k.is_gaussian:
-            raise ValueError(f"{name}: its inputs must be Gaussian at infinite width (the outputs of Dense, "
-                             "Conv or GlobalSelfAttention, possibly pooled, summed or normalized); it follows "
-                             "the network's inputs, another activation, Flatten, FanInProd or FanInConcat")
         d = k.spatial_ndim
         var1 = position_variances(k.cov1, k.full, d)
         var2 = position_variances(k.cov2_or_cov1, k.full, d)
@@ -43,46 +47,51 @@ def activation_rule(name: str, dual: duals.Dual):
             nngp, dot = dual(k.nngp, var1[:, None], var2[None])
             cov1 = dual(k.cov1, k.cov1, k.cov1)[0]
             cov2 = None if k.cov2 is None else dual(k.cov2, k.cov2, k.cov2)[0]
-        return k.replace(nngp=nngp, ntk=k.ntk * dot, cov1=cov1, cov2=cov2, is_gaussian=False)
+        means = dict(mean1=None, mean2=None)
+        if mean is not None:
+            means = dict(mean1=mean(var1), mean2=None if k.cov2 is None else mean(var2))
+        return k.replace(nngp=nngp, ntk=k.ntk * dot, cov1=cov1, cov2=cov2, is_gaussian=False, **means)
     return rule
 
 
-def _activation(name: str, fn, dual: duals.Dual):
+def _activation(name: str, fn, dual: duals.Dual, mean: Optional[duals.Mean]):
     return leaf(name, lambda rng, input_shape: (input_shape, ()),
-                lambda params, x, **kwargs: fn(x), activation_rule(name, dual))
+                lambda params, x, **kwargs: fn(x), activation_rule(dual, mean),
+                requires=Requires(gaussian=True))
 
 
 def ABRelu(a: float, b: float, do_stabilize: bool = False):
     """``a x`` for ``x < 0``, ``b x`` for ``x >= 0`` (arc-cosine kernel, Cho & Saul 2009)."""
     return _activation(describe("ABRelu", a=a, b=b), lambda x: jnp.where(x < 0, a * x, b * x),
-                       duals.abrelu_dual(a, b))
+                       duals.abrelu_dual(a, b), duals.abrelu_mean(a, b))
 
 
 def Relu(do_stabilize: bool = False):
     """``max(x, 0)``."""
-    return _activation("Relu()", jax.nn.relu, duals.abrelu_dual(0., 1.))
+    return _activation("Relu()", jax.nn.relu, duals.abrelu_dual(0., 1.), duals.abrelu_mean(0., 1.))
 
 
 def LeakyRelu(alpha: float, do_stabilize: bool = False):
     """``alpha x`` for ``x < 0``, ``x`` otherwise."""
     return _activation(describe("LeakyRelu", alpha=alpha), lambda x: jnp.where(x < 0, alpha * x, x),
-                       duals.abrelu_dual(alpha, 1.))
+                       duals.abrelu_dual(alpha, 1.), duals.abrelu_mean(alpha, 1.))
 
 
 def Abs(do_stabilize: bool = False):
     """``|x|``."""
-    return _activation("Abs()", jnp.abs, duals.abrelu_dual(-1., 1.))
+    return _activation("Abs()", jnp.abs, duals.abrelu_dual(-1., 1.), duals.abrelu_mean(-1., 1.))
 
 
 def Erf(a: float = 1., b: float = 1., c: float = 0.):
     """``a erf(b x) + c`` (Williams 1997)."""
-    return _activation(describe("Erf", a=a, b=b, c=c), lambda x: a * erf(b * x) + c, duals.erf_dual(a, b, c))
+    return _activation(describe("Erf", a=a, b=b, c=c), lambda x: a * erf(b * x) + c, duals.erf_dual(a, b, c),
+                       duals.constant_mean(c))
 
 
 def Sigmoid_like():
     """``erf(x / 2.4020563531719796) / 2 + 1/2``, an Erf close to the logistic sigmoid."""
     return _activation("Sigmoid_like()", lambda x: 0.5 * erf(x / 2.4020563531719796) + 0.5,
-                       duals.erf_dual(0.5, 1 / 2.4020563531719796, 0.5))
+                       duals.erf_dual(0.5, 1 / 2.4020563531719796, 0.5), duals.constant_mean(0.5))
 
 
 def Gelu(approximate: bool = False):
@@ -95,48 +104,55 @@ def Gelu(approximate: bool = False):
     """
     if approximate:
         fn = functools.partial(jax.nn.gelu, approximate=True)
-        return _activation("Gelu(approximate=True)", fn, duals.gauss_hermite_dual(fn, 64))
-    return _activation("Gelu()", lambda x: jax.nn.gelu(x, approximate=False), duals.gelu_dual())
+        return _activation("Gelu(approximate=True)", fn, duals.gauss_hermite_dual(fn, 64),
+                           duals.gauss_hermite_mean(fn, 64))
+    return _activation("Gelu()", lambda x: jax.nn.gelu(x, approximate=False), duals.gelu_dual(),
+                       duals.gelu_mean())
 
 
 def Sin(a: float = 1., b: float = 1., c: float = 0.):
     """``a sin(b x + c)``."""
-    return _activation(describe("Sin", a=a, b=b, c=c), lambda x: a * jnp.sin(b * x + c), duals.sin_dual(a, b, c))
+    return _activation(describe("Sin", a=a, b=b, c=c), lambda x: a * jnp.sin(b * x + c), duals.sin_dual(a, b, c),
+                       duals.sin_mean(a, b, c))
 
 
 def Cos(a: float = 1., b: float = 1., c: float = 0.):
     """``a cos(b x + c) = a sin(b x + c + pi/2)``."""
     return _activation(describe("Cos", a=a, b=b, c=c), lambda x: a * jnp.cos(b * x + c),
-                       duals.sin_dual(a, b, c + jnp.pi / 2))
+                       duals.sin_dual(a, b, c + jnp.pi / 2), duals.sin_mean(a, b, c + math.pi / 2))
 
 
 def Rbf(gamma: float = 1.):
     """``sqrt(2) sin(sqrt(2 gamma) x + pi/4)``: its NNGP is ``exp(-gamma E(u - v)^2)``,
     the RBF kernel of the pre-activations (Rahimi & Recht 2007)."""
-    a, b, c = 2 ** 0.5, (2 * gamma) ** 0.5, jnp.pi / 4
-    return _activation(describe("Rbf", gamma=gamma), lambda x: a * jnp.sin(b * x + c), duals.sin_dual(a, b, c))
+    a, b, c = 2 ** 0.5, (2 * gamma) ** 0.5, math.pi / 4
+    return _activation(describe("Rbf", gamma=gamma), lambda x: a * jnp.sin(b * x + c), duals.sin_dual(a, b, c),
+                       duals.sin_mean(a, b, c))
 
 
 def Gaussian(a: float = 1., b: float = -1.):
     """``a exp(b x^2)``; finite for ``b < 1 / (2 var)``."""
-    return _activation(describe("Gaussian", a=a, b=b), lambda x: a * jnp.exp(b * x ** 2), duals.gaussian_dual(a, b))
+    return _activation(describe("Gaussian", a=a, b=b), lambda x: a * jnp.exp(b * x ** 2), duals.gaussian_dual(a, b),
+                       duals.gaussian_mean(a, b))
 
 
 def Exp(a: float = 1., b: float = 1.):
     """``a exp(b x)``."""
-    return _activation(describe("Exp", a=a, b=b), lambda x: a * jnp.exp(b * x), duals.exp_dual(a, b))
+    return _activation(describe("Exp", a=a, b=b), lambda x: a * jnp.exp(b * x), duals.exp_dual(a, b),
+                       duals.exp_mean(a, b))
 
 
 def Sign():
     """``sign(x)``: NNGP ``(2/pi) arcsin(rho)``; its derivative, and so its NTK term, is zero."""
-    return _activation("Sign()", jnp.sign, duals.sign_dual())
+    return _activation("Sign()", jnp.sign, duals.sign_dual(), duals.constant_mean(0.))
 
 
 def Monomial(degree: int):
     """``x^degree``, exact for any input variance (Hermite expansion)."""
     _check_degree("Monomial", degree)
     coef = [0.] * degree + [1.]
-    return _activation(describe("Monomial", degree=degree), lambda x: x ** degree, duals.polynomial_dual(coef))
+    return _activation(describe("Monomial", degree=degree), lambda x: x ** degree, duals.polynomial_dual(coef),
+                       duals.polynomial_mean(coef))
 
 
 def RectifiedMonomial(degree: int):
@@ -144,7 +160,7 @@ def RectifiedMonomial(degree: int):
     _check_degree("RectifiedMonomial", degree)
     return _activation(describe("RectifiedMonomial", degree=degree),
                        lambda x: jnp.where(x > 0, x, 0.) ** degree if degree else (x > 0).astype(x.dtype),
-                       duals.rectified_monomial_dual(degree))
+                       duals.rectified_monomial_dual(degree), duals.rectified_monomial_mean(degree))
 
 
 def Polynomial(coef):
@@ -158,7 +174,8 @@ def Polynomial(coef):
         for c in reversed(coef):
             out = out * x + c
         return out
-    return _activation(describe("Polynomial", coef=tuple(coef)), fn, duals.polynomial_dual(coef))
+    return _activation(describe("Polynomial", coef=tuple(coef)), fn, duals.polynomial_dual(coef),
+                       duals.polynomial_mean(coef))
 
 
 def Hermite(degree: int):
@@ -169,9 +186,9 @@ def Hermite(degree: int):
     """
     _check_degree("Hermite", degree)
     coef = duals.hermite_polynomial_coefficients(degree)
-    layer = Polynomial(coef)
-    name = describe("Hermite", degree=degree)
-    return leaf(name, layer.init_fn, layer.apply_fn, activation_rule(name, duals.polynomial_dual(coef)))
+    polynomial = Polynomial(coef).apply_fn
+    return _activation(describe("Hermite", degree=degree), lambda x: polynomial((), x),
+                       duals.polynomial_dual(coef), duals.polynomial_mean(coef))
 
 
 def _check_degree(name, degree):
@@ -198,7 +215,7 @@ def Elementwise(fn=None, nngp_fn=None, d_nngp_fn=None):
 
     def missing(x):
         raise ValueError("Elementwise: no fn was given, so there is no finite network")
-    return _activation("Elementwise()", fn if fn is not None else missing, dual)
+    return _activation("Elementwise()", fn if fn is not None else missing, dual, None)
 
 
 def ElementwiseNumerical(fn, deg: int, df=None):
@@ -210,7 +227,25 @@ def ElementwiseNumerical(fn, deg: int, df=None):
         relative error of the NNGP / NTK term: deg 25: 3e-5 / 2e-4; 40: 8e-7 / 8e-6;
         80: 6e-10 / 9e-9. Memory grows as ``deg^2`` times the kernel's size.
       df: its derivative; by default ``jax.grad(fn)``.
+
+    Raises:
+      ValueError: ``deg`` is too small for ``fn``: the rule's estimated relative error
+        (`kernels.duals.gauss_hermite_error`, against ``2 deg + 1`` points at unit variance)
+        exceeds ``1e-3``. Functions with kinks (ReLU, abs) converge too slowly for any
+        practical ``deg``; use their closed-form layers.
     """
-    if deg < 1:
-        raise ValueError(f"ElementwiseNumerical: deg must be positive, got {deg}")
-    return _activation(describe("ElementwiseNumerical", deg=deg), fn, duals.gauss_hermite_dual(fn, deg, df))
+    if isinstance(deg, bool) or not isinstance(deg, (int, np.integer)) or deg < 1:
+        raise ValueError(f"ElementwiseNumerical: argument `deg` must be a positive int; received {deg!r}")
+    name = describe("ElementwiseNumerical", deg=deg)
+    error = duals.gauss_hermite_error(fn, int(deg), df)
+    if not error <= _QUADRATURE_TOLERANCE:
+        raise ValueError(f"{name}: deg={deg} is too small for this function: the quadrature's estimated "
+                         f"relative error is {error:.2g} (tolerance {_QUADRATURE_TOLERANCE:g}, at unit variance); "
+                         "raise deg, or, for a function with a kink "
+                         "(ReLU, abs), use its closed-form layer or Elementwise with its dual")
+    return _activation(name, fn, duals.gauss_hermite_dual(fn, int(deg), df), duals.gauss_hermite_mean(fn, int(deg)))
+
+
+# Largest estimated relative error of ElementwiseNumerical's quadrature that is accepted:
+# neural-tangents' example holds its GELU kernel to 1e-3 of the closed form.
+_QUADRATURE_TOLERANCE = 1e-3

@@ -9,15 +9,15 @@ network backwards from its output (`network_needs_full`).
 """
 from __future__ import annotations
 
-import collections
 import dataclasses
 import functools
-from typing import Any, Callable, NamedTuple, Union
+from typing import Any, Callable, NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kernels.checks import FLOAT_DTYPES, argument_error, check_examples, parse_get, reject_unexpected
 from kernels.kernel import Kernel, input_kernel, single_kernel, to_neural_tangents_layout
 from kernels.stax import blocks
 
@@ -59,11 +59,14 @@ class KernelFn:
       name: how errors name this layer, e.g. ``"Conv(out_chan=64, ...)"``.
       rule: ``Kernel -> Kernel`` (tuples of kernels for branching layers).
       needs_full: output requirement -> input requirement (see module docstring).
+      requires: what a leaf layer's rule needs of its input (`Requires`); ``None`` for
+        networks and combinators, whose parts declare their own.
     """
 
     name: str
     rule: Callable[[Any], Any]
     needs_full: Callable[[Requirement], Requirement] = keep_requirement
+    requires: "Requires" = None
 
     def __call__(self, x1, x2=None, get=None, *, block_size=None, **kwargs):
         """Kernels of the network's outputs on ``x1`` and ``x2``.
@@ -83,20 +86,15 @@ class KernelFn:
           Arrays ``(N1, N2)`` for a flat output; spatial outputs keep position pairs
           in neural-tangents' order ``(N1, N2, S_1, S'_1, ...)``.
         """
-        if kwargs:
-            raise TypeError(f"{self.name}: kernel_fn got unexpected keyword arguments {sorted(kwargs)}")
-        names = _normalize_get(get)
+        reject_unexpected(f"{self.name}: kernel_fn", kwargs, ("x1", "x2", "get", "block_size"))
+        request = parse_get(get, GET_NAMES, f"{self.name}: kernel_fn")
         x1, x2 = _check_inputs(x1, x2)
         full = x1.ndim > 2 and any_requirement(self.needs_full(True))
         n2 = x1.shape[0] if x2 is None else x2.shape[0]
         b = blocks.plan(x1.shape[0], n2, blocks.pair_elements(x1, full), block_size, jax.default_backend())
-        out = self._evaluate(x1, x2, full, names, b)
-        _check_finite_output(self, x1, x2, full, names, out)
-        if get is None:
-            return out
-        if isinstance(get, str):
-            return getattr(out, get)
-        return _named_tuple(names)(*(getattr(out, n) for n in names))
+        out = self._evaluate(x1, x2, full, request.names, b)
+        _check_finite_output(self, x1, x2, full, request.names, out)
+        return request.pack({n: getattr(out, n) for n in request.names}, whole=out)
 
     def _forward(self, x1, x2, full: bool, names: tuple, b: int) -> Kernel:
         if b:  # already in neural-tangents' layout, the one kernels.tiling mirrors in
@@ -110,6 +108,7 @@ class KernelFn:
             ntk=nt(k.ntk, 2) if "ntk" in names else None,
             cov1=nt(k.cov1, 1) if "cov1" in names else None,
             cov2=(nt(k.cov2_or_cov1, 1) if "cov2" in names else None),
+            mean1=None, mean2=None,  # internal: what LayerNorm reads, not a result
         )
 
     @functools.cached_property
@@ -117,46 +116,34 @@ class KernelFn:
         return jax.jit(self._forward, static_argnames=("full", "names", "b"))
 
 
-def _normalize_get(get) -> tuple:
-    if get is None:
-        return GET_NAMES
-    names = (get,) if isinstance(get, str) else tuple(get)
-    for n in names:
-        if n not in GET_NAMES:
-            raise ValueError(f"get={get!r}: unknown name {n!r}; expected one of {GET_NAMES}")
-    return names
-
-
-@functools.lru_cache(maxsize=None)
-def _named_tuple(names: tuple):
-    return collections.namedtuple("Kernel", names)
-
-
 def _is_concrete(x) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
 
 def _check_inputs(x1, x2):
+    """``x1``, ``x2`` as JAX arrays of one dtype, checked: a float dtype of `FLOAT_DTYPES`, batch
+    first with a channel axis, no empty axis, the same shape but the batch axis, and (on
+    concrete values; a user's ``jit`` skips this) no NaN or infinite values."""
     arrays = []
     for label, x in (("x1", x1), ("x2", x2)):
         if x is None:
             arrays.append(None)
             continue
         if not isinstance(x, jax.Array):
-            x = jnp.asarray(x)
-        if not jnp.issubdtype(x.dtype, jnp.floating):
-            raise TypeError(f"kernel_fn: {label} must be a floating-point array, got dtype {x.dtype}")
-        if x.ndim >= 1 and x.shape[0] == 0:
-            raise ValueError(f"kernel_fn: {label} has no examples (shape {x.shape})")
+            x = np.asarray(x)  # its dtype is checked before JAX sees it (object, string arrays)
+        if x.dtype.name not in FLOAT_DTYPES:
+            raise argument_error("kernel_fn", label, f"an array of dtype {'/'.join(FLOAT_DTYPES)}",
+                                 f"dtype {x.dtype} (shape {x.shape})", TypeError)
         if x.ndim < 2:
-            raise ValueError(f"kernel_fn: {label} must be batch-first with a channel axis, "
-                             f"(N, features) or (N, *spatial, C); got shape {x.shape}")
+            raise argument_error("kernel_fn", label, "batch-first with a channel axis, (N, features) or "
+                                 "(N, *spatial, C)", f"shape {x.shape}")
+        if 0 in x.shape:
+            raise argument_error("kernel_fn", label, "non-empty along every axis (examples, positions "
+                                 "and channels)", f"shape {x.shape}")
         # NumPy, not jnp: a concrete array captured inside a user's jit would trace.
-        if _is_concrete(x) and not np.isfinite(np.asarray(x)).all():
-            bad = np.argwhere(~np.isfinite(np.asarray(x)))[0]
-            raise ValueError(f"kernel_fn: {label} contains NaN or infinite values "
-                             f"(first at index {tuple(int(i) for i in bad)}, shape {x.shape})")
-        arrays.append(x)
+        if _is_concrete(x):
+            check_examples("kernel_fn", label, np.asarray(x))
+        arrays.append(jnp.asarray(x))
     x1, x2 = arrays
     if x2 is not None:
         if x1.shape[1:] != x2.shape[1:]:
@@ -224,9 +211,55 @@ def describe(layer_name: str, **kwargs) -> str:
     return f"{layer_name}({args})"
 
 
-def leaf(name: str, init_fn, apply_fn, rule, needs_full=keep_requirement) -> Layer:
-    """A layer with no sub-layers."""
-    return Layer(init_fn, apply_fn, KernelFn(name, checked(name, rule), needs_full))
+@dataclasses.dataclass(frozen=True)
+class Requires:
+    """What a layer's kernel rule needs of its input, declared as data and checked by `leaf`.
+
+    Attributes:
+      gaussian: the input is one Gaussian field at infinite width (the outputs of Dense,
+        Conv or attention, possibly pooled, summed or normalized), so that a dual map applies.
+      spatial_ndim: the input has exactly this many spatial axes (``None``: any number).
+      spatial: the input has at least one spatial axis.
+      known_mean: the channel mean of the input has a closed form (`Kernel.mean1` is set).
+    """
+
+    gaussian: bool = False
+    spatial_ndim: Optional[int] = None
+    spatial: bool = False
+    known_mean: bool = False
+
+
+def check_requirements(name: str, requires: Requires, k: Kernel) -> None:
+    """Refuses, naming the layer and the reason, an input kernel that ``requires`` excludes.
+
+    Runs while the network is traced, before any arithmetic of the kernel.
+    """
+    if not isinstance(k, Kernel):
+        raise ValueError(f"{name}: expects one input, got {len(k)} branches; merge them first "
+                         "(FanInSum, FanInConcat, FanInProd)")
+    if requires.gaussian and not k.is_gaussian:
+        raise ValueError(f"{name}: its inputs must be Gaussian at infinite width (the outputs of Dense, "
+                         "Conv or GlobalSelfAttention, possibly pooled, summed or normalized); it follows "
+                         "the network's inputs, another activation, Flatten, FanInProd or FanInConcat")
+    d = k.spatial_ndim
+    if requires.spatial_ndim is not None and d != requires.spatial_ndim:
+        want = requires.spatial_ndim
+        raise ValueError(f"{name}: needs inputs with {want} spatial axes, (N, {want} spatial axes, C) of "
+                         f"rank {want + 2}; got inputs of shape {spatial_description(k)}")
+    if requires.spatial and d == 0:
+        raise ValueError(f"{name}: needs inputs with spatial axes (N, *S, C); got {spatial_description(k)}")
+    if requires.known_mean and k.mean1 is None:
+        raise ValueError(f"{name}: the channel mean of its inputs has no closed form (they follow an "
+                         "Elementwise activation given only its nngp_fn), so it cannot be subtracted at "
+                         "infinite width; use a built-in activation or ElementwiseNumerical before it")
+
+
+def leaf(name: str, init_fn, apply_fn, rule, needs_full=keep_requirement, requires: Requires = Requires()) -> Layer:
+    """A layer with no sub-layers; its rule runs only on inputs that meet ``requires``."""
+    def requiring(k):
+        check_requirements(name, requires, k)
+        return rule(k)
+    return Layer(init_fn, apply_fn, KernelFn(name, checked(name, requiring), needs_full, requires))
 
 
 def spatial_description(k: Kernel) -> str:

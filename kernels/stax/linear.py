@@ -16,8 +16,9 @@ import jax.numpy as jnp
 from jax import lax
 
 from kernels import spatial
+from kernels.checks import argument_error, default_layout, finite_real, positive_int
 from kernels.kernel import Kernel, position_variances
-from kernels.stax.layer import (describe, keep_requirement, leaf, needs_diagonal, needs_pairs,
+from kernels.stax.layer import (Requires, describe, keep_requirement, leaf, needs_diagonal, needs_pairs,
                                 spatial_description)
 
 PARAMETERIZATIONS = ("ntk", "standard")
@@ -53,7 +54,13 @@ def _affine_rule(k: Kernel, mix, fan_in: int, W_std, b_std, parameterization, ch
         ntk=mix(W_std ** 2 * k.ntk + grad_scale * k.nngp) + grad_bias,
         cov1=covariance(k.cov1),
         cov2=None if k.cov2 is None else covariance(k.cov2),
-        channels=channels, is_gaussian=True)
+        channels=channels, is_gaussian=True, own_weights=True).with_zero_means()
+
+
+def _check_affine(name, width, W_std, b_std):
+    positive_int(name, "out_dim" if name.startswith("Dense") else "out_chan", width)
+    finite_real(name, "W_std", W_std)
+    finite_real(name, "b_std", b_std, optional=True)
 
 
 def _weights(key, shape, fan_in, W_std, b_std, out, parameterization):
@@ -85,8 +92,8 @@ def Dense(out_dim: int, W_std: float = 1., b_std=None, batch_axis: int = 0, chan
     """
     name = describe("Dense", out_dim=out_dim, W_std=W_std, b_std=b_std, parameterization=parameterization)
     _check_parameterization(name, parameterization)
-    if batch_axis != 0 or channel_axis not in (-1,):
-        raise ValueError(f"{name}: only batch_axis=0 and channel_axis=-1 are supported")
+    _check_affine(name, out_dim, W_std, b_std)
+    default_layout(name, batch_axis=(batch_axis, 0), channel_axis=(channel_axis, -1))
 
     def init_fn(rng, input_shape):
         fan_in = input_shape[-1]
@@ -106,10 +113,6 @@ def Dense(out_dim: int, W_std: float = 1., b_std=None, batch_axis: int = 0, chan
 
 
 def _conv_geometry(name, k: Kernel, filter_shape, strides, padding):
-    d = len(filter_shape)
-    if k.spatial_ndim != d:
-        raise ValueError(f"{name}: a {d}-D filter needs inputs of rank {d + 2} (N, {d} spatial axes, C); "
-                         f"got inputs of shape {spatial_description(k)}")
     if padding == "VALID":
         for size, f in zip(k.spatial_shape, filter_shape):
             if f > size:
@@ -123,12 +126,14 @@ def _check_padding(name, padding):
 
 
 def _window_args(name, window_shape, strides, default_strides):
-    window_shape = tuple(int(w) for w in window_shape)
-    strides = default_strides if strides is None else tuple(int(s) for s in strides)
+    try:
+        window_shape = tuple(positive_int(name, "filter_shape/window_shape", w) for w in window_shape)
+        strides = default_strides if strides is None else tuple(positive_int(name, "strides", s) for s in strides)
+    except TypeError:  # not a sequence
+        raise ValueError(f"{name}: the window and strides must be tuples of positive ints; got "
+                         f"{window_shape!r}, {strides!r}") from None
     if len(strides) != len(window_shape):
         raise ValueError(f"{name}: strides {strides} and window {window_shape} differ in length")
-    if any(w < 1 for w in window_shape) or any(s < 1 for s in strides):
-        raise ValueError(f"{name}: window and strides must be positive; got {window_shape}, {strides}")
     return window_shape, strides
 
 
@@ -152,10 +157,14 @@ def Conv(out_chan: int, filter_shape, strides=None, padding: str = "VALID", W_st
 
     Kernel: ``K'[p, p'] = W^2 mean_t K[s p + t, s p' + t] + b^2`` (Novak et al. 2019, eq. 7).
     """
+    if not isinstance(filter_shape, (tuple, list)):
+        raise argument_error("Conv", "filter_shape", "a tuple of positive ints, one per spatial axis",
+                             filter_shape, TypeError)
     name = describe("Conv", out_chan=out_chan, filter_shape=tuple(filter_shape), strides=strides,
                     padding=padding, W_std=W_std, b_std=b_std, parameterization=parameterization)
     _check_padding(name, padding)
     _check_parameterization(name, parameterization)
+    _check_affine(name, out_chan, W_std, b_std)
     filter_shape, strides = _window_args(name, filter_shape, strides, (1,) * len(filter_shape))
     if not 1 <= len(filter_shape) <= 3:
         raise ValueError(f"{name}: filters of 1, 2 or 3 spatial dimensions are supported")
@@ -191,10 +200,13 @@ def Conv(out_chan: int, filter_shape, strides=None, padding: str = "VALID", W_st
         return _affine_rule(k, lambda a: spatial.conv_positions(a, k.full, d, filter_shape, strides, padding),
                             fan_in, W_std, b_std, parameterization, out_chan)
 
-    return leaf(name, init_fn, apply_fn, rule)
+    return leaf(name, init_fn, apply_fn, rule, requires=Requires(spatial_ndim=d))
 
 
 def _pool(layer_name, window_shape, strides, padding, normalize_edges, average):
+    if not isinstance(window_shape, (tuple, list)):
+        raise argument_error(layer_name, "window_shape", "a tuple of positive ints, one per spatial axis",
+                             window_shape, TypeError)
     name = describe(layer_name, window_shape=tuple(window_shape), strides=strides, padding=padding)
     _check_padding(name, padding)
     window_shape, strides = _window_args(name, window_shape, strides, (1,) * len(window_shape))
@@ -219,16 +231,15 @@ def _pool(layer_name, window_shape, strides, padding, normalize_edges, average):
         return out / math.prod(window_shape)
 
     def rule(k: Kernel) -> Kernel:
-        if k.spatial_ndim != d:
-            raise ValueError(f"{name}: a {d}-D window needs inputs with {d} spatial axes; "
-                             f"got inputs of shape {spatial_description(k)}")
         if padding == "VALID" and any(w > s for w, s in zip(window_shape, k.spatial_shape)):
             raise ValueError(f"{name}: window {window_shape} is larger than the VALID input's "
                              f"spatial shape {k.spatial_shape}")
-        return k.map_all(lambda a: spatial.pool_positions(a, d, window_shape, strides, padding,
-                                                          normalize_edges, average))
+        pooled = k.map_all(lambda a: spatial.pool_positions(a, d, window_shape, strides, padding,
+                                                            normalize_edges, average))
+        # Pooling is linear, so the channel means are pooled as the outputs are.
+        return pooled.map_means(lambda m: apply_fn((), m[..., None])[..., 0])
 
-    return leaf(name, init_fn, apply_fn, rule, needs_pairs)
+    return leaf(name, init_fn, apply_fn, rule, needs_pairs, Requires(spatial_ndim=d))
 
 
 def AvgPool(window_shape, strides=None, padding: str = "VALID", normalize_edges: bool = False,
@@ -238,11 +249,13 @@ def AvgPool(window_shape, strides=None, padding: str = "VALID", normalize_edges:
     With ``normalize_edges`` and SAME padding, windows at the edge divide by the
     number of real (unpadded) entries. Kernel: Novak et al. 2019, §3.2.
     """
+    default_layout("AvgPool", batch_axis=(batch_axis, 0), channel_axis=(channel_axis, -1))
     return _pool("AvgPool", window_shape, strides, padding, normalize_edges, average=True)
 
 
 def SumPool(window_shape, strides=None, padding: str = "VALID", batch_axis: int = 0, channel_axis: int = -1):
     """Local sum pooling; ``strides=None`` means strides of one."""
+    default_layout("SumPool", batch_axis=(batch_axis, 0), channel_axis=(channel_axis, -1))
     return _pool("SumPool", window_shape, strides, padding, False, average=False)
 
 
@@ -258,20 +271,21 @@ def _global_pool(layer_name, average):
 
     def rule(k: Kernel) -> Kernel:
         d = k.spatial_ndim
-        if d == 0:
-            raise ValueError(f"{name}: needs inputs with spatial axes (N, *S, C); got {spatial_description(k)}")
-        return k.map_all(lambda a: spatial.global_pool_positions(a, d, average)).replace(full=False)
+        pooled = k.map_all(lambda a: spatial.global_pool_positions(a, d, average)).replace(full=False)
+        return pooled.map_means(lambda m: apply_fn((), m[..., None])[..., 0])
 
-    return leaf(name, init_fn, apply_fn, rule, needs_pairs)
+    return leaf(name, init_fn, apply_fn, rule, needs_pairs, Requires(spatial=True))
 
 
 def GlobalAvgPool(batch_axis: int = 0, channel_axis: int = -1):
     """Mean over all spatial positions: ``K' = mean_{p, p'} K[p, p']``."""
+    default_layout("GlobalAvgPool", batch_axis=(batch_axis, 0), channel_axis=(channel_axis, -1))
     return _global_pool("GlobalAvgPool", average=True)
 
 
 def GlobalSumPool(batch_axis: int = 0, channel_axis: int = -1):
     """Sum over all spatial positions: ``K' = sum_{p, p'} K[p, p']``."""
+    default_layout("GlobalSumPool", batch_axis=(batch_axis, 0), channel_axis=(channel_axis, -1))
     return _global_pool("GlobalSumPool", average=False)
 
 
@@ -283,6 +297,7 @@ def Flatten(batch_axis: int = 0, batch_axis_out: int = 0):
     eq. 9) and its fan-in counts all positions: only equal positions are needed.
     """
     name = "Flatten()"
+    default_layout(name, batch_axis=(batch_axis, 0), batch_axis_out=(batch_axis_out, 0))
 
     def init_fn(rng, input_shape):
         return (input_shape[0], math.prod(input_shape[1:])), ()
@@ -293,6 +308,8 @@ def Flatten(batch_axis: int = 0, batch_axis_out: int = 0):
     def rule(k: Kernel) -> Kernel:
         d = k.spatial_ndim
         flat = k.map_all(lambda a: spatial.diagonal_mean(a, k.full, d))
+        # The flat output's channels are all (position, channel) pairs: its mean is over positions.
+        flat = flat.map_means(lambda m: m.reshape(m.shape[0], -1).mean(-1))
         return flat.replace(full=False, channels=k.channels * math.prod(k.spatial_shape), is_gaussian=False)
 
     return leaf(name, init_fn, apply_fn, rule, needs_diagonal)
@@ -307,14 +324,25 @@ def Identity():
 def LayerNorm(axis=-1, eps: float = 1e-12, batch_axis: int = 0, channel_axis: int = -1):
     """Normalizes each example to zero mean and unit variance over ``axis``.
 
-    At infinite width the mean over channels vanishes and the variance becomes
-    the (position-averaged, over ``axis``) diagonal of the input kernel, so
-    ``K'[p, p'] = K[p, p'] / sqrt(v1[p] v2[p'])``, the NTK likewise (the
-    normalizer's own fluctuations vanish) (Xiao et al. 2020, App. C).
-    ``axis`` must include the channel axis and not the batch axis.
+    At infinite width the mean ``m`` and the second moment ``q`` over channels (and the
+    positions in ``axis``) are deterministic: ``m`` is the input kernel's `Kernel.mean1`
+    (zero after Dense, Conv or attention; ``E[phi(u)]`` after an activation), ``q`` its
+    variance diagonal, both averaged over the positions in ``axis``. With ``v = q - m^2``,
+
+        ``K'[p, p'] = (K[p, p'] - m1[p] m2[p']) / sqrt(v1[p] v2[p'])``,
+        ``Theta'[p, p'] = Theta[p, p'] / sqrt(v1[p] v2[p'])``,
+
+    since the normalizer's own gradient terms vanish at infinite width (Xiao et al. 2020,
+    App. C, for zero-mean inputs; the centring is the layer's definition). The output means
+    are ``(m - M) / sqrt(v)`` per position, ``M`` the mean over ``axis`` (zero when ``axis``
+    is the channel axis alone). ``axis`` must include the channel axis and not the batch
+    axis. Refused after an `Elementwise` given only its ``nngp_fn`` (no closed-form mean).
     """
     axes = (axis,) if isinstance(axis, int) else tuple(axis)
     name = describe("LayerNorm", axis=axis, eps=eps)
+    default_layout(name, batch_axis=(batch_axis, 0), channel_axis=(channel_axis, -1))
+    if finite_real(name, "eps", eps) < 0:
+        raise ValueError(f"{name}: argument `eps` must be non-negative; received {eps!r}")
 
     def init_fn(rng, input_shape):
         return input_shape, ()
@@ -331,29 +359,43 @@ def LayerNorm(axis=-1, eps: float = 1e-12, batch_axis: int = 0, channel_axis: in
         if -1 in resolved or 0 in resolved or ndim - 1 not in resolved:
             raise ValueError(f"{name}: axis must name the channel axis and optionally spatial axes of "
                              f"inputs {spatial_description(k)}, never the batch axis")
-        mean_axes = tuple(a - 1 for a in resolved if a != ndim - 1)  # axes of per-position variances
-        var1 = position_variances(k.cov1, k.full, d)
-        var2 = position_variances(k.cov2_or_cov1, k.full, d)
-        if mean_axes:
-            var1 = var1.mean(tuple(a + 1 for a in mean_axes), keepdims=True)
-            var2 = var2.mean(tuple(a + 1 for a in mean_axes), keepdims=True)
-            var1 = jnp.broadcast_to(var1, (var1.shape[0],) + k.spatial_shape)
-            var2 = jnp.broadcast_to(var2, (var2.shape[0],) + k.spatial_shape)
-        var1, var2 = var1 + eps, var2 + eps
-        s1, s2 = jnp.sqrt(var1), jnp.sqrt(var2)
-        n1, n2 = s1.shape[0], s2.shape[0]
-        shape = k.spatial_shape
-        if k.full:
-            left1 = s1.reshape((n1,) + shape + (1,) * d)
-            right1 = s1.reshape((n1,) + (1,) * d + shape)
-            right2 = s2.reshape((n2,) + (1,) * d + shape)
-            pair = left1[:, None] * right2[None]
-            norm1 = left1 * right1
-            norm2 = s2.reshape((n2,) + shape + (1,) * d) * right2
-        else:
-            pair = s1[:, None] * s2[None]
-            norm1, norm2 = var1, var2
-        return k.replace(nngp=k.nngp / pair, ntk=k.ntk / pair, cov1=k.cov1 / norm1,
-                         cov2=None if k.cov2 is None else k.cov2 / norm2)
+        pooled_axes = tuple(a for a in resolved if a != ndim - 1)  # axes of (N, *S) per-position arrays
 
-    return leaf(name, init_fn, apply_fn, rule, keep_requirement)
+        def over_axes(a):  # (N, *S): averaged over the normalized positions, broadcast back
+            return jnp.broadcast_to(a.mean(pooled_axes, keepdims=True), a.shape) if pooled_axes else a
+
+        def normalizers(cov, m):
+            moment, mean = over_axes(position_variances(cov, k.full, d)), over_axes(m)
+            scale = jnp.sqrt(moment - mean ** 2 + eps)
+            return scale, (m - mean) / scale
+
+        s1, out_mean1 = normalizers(k.cov1, k.mean1)
+        s2, out_mean2 = normalizers(k.cov2_or_cov1, k.mean2_or_mean1)
+        shape = k.spatial_shape
+
+        def left(v):
+            return v.reshape((v.shape[0],) + shape + (1,) * d) if k.full else v
+
+        def right(v):
+            return v.reshape((v.shape[0],) + (1,) * d + shape) if k.full else v
+
+        def pair(a, b):  # first batch against second: (N1, N2, ...)
+            return left(a)[:, None] * right(b)[None]
+
+        def same(a, b):  # one batch against itself: (N, ...)
+            return left(a) * right(b)
+
+        # E[(x[p] - M)(x'[p'] - M')] = K[p, p'] - m[p] m'[p'] + (m[p] - M)(m'[p'] - M') for
+        # outputs x with channel means m and normalizing mean M (deterministic at infinite width).
+        def normalized(cov, m1, m2, scale1, scale2, out1, out2, product):
+            return (cov - product(m1, m2)) / product(scale1, scale2) + product(out1, out2)
+
+        m1, m2 = k.mean1, k.mean2_or_mean1
+        return k.replace(
+            nngp=normalized(k.nngp, m1, m2, s1, s2, out_mean1, out_mean2, pair),
+            ntk=k.ntk / pair(s1, s2),
+            cov1=normalized(k.cov1, m1, m1, s1, s1, out_mean1, out_mean1, same),
+            cov2=None if k.cov2 is None else normalized(k.cov2, m2, m2, s2, s2, out_mean2, out_mean2, same),
+            mean1=out_mean1, mean2=None if k.mean2 is None else out_mean2)
+
+    return leaf(name, init_fn, apply_fn, rule, keep_requirement, Requires(known_mean=True))

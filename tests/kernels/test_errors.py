@@ -12,7 +12,7 @@ def x(*shape, seed=0):
 
 def test_conv_on_wrong_rank_names_layer_and_shape():
     _, _, kernel_fn = stax.serial(stax.Conv(8, (3, 3)), stax.Relu())
-    with pytest.raises(ValueError, match=r"Conv\(.*2-D filter.*rank 4.*\(N, 5, 3\)"):
+    with pytest.raises(ValueError, match=r"Conv\(.*needs inputs with 2 spatial axes.*rank 4.*\(N, 5, 3\)"):
         kernel_fn(x(2, 5, 3))
 
 
@@ -36,9 +36,9 @@ def test_non_finite_inputs(bad):
     _, _, kernel_fn = stax.serial(stax.Dense(4), stax.Relu())
     a = np.array(x(3, 2))
     a[1, 0] = bad
-    with pytest.raises(ValueError, match=r"x1 contains NaN or infinite values \(first at index \(1, 0\), shape \(3, 2\)\)"):
+    with pytest.raises(ValueError, match=r"argument `x1` must be finite .*non-finite value at index \(1, 0\) \(shape \(3, 2\)\)"):
         kernel_fn(a)
-    with pytest.raises(ValueError, match="x2 contains NaN"):
+    with pytest.raises(ValueError, match="argument `x2` must be finite"):
         kernel_fn(x(3, 2), a)
 
 
@@ -54,7 +54,7 @@ def test_unknown_names():
     with pytest.raises(ValueError, match=r"Dense\(.*parameterization='mup'"):
         stax.Dense(4, parameterization="mup")
     _, _, kernel_fn = stax.Dense(4)
-    with pytest.raises(ValueError, match=r"get=\('nngp', 'ntks'\): unknown name 'ntks'"):
+    with pytest.raises(ValueError, match=r"argument `get` must be names from .*'ntks'.*unknown name 'ntks'"):
         kernel_fn(x(2, 3), None, ("nngp", "ntks"))
 
 
@@ -85,15 +85,16 @@ def test_unmerged_branches():
 
 def test_integer_inputs_and_unexpected_keywords():
     _, _, kernel_fn = stax.Dense(4)
-    with pytest.raises(TypeError, match="floating-point"):
+    with pytest.raises(TypeError, match="argument `x1` must be an array of dtype float16/bfloat16/float32/float64"):
         kernel_fn(np.ones((2, 3), dtype=np.int32))
-    with pytest.raises(TypeError, match="unexpected keyword arguments"):
+    with pytest.raises(TypeError, match=r"kernel_fn: unexpected keyword argument\(s\) diagonal_spatial"):
         kernel_fn(x(2, 3), diagonal_spatial=True)
 
 
 def test_non_finite_kernel_inside_a_branch_names_the_layer():
     # The diagnosis walks through FanOut, whose rule returns one kernel per branch.
     _, _, kernel_fn = stax.serial(stax.Dense(4, W_std=2.), stax.FanOut(2),
-                                  stax.parallel(stax.Gaussian(1., 0.5), stax.Relu()), stax.FanInSum(), stax.Dense(1))
+                                  stax.parallel(stax.serial(stax.Dense(4), stax.Gaussian(1., 0.5)),
+                                                stax.serial(stax.Dense(4), stax.Relu())), stax.FanInSum(), stax.Dense(1))
     with pytest.raises(FloatingPointError, match=r"Gaussian\(a=1.0, b=0.5\): produced NaN or infinite values"):
         kernel_fn(x(3, 5) / np.sqrt(np.mean(np.asarray(x(3, 5)) ** 2, axis=1, keepdims=True)))

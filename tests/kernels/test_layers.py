@@ -62,12 +62,25 @@ CASES = {
     "Polynomial": (lambda: [dense(), stax.Polynomial([0.2, -0.5, 0.3])], MLP, 0),
     "Hermite": (lambda: [dense(), stax.Hermite(3)], MLP, 0),
     "Elementwise": (lambda: [dense(), stax.Elementwise(jax.scipy.special.erf, tanh_nngp)], MLP, 0),
-    "ElementwiseNumerical": (lambda: [dense(), stax.ElementwiseNumerical(jnp.tanh, 20)], MLP, 0),
+    "ElementwiseNumerical": (lambda: [dense(), stax.ElementwiseNumerical(jnp.tanh, 30)], MLP, 0),
     "Dense_standard": (lambda: [stax.Dense(WIDTH, 1.1, 0.2, parameterization="standard"), stax.Relu()], MLP, 0),
     "Identity": (lambda: [dense(), stax.Identity(), stax.Erf()], MLP, 0),
     "LayerNorm": (lambda: [dense(), stax.LayerNorm(), stax.Relu()], MLP, 0.05),
+    # After an activation LayerNorm subtracts its nonzero channel mean (Erf's is zero: the
+    # normalization alone); a rule that ignored the mean was off by 0.32 after Relu.
+    "LayerNorm_after_Relu": (lambda: [dense(), stax.Relu(), stax.LayerNorm()], MLP, 0.05),
+    "LayerNorm_after_Gelu": (lambda: [dense(), stax.Gelu(), stax.LayerNorm()], MLP, 0.05),
+    "LayerNorm_after_Erf": (lambda: [dense(), stax.Erf(), stax.LayerNorm()], MLP, 0.05),
     "FanInSum": (lambda: [dense(), stax.FanOut(2), stax.parallel(stax.serial(dense(), stax.Relu()), stax.Identity()),
                           stax.FanInSum()], MLP, 0),
+    # Two ReLU branches have nonzero channel means, whose product is their covariance: a plain
+    # sum of the branches' kernels (as neural-tangents computes) misses it.
+    "FanInSum_relu_branches": (lambda: [dense(), stax.FanOut(2), stax.parallel(stax.serial(dense(), stax.Relu()),
+                                                                               stax.serial(dense(), stax.Relu())),
+                                        stax.FanInSum()], MLP, 0),
+    "FanInSum_relu_and_shared": (lambda: [dense(), stax.Relu(), stax.FanOut(2),
+                                          stax.parallel(stax.serial(dense(), stax.Relu()), stax.Identity()),
+                                          stax.FanInSum()], MLP, 0.05),
     "FanInProd": (lambda: [stax.FanOut(2), stax.parallel(dense(), dense()), stax.FanInProd()], MLP, 0),
     "FanInConcat": (lambda: [stax.FanOut(2), stax.parallel(stax.serial(dense(), stax.Relu()),
                                                            stax.serial(stax.Dense(WIDTH // 2), stax.Erf())),
@@ -87,6 +100,10 @@ CASES = {
     "GlobalSumPool": (lambda: [conv(), stax.Erf(), stax.GlobalSumPool()], IMG, 0),
     "Flatten": (lambda: [conv(), stax.Relu(), stax.Flatten()], IMG, 0),
     "LayerNorm_spatial": (lambda: [conv(), stax.LayerNorm(axis=(1, 2, 3)), stax.Relu()], IMG, 0.05),
+    "LayerNorm_spatial_after_Relu": (lambda: [conv(), stax.Relu(), stax.LayerNorm()], IMG, 0.05),
+    "LayerNorm_spatial_axes_after_Gelu": (lambda: [conv(), stax.Gelu(), stax.LayerNorm(axis=(1, 2, 3))], IMG, 0.05),
+    "LayerNorm_spatial_after_Erf_pooled": (lambda: [conv(), stax.Erf(), stax.AvgPool((2, 2)), stax.LayerNorm()],
+                                           IMG, 0.05),
     "Attention_SOFTMAX": (lambda: [stax.Dense(SPATIAL_WIDTH), stax.GlobalSelfAttention(SPATIAL_WIDTH, SPATIAL_WIDTH, SPATIAL_WIDTH, 2)], SEQ, 0.1),
     "Attention_RELU": (lambda: [stax.Dense(SPATIAL_WIDTH), stax.GlobalSelfAttention(
         SPATIAL_WIDTH, SPATIAL_WIDTH, SPATIAL_WIDTH, 2, attention_mechanism="RELU", b_std=0.2)], SEQ, 0.1),
