@@ -80,6 +80,14 @@ def _parser():
     return parser
 
 
+def _path_error(option, path, error):
+    """One line on stderr naming `option`, its `path` and what failed there; the exit status 2."""
+    where = f" ({error.filename})" if error.filename and os.fspath(error.filename) != os.fspath(path) else ""
+    reason = error.strerror or str(error)
+    print(f"widekit: {option} {path}: cannot be used{where}: {reason}", file=sys.stderr)
+    return 2
+
+
 def _print_record(record, out, name):
     print(f"{name} [{record['size']}]: results in {os.path.join(out, 'results.json')}, "
           f"figure in {os.path.join(out, name + '.png')}")
@@ -115,12 +123,20 @@ def main(argv=None):
     except runner.RunFolderError as error:
         print(f"widekit: {error}", file=sys.stderr)
         return 1
+    except OSError as error:
+        return _path_error("--out", out, error)
     if args.command == "collect" and args.figures:
-        os.makedirs(args.figures, exist_ok=True)
-        shutil.copyfile(os.path.join(out, "results.json"),
-                        os.path.join(args.figures, f"{args.name}.json"))
-        shutil.copyfile(os.path.join(out, f"{args.name}.png"),
-                        os.path.join(args.figures, f"{args.name}.png"))
+        if os.path.exists(args.figures) and not os.path.isdir(args.figures):
+            print(f"widekit: --figures {args.figures} is a file, not a folder: give a folder", file=sys.stderr)
+            return 2
+        try:
+            os.makedirs(args.figures, exist_ok=True)
+            shutil.copyfile(os.path.join(out, "results.json"),
+                            os.path.join(args.figures, f"{args.name}.json"))
+            shutil.copyfile(os.path.join(out, f"{args.name}.png"),
+                            os.path.join(args.figures, f"{args.name}.png"))
+        except OSError as error:
+            return _path_error("--figures", args.figures, error)
     if record is not None:
         _print_record(record, out, args.name)
     return 0

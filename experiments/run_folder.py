@@ -116,6 +116,8 @@ def read_claim(out):
     Raises:
       RunFolderError: naming the file, if it cannot be read or is from before fingerprints.
     """
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise RunFolderError(f"{out} is a file, not a folder: use another --out")
     path = os.path.join(out, "run.json")
     claim = read_json(path)
     if claim is None:
@@ -260,12 +262,17 @@ def _load_npz(path, only=None):
 
 
 def read_json(path):
-    """The JSON in `path`, or None if there is no such file; RunFolderError naming the file if unreadable."""
+    """The JSON in `path`, or None if there is no such file; RunFolderError naming the file if unreadable.
+
+    NotADirectoryError (a folder above `path` is a file) is raised as is, for the caller to name its path.
+    """
     try:
         with open(path, "rb") as f:
             return json.loads(f.read().decode())
     except FileNotFoundError:
         return None
+    except NotADirectoryError:
+        raise  # a folder above `path` is a file: the caller's path is wrong, not the file damaged
     except (ValueError, OSError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise RunFolderError(f"{path} cannot be read ({type(error).__name__}: {error}); "
                              "delete it and rerun to write it again") from None

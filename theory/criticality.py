@@ -153,6 +153,26 @@ def _gaussian_pair_moments(phi, dphi, cov12, var1, var2, degree, flat_degree=Non
     return nngp, dot
 
 
+# Largest estimated relative error of `quadrature_dual` that is accepted: the tolerance of
+# kernels.stax.ElementwiseNumerical (kernels/stax/elementwise.py), whose check this mirrors.
+QUADRATURE_TOLERANCE = 1e-3
+
+
+def quadrature_error(phi, dphi, degree):
+    """Estimated relative error of `quadrature_dual`'s rule of `degree` points per dimension.
+
+    The estimate of `kernels.duals.gauss_hermite_error`, in float64 on NumPy functions: the
+    rule against one of ``2 degree + 1`` points (``degree // 2`` past 100) on unit-variance
+    inputs at correlations 0, 0.5, 0.9 and 1, for both halves of the dual; the largest
+    difference relative to the largest value of that half.
+    """
+    cov = np.array([0.0, 0.5, 0.9, 1.0])
+    one = np.ones_like(cov)
+    coarse = _gaussian_pair_moments(phi, dphi, cov, one, one, degree)
+    fine = _gaussian_pair_moments(phi, dphi, cov, one, one, 2 * degree + 1 if degree <= 100 else degree // 2)
+    return max(float(np.max(np.abs(c - f)) / max(float(np.max(np.abs(f))), 1e-30)) for c, f in zip(coarse, fine))
+
+
 def quadrature_dual(phi, dphi, degree=64):
     """Dual map of any elementwise phi by Gauss–Hermite quadrature.
 
@@ -168,6 +188,11 @@ def quadrature_dual(phi, dphi, degree=64):
       phi, dphi: NumPy-vectorized activation and its derivative.
       degree: nodes per dimension (up to a few thousand; cost degree^2 per pair).
 
+    Raises:
+      ValueError: `degree` is too small for phi: the rule's estimated relative error
+        (`quadrature_error`) exceeds `QUADRATURE_TOLERANCE` (1e-3), as in
+        `kernels.stax.ElementwiseNumerical`.
+
     Returns:
       A dual map (cov12, var1, var2) -> (nngp, dot).
     """
@@ -176,6 +201,13 @@ def quadrature_dual(phi, dphi, degree=64):
                                        "a NumPy-vectorized function", type(phi if not callable(phi) else dphi).__name__,
                                        TypeError)
     degree = arguments.integer("quadrature_dual", "degree", degree, low=1)
+    error = quadrature_error(phi, dphi, degree)
+    if not error <= QUADRATURE_TOLERANCE:
+        raise arguments.argument_error(
+            "quadrature_dual", "degree", "large enough for phi: a rule whose estimated relative error is at most "
+            f"{QUADRATURE_TOLERANCE:g} (at unit variance; a function with a kink such as ReLU converges too slowly "
+            "for any practical degree, use its closed-form dual)",
+            f"degree={degree}, estimated relative error {error:.2g}")
 
     def dual(cov12, var1, var2):
         cov12, var1, var2 = _as_float64("quadrature_dual's dual", cov12, var1, var2)

@@ -138,7 +138,7 @@ class KernelRegressor(*_BASES):
         self._y_is_1d = y.ndim == 1
         self.y_train_ = y.reshape(len(y), -1)
         self.X_train_ = X
-        self.kernel_fn_ = _kernel_fn(params)
+        self.kernel_fn_ = _kernel_fn(params, type(self).__name__)
         self.k_train_train_ = np.asarray(self.kernel_fn_(X, None, params["get"]))
         self.predict_fn_ = gradient_descent_mse(self.k_train_train_, self.y_train_, diag_reg=params["diag_reg"])
         return self
@@ -184,16 +184,28 @@ class KernelRegressor(*_BASES):
             self.__dict__.update(state)
         if "k_train_train_" in state:
             params = self._checked_params()
-            self.kernel_fn_ = _kernel_fn(params)
+            self.kernel_fn_ = _kernel_fn(params, type(self).__name__)
             self.predict_fn_ = gradient_descent_mse(self.k_train_train_, self.y_train_, diag_reg=params["diag_reg"])
 
 
 _NO_TARGETS = "no_validation"  # scikit-learn's marker: validate X only
 
 
-def _kernel_fn(params):
-    """The kernel function of `params["network"]` with the validated hyperparameters."""
-    return params["network"](depth=params["depth"], W_std=params["W_std"], b_std=params["b_std"])[2]
+def _kernel_fn(params, name="KernelRegressor"):
+    """The kernel function of `params["network"]` with the validated hyperparameters.
+
+    Raises:
+      TypeError: `network` did not return an ``(init_fn, apply_fn, kernel_fn)`` triple whose
+        last entry is callable (e.g. a number, which would fail later as "not subscriptable").
+    """
+    triple = params["network"](depth=params["depth"], W_std=params["W_std"], b_std=params["b_std"])
+    if not (isinstance(triple, (tuple, list)) and len(triple) == 3 and callable(triple[2])):
+        received = (f"a {type(triple).__name__} of length {len(triple)}" if isinstance(triple, (tuple, list))
+                    else type(triple).__name__)
+        raise arguments.argument_error(f"{name}.fit", "network",
+                                       "a function returning an (init_fn, apply_fn, kernel_fn) triple",
+                                       f"a function returning {received}", TypeError)
+    return triple[2]
 
 
 def _validate(estimator, X, y=_NO_TARGETS, reset=True):

@@ -94,13 +94,15 @@ def targets_2d(layout, y, xp=np):
     return y.reshape((-1, layout.n_columns))
 
 
-def kernel_2d(layout, name, k, rows_batch=None, cols_batch=None):
+def kernel_2d(layout, name, k, rows_batch=None, cols_batch=None, symmetric=None):
     """Flatten a zipped kernel to (P_rows, P_cols), checking it: real, finite, of the right shape.
 
     `rows_batch` / `cols_batch`: the batch size the rows / columns must have
     (None: any, but at least 1). The non-batch kept dimensions must match the
-    targets'. A kernel on an accelerator stays there (its solves run there).
-    Errors name `layout.where` and `name`.
+    targets'. `symmetric`: the flattened kernel must equal its transpose within
+    `symmetry_tolerance` of max |K| (None: when both batch sizes are given and equal,
+    i.e. a train-train kernel). A kernel on an accelerator stays there (its solves
+    run there). Errors name `layout.where` and `name`.
     """
     arguments.real_array(layout.where, name, k, finite=False)
     xp = jnp if linalg.on_accelerator(k) else np
@@ -120,7 +122,36 @@ def kernel_2d(layout, name, k, rows_batch=None, cols_batch=None):
             f"inputs, trace_axes={layout.trace_axes})", f"shape {k.shape}")
     arguments.real_array(layout.where, name, k)  # non-empty and finite
     k = xp.transpose(k, tuple(range(0, k.ndim, 2)) + tuple(range(1, k.ndim, 2)))
-    return k.reshape((int(np.prod(rows)), int(np.prod(cols))))
+    k = k.reshape((int(np.prod(rows)), int(np.prod(cols))))
+    if symmetric is None:
+        symmetric = rows_batch is not None and rows_batch == cols_batch
+    if symmetric:
+        _check_symmetric(layout.where, name, k)
+    return k
+
+
+def symmetry_tolerance(dtype):
+    """Relative asymmetry (of max |K|) accepted in a kernel of `dtype`: rounding, not an error."""
+    dtype = np.dtype(dtype)
+    if not np.issubdtype(dtype, np.floating) or dtype.itemsize >= 8:
+        return 1e-6
+    return 1e-4 if dtype.itemsize >= 4 else 1e-2
+
+
+def _check_symmetric(where, name, k):
+    """Refuse a square kernel that is not symmetric (its eigenvalues would otherwise be misread as non-PSD)."""
+    if k.shape[0] != k.shape[1]:
+        raise arguments.argument_error(where, name, "a square (symmetric) kernel", f"shape {tuple(k.shape)}")
+    host = np.asarray(k, np.float64)
+    scale = float(np.max(np.abs(host)))
+    asym = float(np.max(np.abs(host - host.T)))
+    tol = symmetry_tolerance(k.dtype)
+    if asym > tol * scale:
+        i, j = (int(v) for v in np.unravel_index(np.argmax(np.abs(host - host.T)), host.shape))
+        raise arguments.argument_error(
+            where, name, f"symmetric (K = K^T within {tol:g} of max |K| for dtype {np.dtype(k.dtype)})",
+            f"max |K - K^T| = {asym:.3g} (max |K| = {scale:.3g}), e.g. K[{i}, {j}] = {host[i, j]:.6g} "
+            f"but K[{j}, {i}] = {host[j, i]:.6g}")
 
 
 def rows_shape(layout, k):

@@ -146,3 +146,25 @@ def test_python_dash_m_experiments_runs_main():
     done = subprocess.run([sys.executable, "-m", "experiments", "list"], capture_output=True,
                           text=True, cwd=repo)
     assert done.returncode == 0, done.stderr
+
+
+def test_out_or_figures_path_that_cannot_be_used_is_one_line_naming_the_option(tmp_path, capsys):
+    """A file as --out is called a file (not "run.json cannot be read; delete it"); an OSError about
+    --out or --figures (a file, a path under a file) is one line naming the option, status 2."""
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    assert main(["collect", "toy-linear", "--out", str(a_file)]) == 1
+    err = capsys.readouterr().err
+    assert f"{a_file} is a file, not a folder: use another --out" in err and "delete it" not in err
+    assert main(["run", "toy-linear", "--size", "tiny", "--out", str(a_file / "x"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"widekit: --out {a_file / 'x'}") and err.count("\n") == 1
+    out = str(tmp_path / "toy")
+    assert main(["run", "toy-linear", "--size", "tiny", "--out", out, "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["collect", "toy-linear", "--out", out, "--figures", str(a_file)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"widekit: --figures {a_file} is a file, not a folder: give a folder\n"
+    assert main(["collect", "toy-linear", "--out", out, "--figures", str(a_file / "zz")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"widekit: --figures {a_file / 'zz'}") and err.count("\n") == 1

@@ -178,3 +178,35 @@ def test_closed_form_modules(problem):
     raises(ValueError, "degree", criticality.quadrature_dual, np.tanh, np.tanh, degree=0)
     raises(TypeError, "K", criticality.susceptibilities, criticality.relu_dual, 1j, 2.0)
     raises(TypeError, "width", criticality.relu_output_kurtosis, 10 + 1j, 1)
+
+
+def test_non_symmetric_train_kernel_is_refused_as_such(problem):
+    """It was reported as "not positive semi-definite: smallest eigenvalue -0.46", unnamed."""
+    x, x_test, y, k, k_td = problem
+    bad = k.copy()
+    bad[0, 1] += 0.5 * np.max(np.abs(k))
+    for fn in (lambda: theory.predict.gradient_descent_mse(bad, y)(1.0, 0.0),
+               lambda: predict.gp_inference(bad, y)("nngp", k_test_train=k_td),
+               lambda: theory.log_marginal_likelihood(bad, y)):
+        with pytest.raises(ValueError, match=r"argument `k_train_train[^`]*` must be symmetric"):
+            fn()
+    # float32 rounding is not asymmetry
+    k32 = np.asarray(k, np.float32)
+    k32[0, 1] *= 1 + 1e-6
+    predict.gradient_descent_mse(k32, y)(1.0, 0.0)
+
+
+def test_network_that_returns_no_triple_is_named(problem):
+    x, _, y, _, _ = problem
+    raises(TypeError, "network", theory.KernelRegressor(network=lambda **kw: 3).fit, x, y)
+    raises(TypeError, "network", theory.KernelRegressor(network=lambda **kw: (None, None)).fit, x, y)
+
+
+@pytest.mark.parametrize("phi, dphi, degree", [
+    (np.tanh, lambda u: 1 - np.tanh(u) ** 2, 1),   # gave an all-zero kernel
+    (np.tanh, lambda u: 1 - np.tanh(u) ** 2, 2),   # 8% off
+    (lambda u: np.maximum(u, 0), lambda u: (u > 0) * 1.0, 4),  # 0.6425 against 0.609
+])
+def test_quadrature_dual_with_too_few_nodes_is_refused(phi, dphi, degree):
+    with pytest.raises(ValueError, match=r"argument `degree`.*0\.001.*estimated relative error"):
+        criticality.quadrature_dual(phi, dphi, degree=degree)
