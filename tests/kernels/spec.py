@@ -23,7 +23,10 @@ def _serial(items):
         elif name == "repeat":
             layers.append(stax.repeat(_serial(arg["layer"]), arg["n"]))
         elif name == "ElementwiseNumerical":
-            arg = dict(arg, fn=getattr(jnp, arg["fn"]))
+            # neural-tangents' degrees, whose quadrature error widekit refuses by default (tanh at
+            # deg 25: 3% at variance 2.6, where neural-tangents' own value is that far off the
+            # true kernel): accepted knowingly, to check that both compute the same rule.
+            arg = dict(arg, fn=getattr(jnp, arg["fn"]), tolerance=0.1)
             layers.append(stax.ElementwiseNumerical(**arg))
         else:
             layers.append(getattr(stax, name)(**_kwargs(name, arg)))
