@@ -14,8 +14,10 @@ Layout of ``path/``:
   share one file).
 * ``progress.<p>.jsonl`` per process ``p``: one line per finished tile, appended after the
   tile's bytes were ``fsync``-ed, holding a CRC-32 of every region the tile wrote (its block,
-  its mirror image below the diagonal, its rows of ``cov1``/``cov2``). A line cut short by a
-  kill is ignored (the tile is recomputed).
+  its mirror image below the diagonal, its rows of ``cov1``/``cov2``) and the SHA-256 of
+  ``batch.json``, which binds the record to this store: records copied from another store
+  (with its array files) are ignored with a warning and their tiles recomputed. A line cut
+  short by a kill is ignored (the tile is recomputed).
 
 Opening a store (`TileStore`) checks, in this order, and never trusts what it cannot check:
 
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import hashlib
 import io
 import json
 import os
@@ -167,6 +170,8 @@ class TileStore:
         self.path, self.plan, self.outputs = path, plan, outputs
         os.makedirs(path, exist_ok=True)
         self._claim(dict(manifest, format=FORMAT))
+        with open(os.path.join(path, MANIFEST), "rb") as f:  # what every progress record is bound to
+            self.manifest_sha256 = hashlib.sha256(f.read()).hexdigest()
         self.files = {name: self._open_array(name, out) for name, out in outputs.items()}
         self.records = self._read_progress()
         self.done = self._verify(share)
@@ -258,6 +263,7 @@ class TileStore:
                              f"tiles it records cannot be verified; {_how_to_recompute(self.path)}")
         records = {}
         for log in sorted(glob.glob(os.path.join(self.path, "progress.*.jsonl"))):
+            foreign = 0
             try:
                 with open(log, "rb") as f:
                     lines = f.read().split(b"\n")
@@ -277,7 +283,14 @@ class TileStore:
                                   f"({error}; an interrupted write?); a tile recorded only there is recomputed",
                                   TileStoreWarning, stacklevel=4)
                     continue
+                if record.get("manifest") != self.manifest_sha256:
+                    foreign += 1
+                    continue
                 records.setdefault(tile, []).append(crcs)
+            if foreign:
+                warnings.warn(f"batch: ignored {foreign} progress records of {log!r} that were not written for this "
+                              f"store's {MANIFEST} (copied from another store?); their tiles are recomputed",
+                              TileStoreWarning, stacklevel=4)
         return records
 
     def _verify(self, share: np.ndarray) -> set:
@@ -347,7 +360,8 @@ class TileStore:
         """Records ``tile`` as finished: its bytes reach the disk before the record that says so."""
         for name in {n for n, _ in self.pending}:
             os.fsync(self.files[name][0])
-        record = {"tile": [int(tile[0]), int(tile[1])], "crc": [c for _, c in self.pending]}
+        record = {"tile": [int(tile[0]), int(tile[1])], "crc": [c for _, c in self.pending],
+                  "manifest": self.manifest_sha256}
         self._append(json.dumps(record).encode() + b"\n")
         self.pending = []
         self.done.add(tuple(tile))

@@ -1,4 +1,5 @@
 """kernels.fingerprint: equal for equal networks (also across processes), different when anything differs."""
+import importlib
 import os
 import subprocess
 import sys
@@ -67,3 +68,80 @@ def test_what_cannot_be_described_is_refused_by_name():
     thing = Opaque()
     with pytest.raises(FingerprintError, match=r"'thing'.*Opaque"):
         fingerprint(lambda c: thing)
+
+
+USER_MODULE = textwrap.dedent("""
+    import jax, jax.numpy as jnp
+    SCALE = {c}
+
+    @jax.jit
+    def jitted(u):
+        return jnp.sin({c} * u)
+
+    @jax.custom_jvp
+    def with_jvp(u):
+        return jnp.sin(u)
+    with_jvp.defjvp(lambda p, t: (jnp.sin(p[0]), {c} * t[0]))
+
+    @jax.custom_vjp
+    def with_vjp(u):
+        return jnp.sin(u)
+    with_vjp.defvjp(lambda u: (jnp.sin(u), u), lambda r, g: ({c} * g,))
+
+    class Cfg:
+        freq = {c}
+""")
+
+
+@pytest.fixture
+def user_module(tmp_path, monkeypatch):
+    """``write(c)``: (re)writes and (re)loads a user's module file whose functions and values use ``c``."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)  # a rewrite in the same second must not load stale .pyc
+    name = f"fp_user_{os.path.basename(tmp_path)}"
+    state = {}
+
+    def write(c):
+        (tmp_path / f"{name}.py").write_text(USER_MODULE.format(c=c))
+        importlib.invalidate_caches()
+        state["module"] = importlib.reload(state["module"]) if "module" in state else importlib.import_module(name)
+        return state["module"]
+
+    yield write
+    sys.modules.pop(name, None)
+
+
+CASES = {
+    "jit": lambda m: m.jitted,
+    "custom_jvp": lambda m: m.with_jvp,
+    "custom_vjp": lambda m: m.with_vjp,
+    "class attribute": lambda m: (lambda cfg: (lambda u: jnp.sin(cfg.freq * u)))(m.Cfg),
+    "module attribute": lambda m: (lambda mod: (lambda u: jnp.sin(mod.SCALE * u)))(m),
+    "network": lambda m: stax.serial(stax.Dense(1), stax.ElementwiseNumerical(m.jitted, 60))[2],
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_a_users_objects_are_followed_not_named(user_module, case):
+    one = fingerprint(CASES[case](user_module(1.0)))
+    assert fingerprint(CASES[case](user_module(1.0))) == one  # reloaded unchanged: the same
+    assert fingerprint(CASES[case](user_module(2.0))) != one
+
+
+def test_a_users_module_outside_code_is_refused(user_module):
+    module = user_module(1.0)
+    with pytest.raises(FingerprintError, match="fp_user_"):
+        fingerprint([module])
+    assert fingerprint(jnp.sin) == fingerprint(jnp.sin) and fingerprint([np]) == fingerprint([np])
+
+
+def test_a_class_the_code_updates_is_state_not_configuration():
+    class Counter:
+        calls = 0
+
+    def hook():
+        Counter.calls += 1
+
+    before = fingerprint(hook)
+    hook()
+    assert fingerprint(hook) == before

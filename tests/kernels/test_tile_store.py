@@ -9,6 +9,7 @@ file and what differs. The tiny MLP and tile size of test_batch are reused (one 
 import hashlib
 import json
 import os
+import shutil
 
 import jax.numpy as jnp
 import numpy as np
@@ -126,3 +127,16 @@ def test_function_without_fingerprint_needs_a_name(tmp_path):
     assert close(got.ntk, kernel_fn(inputs(X1, 0), None, "ntk"))
     with pytest.raises(ValueError, match="network_sha256"):
         stored(tmp_path, kernel_fn=kernel_fn, fingerprint="opaque sine v2")
+
+
+def test_tiles_and_progress_copied_from_another_store_are_recomputed(tmp_path):
+    """Array and progress files of another network's store, under this store's manifest."""
+    other = stax.serial(stax.Dense(16, W_std=1.5, b_std=0.1), stax.Erf(), stax.Dense(1))[2]
+    truth = stored(tmp_path / "a")
+    truth = (np.array(truth.nngp), np.array(truth.ntk))
+    stored(tmp_path / "b", kernel_fn=other)
+    for name in ("nngp.npy", "ntk.npy", "progress.0.jsonl"):
+        shutil.copyfile(tmp_path / "b" / name, tmp_path / "a" / name)
+    with pytest.warns(UserWarning, match=r"progress.0.jsonl.*not written for this store"):
+        got = stored(tmp_path / "a")
+    assert same(got, truth)
