@@ -16,6 +16,7 @@ correlation one (the diagonal of every kernel): square roots of
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, Sequence, Tuple
 
@@ -401,6 +402,7 @@ def gauss_hermite_gap(coarse: Dual, fine: Dual, var: jax.Array) -> jax.Array:
     return jnp.maximum(*gaps)
 
 
+@functools.lru_cache(maxsize=256)  # a network rebuilt with the same function is not re-checked
 def gauss_hermite_error(fn, deg: int, df=None) -> float:
     """Estimated relative error of `gauss_hermite_dual` with ``deg`` points per dimension,
     at unit variance (`gauss_hermite_gap` against `gauss_hermite_reference_degree`).
@@ -410,7 +412,8 @@ def gauss_hermite_error(fn, deg: int, df=None) -> float:
     with the variance (sin(3x) at variance 16 needs far more points than at 1), which
     `kernels.stax.ElementwiseNumerical` also checks at the variances a network reaches.
     """
+    coarse = gauss_hermite_dual(fn, deg, df)
+    fine = gauss_hermite_dual(fn, gauss_hermite_reference_degree(deg), df)
+    # One compiled call: op by op, the same arithmetic took 3 s (a compilation per operation).
     with jax.ensure_compile_time_eval():
-        coarse = gauss_hermite_dual(fn, deg, df)
-        fine = gauss_hermite_dual(fn, gauss_hermite_reference_degree(deg), df)
-        return float(gauss_hermite_gap(coarse, fine, jnp.ones((), jnp.float32)))
+        return float(jax.jit(lambda v: gauss_hermite_gap(coarse, fine, v))(jnp.ones((), jnp.float32)))

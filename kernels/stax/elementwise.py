@@ -255,18 +255,20 @@ def ElementwiseNumerical(fn, deg: int, df=None, *, tolerance: float = 1e-3):
     dual = duals.gauss_hermite_dual(fn, deg, df)
     reference = duals.gauss_hermite_dual(fn, duals.gauss_hermite_reference_degree(deg), df)
     rule = activation_rule(dual, duals.gauss_hermite_mean(fn, deg))
+    # Compiled once: the non-finite diagnosis runs rules op by op, which took seconds here.
+    gap_at = jax.jit(lambda var: duals.gauss_hermite_gap(dual, reference, var))
 
     def checked_rule(k: Kernel) -> Kernel:
         def accurate(cov):  # (N,): whether the rule is accurate at each example's largest variance
             var = position_variances(cov, k.full, k.spatial_ndim).reshape(cov.shape[0], -1).max(-1)
-            gap = duals.gauss_hermite_gap(dual, reference, var)
+            gap = gap_at(var)
             if not isinstance(gap, jax.core.Tracer) and not (gap <= tolerance).all():
                 worst = int(jnp.argmax(jnp.where(jnp.isnan(gap), jnp.inf, gap)))
                 raise ValueError(_too_small(name, deg, float(gap[worst]), float(var[worst]), tolerance))
             return gap <= tolerance
 
+        ok1, ok2 = accurate(k.cov1), accurate(k.cov2_or_cov1)  # before the rule: a refusal skips it
         out = rule(k)
-        ok1, ok2 = accurate(k.cov1), accurate(k.cov2_or_cov1)
         extra = (1,) * (out.nngp.ndim - 2)
         ok = (ok1[:, None] & ok2[None]).reshape(ok1.shape + ok2.shape + extra)
         return out.replace(nngp=jnp.where(ok, out.nngp, jnp.nan), ntk=jnp.where(ok, out.ntk, jnp.nan))
