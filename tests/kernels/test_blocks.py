@@ -44,8 +44,11 @@ NETWORKS = {
 
 # The issue's four kinds (MLP, Flatten CNN, pooled CNN, attention) both ways; the others' x2-given
 # runs read the same record with x2's own self covariances, so they wait for `-m slow`.
+# standard_concat (19 s on CI's CPU) too: the tape's paths are tested by shared_layers, the
+# standard parameterization and concatenation by the oracle and Monte Carlo tables.
 _CORE = {"mlp", "flatten_cnn", "pooled_cnn", "attention"}
-CASES = [pytest.param(name, symmetric, marks=() if symmetric or name in _CORE else pytest.mark.slow)
+CASES = [pytest.param(name, symmetric, marks=() if (symmetric and name != "standard_concat") or name in _CORE
+                      else pytest.mark.slow)
          for name in sorted(NETWORKS) for symmetric in (True, False)]
 
 

@@ -87,7 +87,8 @@ def test_elementwise_numerical_refuses_a_degree_too_small():
     np.testing.assert_allclose(numerical(x(4, 3), None, "ntk"), closed(x(4, 3), None, "ntk"), rtol=1e-3)
 
 
-@pytest.mark.parametrize("block_size, cases", [(0, ((0.5, True), (4.0, False))), (1, ((4.0, False),))])
+@pytest.mark.parametrize("block_size, cases", [(0, ((0.5, True), (4.0, False))),
+                                               pytest.param(1, ((4.0, False),), marks=pytest.mark.slow)])
 def test_elementwise_numerical_is_checked_at_the_variances_reached(block_size, cases):
     """sin(3x) at deg 23 is exact at unit variance, but 28% off at variance 16: refused there,
     by the one-shot and the blocked evaluation alike."""
