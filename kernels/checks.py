@@ -15,6 +15,7 @@ import collections
 import functools
 from typing import Iterable, NamedTuple, Optional
 
+import jax
 import numpy as np
 
 __all__ = ["Get", "parse_get", "reject_unexpected", "argument_error", "check_examples", "FLOAT_DTYPES"]
@@ -166,9 +167,17 @@ def positive_int(where: str, argument: str, value) -> int:
 
 
 def finite_real(where: str, argument: str, value, optional: bool = False):
-    """``value`` as a finite float (``None`` kept where ``optional``), else an error naming it."""
+    """``value`` as a finite float (``None`` kept where ``optional``), else an error naming it.
+
+    A JAX tracer (a hyperparameter being differentiated, as `theory.fit_hyperparameters`
+    does) is returned unchecked: its value is not known while tracing.
+    """
     if value is None and optional:
         return None
+    if isinstance(value, jax.core.Tracer):
+        return value
+    if getattr(value, "shape", None) == () and hasattr(value, "dtype"):  # a 0-d NumPy or JAX array
+        value = value.item()
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
             or not np.isfinite(value):
         raise argument_error(where, argument, "a finite real number" + (" or None" if optional else ""), value)

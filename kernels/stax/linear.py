@@ -341,7 +341,8 @@ def LayerNorm(axis=-1, eps: float = 1e-12, batch_axis: int = 0, channel_axis: in
     axes = (axis,) if isinstance(axis, int) else tuple(axis)
     name = describe("LayerNorm", axis=axis, eps=eps)
     default_layout(name, batch_axis=(batch_axis, 0), channel_axis=(channel_axis, -1))
-    if finite_real(name, "eps", eps) < 0:
+    eps_value = finite_real(name, "eps", eps)
+    if not isinstance(eps_value, jax.core.Tracer) and eps_value < 0:
         raise ValueError(f"{name}: argument `eps` must be non-negative; received {eps!r}")
 
     def init_fn(rng, input_shape):

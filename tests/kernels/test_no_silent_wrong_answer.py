@@ -252,3 +252,11 @@ def test_values_out_of_range_are_named():
         kernel_fn(np.asarray(x(4, 3)) * 1e200)
     with pytest.raises(FloatingPointError, match=r"exceeds the range of float16.*pass float32 inputs"):
         kernel_fn(np.asarray(x(4, 3), np.float16) * 300)
+
+
+def test_layer_hyperparameters_can_be_differentiated():
+    """The checks above must not refuse a traced W_std (theory.fit_hyperparameters takes its gradient)."""
+    def total(w):
+        _, _, kernel_fn = stax.serial(stax.Dense(4, W_std=w, b_std=w / 2), stax.Relu(), stax.Dense(1, W_std=w))
+        return kernel_fn(x(3, 2), None, "nngp").sum()
+    assert np.isfinite(float(jax.grad(total)(1.3)))
