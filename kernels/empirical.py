@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kernels.checks import argument_error, parse_get
+from kernels.checks import argument_error, parse_get, positive_int
 
 NAMES = ("nngp", "ntk")
 # neural-tangents' NtkImplementation values: AUTO, JACOBIAN_CONTRACTION, NTK_VECTOR_PRODUCTS,
@@ -56,8 +56,8 @@ def empirical_kernel_fn(f, trace_axes=(-1,), diagonal_axes=(), vmap_axes=None, i
       ``kernel_fn(x1, x2=None, get=None, params=None, **apply_fn_kwargs)``.
     """
     _check_options("empirical_kernel_fn", diagonal_axes, vmap_axes, implementation)
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-        raise argument_error("empirical_kernel_fn", "batch_size", "None or a positive int", batch_size)
+    if batch_size is not None:
+        positive_int("empirical_kernel_fn", "batch_size", batch_size)
 
     def output_axes(ndim):
         traced = tuple(sorted(a % ndim for a in trace_axes))
