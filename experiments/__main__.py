@@ -2,7 +2,8 @@
 
     widekit list
     widekit run NAME [--size tiny|small|paper] [--out DIR] [--shard I/N] [--seed S]
-    widekit collect NAME [--out DIR] [--figures DIR]
+                     [--set KEY=VALUE ...] [--strict]
+    widekit collect NAME [--out DIR] [--figures DIR] [--strict]
 
 `run` defaults to `--size small` and `--out runs/NAME` under the working
 directory; `--shard I/N` (0 <= I < N) runs every N-th piece starting at I, so
@@ -10,16 +11,24 @@ the tasks 0..N-1 of a scheduler's job array split one sweep. Rerunning skips
 saved pieces after verifying them: damaged ones are recomputed (and named), a
 folder or piece of another run is refused. `--seed S` takes 0 <= S < 2**32;
 every argument is checked before the folder is touched. When all pieces are saved, the results JSON and figure PNG are
-written to the out folder and the agreement with theory is printed.
+written to the out folder and the agreement with theory is printed as a
+table; with `--strict` the exit status is 1 when any entry failed.
+`--set KEY=VALUE` (repeatable) replaces a field of the size's config; VALUE is
+read as JSON (`--set 'widths=[64,256]'`, `--set learning_rate=0.5`), or as a
+plain string when it is not JSON, and checked against the field's type; the
+overrides are recorded in `run.json`, and `collect` rebuilds the config from them.
 `collect --figures DIR` also copies them to `DIR/NAME.json` and `DIR/NAME.png`
-(e.g. the committed `figures/`, which nothing else writes).
+(e.g. the committed `figures/`, which nothing else writes) and rewrites
+`DIR/README.md` from every `DIR/*.json`: captions come from the numbers, so
+they cannot go stale.
 """
 import argparse
+import json
 import os
 import shutil
 import sys
 
-from experiments import registry, runner
+from experiments import agreement, captions, registry, runner
 
 
 def _shard(text):
@@ -40,6 +49,18 @@ def _seed(text):
             f"expected an integer 0 <= S < 2**32; received {text!r}") from None
 
 
+def _override(text):
+    """`--set KEY=VALUE` as `(KEY, value)`: VALUE read as JSON, else kept as a string."""
+    key, equals, value = text.partition("=")
+    if not equals or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, such as widths=[64,256]; received {text!r}")
+    try:
+        value = json.loads(value)
+    except json.JSONDecodeError:
+        pass  # a bare word such as `activation=relu`
+    return key.strip(), value
+
+
 def _folder(text):
     """A folder path given on the command line: not empty (an empty one would silently mean the default)."""
     if not text:
@@ -53,7 +74,7 @@ def _dash_values_attached(argv):
     argv, joined = list(argv), []
     while argv:
         token = argv.pop(0)
-        if token in ("--shard", "--seed") and argv and argv[0].startswith("-"):
+        if token in ("--shard", "--seed", "--set") and argv and argv[0].startswith("-"):
             token = f"{token}={argv.pop(0)}"
         joined.append(token)
     return joined
@@ -72,11 +93,18 @@ def _parser():
                      help="run pieces i with i %% N == I (default 0/1: all)")
     run.add_argument("--seed", type=_seed, metavar="S",
                      help="replace the config's base seed (0 <= S < 2**32)")
+    run.add_argument("--set", type=_override, action="append", default=[], metavar="KEY=VALUE",
+                     dest="overrides", help="replace a config field (VALUE as JSON); repeatable")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    run.add_argument("--strict", action="store_true",
+                     help="exit with status 1 when an agreement entry fails")
     collect = commands.add_parser("collect", help="merge shards, write results and figure")
     collect.add_argument("name")
     collect.add_argument("--out", type=_folder, help="output folder (default: runs/NAME)")
-    collect.add_argument("--figures", type=_folder, help="also copy NAME.png and NAME.json here")
+    collect.add_argument("--figures", type=_folder,
+                         help="also copy NAME.png and NAME.json here and rewrite its README.md")
+    collect.add_argument("--strict", action="store_true",
+                         help="exit with status 1 when an agreement entry fails")
     return parser
 
 
@@ -91,9 +119,13 @@ def _path_error(option, path, error):
 def _print_record(record, out, name):
     print(f"{name} [{record['size']}]: results in {os.path.join(out, 'results.json')}, "
           f"figure in {os.path.join(out, name + '.png')}")
-    print("agreement with theory:")
-    for key, value in record["agreement"].items():
-        print(f"  {key}: {value:.4g}" if isinstance(value, float) else f"  {key}: {value}")
+    entries = record["agreement"]
+    failed = agreement.failures(entries)
+    print(f"agreement with theory: {len(entries) - len(failed)} of {len(entries)} entries pass"
+          + (f"; FAILED: {', '.join(failed)}" if failed else ""))
+    for line in agreement.table(entries):
+        print("  " + line)
+    return failed
 
 
 def main(argv=None):
@@ -116,13 +148,22 @@ def main(argv=None):
     out = runner.default_out(args.name) if args.out is None else args.out
     try:
         if args.command == "run":
+            overrides = dict(args.overrides)
+            if len(overrides) < len(args.overrides):
+                print("widekit: --set names a field twice", file=sys.stderr)
+                return 2
             record = runner.run(args.name, module, size=args.size, out=out, shard=args.shard,
-                                seed=args.seed, progress=not args.no_progress)
+                                seed=args.seed, progress=not args.no_progress, overrides=overrides)
         else:
             record = runner.collect(args.name, module, out=out)
     except runner.RunFolderError as error:
         print(f"widekit: {error}", file=sys.stderr)
         return 1
+    except (ValueError, TypeError) as error:
+        if args.command == "run" and args.overrides and "--set" in str(error):
+            print(f"widekit: {error}", file=sys.stderr)  # a refused override, before any file
+            return 2
+        raise
     except OSError as error:
         return _path_error("--out", out, error)
     if args.command == "collect" and args.figures:
@@ -135,10 +176,14 @@ def main(argv=None):
                             os.path.join(args.figures, f"{args.name}.json"))
             shutil.copyfile(os.path.join(out, f"{args.name}.png"),
                             os.path.join(args.figures, f"{args.name}.png"))
+            captions.write_readme(args.figures)
         except OSError as error:
             return _path_error("--figures", args.figures, error)
     if record is not None:
-        _print_record(record, out, args.name)
+        failed = _print_record(record, out, args.name)
+        if args.strict and failed:
+            print(f"widekit: --strict: {len(failed)} agreement entries failed", file=sys.stderr)
+            return 1
     return 0
 
 

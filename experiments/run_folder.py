@@ -44,9 +44,13 @@ class UnusablePiece(Exception):
     """A piece file that is missing or damaged: recomputing it is safe. The message names the file."""
 
 
-def run_fingerprint(name, size, config_dict):
-    """The JSON-able fingerprint of a run: `{"experiment", "size", "config"}`."""
-    return jsonable({"experiment": name, "size": size, "config": config_dict})
+def run_fingerprint(name, size, config_dict, overrides=None):
+    """The JSON-able fingerprint of a run: `{"experiment", "size", "config"}`, plus
+    `"overrides"` (the `--set` fields) when there are any."""
+    fingerprint = {"experiment": name, "size": size, "config": config_dict}
+    if overrides:
+        fingerprint["overrides"] = dict(overrides)
+    return jsonable(fingerprint)
 
 
 def fingerprint_sha256(fingerprint):
@@ -63,7 +67,7 @@ def same_fingerprint(first, second):
 def differences(expected, found):
     """What differs between two fingerprints, as `"seed 0 there, 3 here"` phrases ("there": on disk)."""
     found = found if isinstance(found, dict) else {}
-    pairs = [(key, found.get(key), expected.get(key)) for key in ("experiment", "size")]
+    pairs = [(key, found.get(key), expected.get(key)) for key in ("experiment", "size", "overrides")]
     theirs, ours = found.get("config") or {}, expected.get("config") or {}
     pairs += [(f"config.{key}", theirs.get(key, "(absent)"), ours.get(key, "(absent)"))
               for key in sorted(set(theirs) | set(ours))]

@@ -13,8 +13,12 @@ An experiment is a plain module that defines
                                arrays, 0-d for numbers) in piece order;
     plot(results)              -> matplotlib Figure (best built as
                                `matplotlib.figure.Figure()`: no global state);
-    agreement(results)         -> flat dict: name -> number or string, the
-                               theory-vs-experiment figures printed at the end.
+    agreement(results)         -> list of agreement entries (`experiments.agreement`:
+                               name, value, theory, uncertainty, interval,
+                               criterion, passed), printed at the end;
+    caption(record)            -> optional: the Markdown caption of the figure
+                               in `figures/README.md`, written from the record
+                               (`results.json`) alone, so it cannot go stale.
 
 `plot` and `agreement` receive the summary as JSON returns it (arrays turned
 into nested lists), so `plot(load_results(out)["results"])` redraws a figure
@@ -26,7 +30,7 @@ at once, atomically, to `OUT/pieces/NNNNN.npz`, so a run killed at any moment
 loses at most the piece in progress and a rerun redoes only that. What is on
 disk proves what made it (`experiments.run_folder`): `OUT/run.json`, created
 exclusively, and every piece record the run's fingerprint (experiment, size,
-full config with the seed), and every piece a checksum of its arrays. A rerun
+full config with the seed, and the `--set` overrides), and every piece a checksum of its arrays. A rerun
 verifies each saved piece before reusing it: a missing or damaged one is
 recomputed (and the run says so, naming the file); a folder or piece made by
 another run, or before fingerprints were recorded, is refused naming the file
@@ -43,6 +47,7 @@ import sys
 import numpy as np
 from tqdm import tqdm
 
+from experiments import agreement as agreement_entries
 from experiments import run_folder
 from experiments.run_folder import RunFolderError, UnusablePiece
 from kernels.checks import argument_error
@@ -53,13 +58,15 @@ HOOKS = ("Config", "pieces", "run_piece", "summarize", "plot", "agreement")
 SEED_LIMIT = 2 ** 32  # seeds feed NumPy and jax.random.PRNGKey, which take unsigned 32-bit seeds
 
 
-def make_config(module, size, seed=None):
-    """The experiment's config for `size`, with `seed` replaced when given.
+def make_config(module, size, seed=None, overrides=None):
+    """The experiment's config for `size`, with `seed` and any `overrides` replaced.
 
     Args:
       module: the experiment module.
       size: "tiny", "small" or "paper".
       seed: None, or an int 0 <= seed < 2**32 that replaces `config.seed`.
+      overrides: None, or a dict field name -> value (as JSON gives it: lists for tuples)
+        replacing config fields (`--set`); each is checked against the field's type.
 
     Returns:
       The frozen config dataclass.
@@ -72,7 +79,67 @@ def make_config(module, size, seed=None):
         if "seed" not in {f.name for f in dataclasses.fields(config)}:
             raise ValueError(f"{module.__name__}.Config has no field 'seed' for --seed")
         config = dataclasses.replace(config, seed=seed)
+    if overrides:
+        checked = check_overrides("make_config", config, overrides)
+        try:
+            config = dataclasses.replace(config, **checked)
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"make_config: --set {', '.join(f'{k}={v!r}' for k, v in checked.items())}"
+                             f" gives no valid {type(config).__name__}: {error}") from None
     return config
+
+
+def check_overrides(where, config, overrides):
+    """`overrides` as field -> value of the field's type; refuses unknown fields and wrong types.
+
+    A field's type is that of its current value: a tuple takes a list (of the same element
+    type as its current elements), a float takes an int, an int refuses a float or a bool.
+    """
+    if not isinstance(overrides, dict):
+        raise argument_error(where, "overrides", "a dict field -> value", overrides, TypeError)
+    fields = {f.name: f for f in dataclasses.fields(config)}
+    checked = {}
+    for key, value in overrides.items():
+        if key not in fields:
+            raise argument_error(where, f"--set {key}", f"a field of {type(config).__name__} "
+                                 f"({', '.join(fields)})", key)
+        current = getattr(config, key)
+        declared = fields[key].type  # `float = 1` declares a float that holds an int
+        if declared in (float, "float") and isinstance(current, int) and not isinstance(current, bool):
+            current = float(current)
+        checked[key] = _as_type_of(f"--set {key}", current, value)
+    return checked
+
+
+def _as_type_of(where, current, value):
+    """`value` converted to the type of `current`, or a TypeError naming `where`."""
+    def refuse(expected):
+        return argument_error(where, "value", expected, value, TypeError)
+    if isinstance(current, bool):
+        if not isinstance(value, bool):
+            raise refuse("true or false")
+        return value
+    if isinstance(current, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise refuse("an integer")
+        return value
+    if isinstance(current, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise refuse("a number")
+        return float(value)
+    if isinstance(current, str):
+        if not isinstance(value, str):
+            raise refuse("a string")
+        return value
+    if isinstance(current, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise refuse("a list, such as [64, 256]")
+        if current:
+            return tuple(_as_type_of(f"{where}[{i}]", current[0], v) for i, v in enumerate(value))
+        return tuple(value)
+    if current is None:
+        return value
+    raise refuse(f"a {type(current).__name__}")
 
 
 def default_out(name):
@@ -81,7 +148,8 @@ def default_out(name):
     return os.path.join(os.getcwd(), "runs", name)
 
 
-def run(name, module, size="small", out=None, shard=(0, 1), seed=None, progress=True):
+def run(name, module, size="small", out=None, shard=(0, 1), seed=None, progress=True,
+        overrides=None):
     """Run this shard's unfinished pieces; finish the experiment if all are saved.
 
     Every argument is checked before anything is written.
@@ -94,6 +162,8 @@ def run(name, module, size="small", out=None, shard=(0, 1), seed=None, progress=
       shard: `(index, count)` of ints; this call runs pieces `i` with `i % count == index`.
       seed: None, or an int 0 <= seed < 2**32 that replaces `config.seed`.
       progress: bool, show a tqdm bar over this shard's pieces.
+      overrides: None, or a dict of config fields to replace (`--set`; see `make_config`),
+        recorded in `run.json`.
 
     Returns:
       The record written to `results.json` if every piece is now saved, else None.
@@ -102,9 +172,9 @@ def run(name, module, size="small", out=None, shard=(0, 1), seed=None, progress=
     index, count = check_shard("run", shard)
     if not isinstance(progress, bool):
         raise argument_error("run", "progress", "True or False", progress, TypeError)
-    config = make_config(module, size, seed)
+    config = make_config(module, size, seed, overrides)
     pieces = _pieces(module, config)
-    fingerprint = run_folder.run_fingerprint(name, size, dataclasses.asdict(config))
+    fingerprint = run_folder.run_fingerprint(name, size, dataclasses.asdict(config), overrides)
     run_folder.claim_folder(out, fingerprint, len(pieces))
     mine = [(i, p) for i, p in enumerate(pieces) if i % count == index]
     todo = _pieces_to_run(name, out, fingerprint, mine)
@@ -138,8 +208,8 @@ def collect(name, module, out=None):
         missing, damaged or made by another run (naming them and the shards that owe them).
     """
     out = _check_common("collect", name, module, out)
-    config, size = _claimed_config(name, module, out)
-    fingerprint = run_folder.run_fingerprint(name, size, dataclasses.asdict(config))
+    config, size, overrides = _claimed_config(name, module, out)
+    fingerprint = run_folder.run_fingerprint(name, size, dataclasses.asdict(config), overrides)
     pieces = _pieces(module, config)
     run_folder.claim_folder(out, fingerprint, len(pieces))  # a no-op that compares with run.json
     results, missing, damaged = _read_pieces(out, fingerprint, pieces)
@@ -223,7 +293,8 @@ def _check_out(where, out):
 
 
 def _claimed_config(name, module, out):
-    """The config and size `out/run.json` records, rebuilt from `module`; refuses another experiment's folder."""
+    """The config, size and overrides `out/run.json` records, rebuilt from `module`; refuses another
+    experiment's folder."""
     claim = run_folder.read_claim(out)
     path = os.path.join(out, "run.json")
     if claim is None:
@@ -233,11 +304,14 @@ def _claimed_config(name, module, out):
         raise RunFolderError(
             f"{path} holds a run of {found.get('experiment')!r}, not of {name!r}: collect it as "
             f"`widekit collect {found.get('experiment')} --out {out}`, or give {name}'s own folder")
+    overrides = found.get("overrides") or None
     try:
-        config = make_config(module, found.get("size"), (found.get("config") or {}).get("seed"))
+        config = make_config(module, found.get("size"), (found.get("config") or {}).get("seed"),
+                             overrides)
     except (ValueError, TypeError) as error:
-        raise RunFolderError(f"{path} records a size or seed {name} cannot rebuild: {error}") from None
-    return config, found["size"]
+        raise RunFolderError(f"{path} records a size, seed or override {name} cannot rebuild: "
+                             f"{error}") from None
+    return config, found["size"], overrides
 
 
 def _pieces(module, config):
@@ -326,8 +400,10 @@ def _finish(name, module, out, config, size, results):
     # plot and agreement see the results as JSON gives them back (lists, not
     # arrays), so a figure can be redrawn from results.json alone.
     summary = run_folder.jsonable(module.summarize(config, results))
+    entries = agreement_entries.check(run_folder.jsonable(module.agreement(summary)),
+                                      f"{module.__name__}.agreement")
     record = run_folder.jsonable({"experiment": name, "size": size, "config": dataclasses.asdict(config),
-                                  "results": summary, "agreement": module.agreement(summary)})
+                                  "results": summary, "agreement": entries})
     atomic_write(os.path.join(out, "results.json"),
                  lambda f: f.write(json.dumps(record, indent=1).encode()))
     _save_figure(module.plot(summary), os.path.join(out, f"{name}.png"))

@@ -33,10 +33,11 @@ def test_run_writes_results_figure_and_prints_agreement(tmp_path, capsys):
     assert len(toy_linear.CALLS) == N_TINY and len(saved(out)) == N_TINY
     record = json.loads((out / "results.json").read_text())
     assert record["size"] == "tiny" and record["config"]["widths"] == [16, 64, 256, 1024]
-    assert -0.8 < record["agreement"]["slope"] < -0.2
+    slope = {e["name"]: e for e in record["agreement"]}["slope"]
+    assert -0.8 < slope["value"] < -0.2 and slope["theory"] == -0.5 and slope["passed"]
     assert (out / "toy-linear.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     printed = capsys.readouterr().out
-    assert "agreement with theory" in printed and "theory slope: -0.5" in printed
+    assert "agreement with theory: 2 of 2 entries pass" in printed and "slope" in printed
     # the figure can be redrawn from the JSON alone
     toy_linear.plot(runner.load_results(out)["results"])
 
@@ -92,7 +93,7 @@ def test_crash_midway_loses_only_the_piece_in_progress(tmp_path, monkeypatch):
     toy_linear.CALLS.clear()
     record = runner.run("toy-linear", toy_linear, "tiny", out, progress=False)
     assert toy_linear.CALLS == pieces[5:]  # nothing finished is redone
-    assert record["agreement"]["theory slope"] == -0.5
+    assert [e["name"] for e in record["agreement"]] == ["slope", "mean_estimate_widest"]
 
 
 def test_kill_while_saving_leaves_no_half_written_piece(tmp_path, monkeypatch):

@@ -14,8 +14,11 @@ import dataclasses
 import matplotlib.figure
 import numpy as np
 
+from experiments import agreement as entries
+
 CALLS = []
 FAIL_ON = None
+NORM2 = 1.0  # the theory's |x|^2 (a test sets it wrong to see the agreement fail)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,10 +58,11 @@ def run_piece(config, piece):
 
 def summarize(config, results):
     widths = np.array(config.widths)
-    deviation = np.array([
-        np.mean([abs(r["estimate"] - 1.0) for r in results if r["width"] == w]) for w in widths])
-    slope = np.polyfit(np.log(widths), np.log(deviation), 1)[0]
-    return {"widths": widths, "mean_abs_deviation": deviation, "slope": slope}
+    estimates = np.array([[r["estimate"] for r in results if r["width"] == w] for w in widths]).T
+    deviation = np.abs(estimates - 1.0)  # (seeds, widths)
+    slope = np.polyfit(np.log(widths), np.log(deviation.mean(axis=0)), 1)[0]
+    return {"widths": widths, "estimates": estimates, "abs_deviation": deviation,
+            "mean_abs_deviation": deviation.mean(axis=0), "slope": slope}
 
 
 def plot(results):
@@ -71,4 +75,8 @@ def plot(results):
 
 
 def agreement(results):
-    return {"slope": results["slope"], "theory slope": -0.5}
+    widest = np.asarray(results["estimates"])[:, -1]
+    width = results["widths"][-1]
+    return [entries.slope("slope", results["widths"], results["abs_deviation"], -0.5, 0.5),
+            entries.z_score("mean_estimate_widest", widest.mean(), NORM2,
+                            np.sqrt(2 / width / len(widest)), n_tests=2)]
