@@ -155,8 +155,12 @@ def bootstrap(statistic, samples, *, n_resamples=2000, seed=0):
 
 
 def log_log_slope(x, y):
-    """The least-squares slope of log y against log x."""
-    return float(np.polyfit(np.log(np.asarray(x, np.float64)), np.log(np.asarray(y, np.float64)), 1)[0])
+    """The least-squares slope of log y against log x (y may carry leading batch axes)."""
+    u = np.log(np.asarray(x, np.float64))
+    v = np.log(np.asarray(y, np.float64))
+    u = u - u.mean()
+    slope = (v * u).sum(axis=-1) / (u * u).sum()
+    return float(slope) if np.ndim(slope) == 0 else slope
 
 
 def slope(name, x, samples, theory, max_half_width, *, statistic=None, n_resamples=2000, seed=0):

@@ -1,6 +1,7 @@
 """The runner and command line, on the test-only experiment `toy-linear`:
 sharding splits the pieces, reruns skip finished pieces, a crash loses only
 the piece in progress."""
+import contextlib
 import json
 import os
 import subprocess
@@ -169,3 +170,57 @@ def test_out_or_figures_path_that_cannot_be_used_is_one_line_naming_the_option(t
     assert main(["collect", "toy-linear", "--out", out, "--figures", str(a_file / "zz")]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"widekit: --figures {a_file / 'zz'}") and err.count("\n") == 1
+
+
+def test_strict_exits_nonzero_when_a_wrong_theory_fails_its_entry(tmp_path, monkeypatch, capsys):
+    args = ["run", "toy-linear", "--size", "tiny", "--no-progress", "--strict"]
+    assert main(args + ["--out", str(tmp_path / "true")]) == 0
+    monkeypatch.setattr(toy_linear, "NORM2", 1.1)  # the theory's |x|^2 10% off
+    assert main(args + ["--out", str(tmp_path / "wrong")]) == 1
+    captured = capsys.readouterr()
+    assert "FAILED: mean_estimate_widest" in captured.out and "--strict" in captured.err
+    # without --strict the run still writes its results and exits 0
+    assert main(args[:-1] + ["--out", str(tmp_path / "lenient")]) == 0
+
+
+def test_set_overrides_typed_fields_records_them_and_collect_rebuilds_them(tmp_path):
+    out = tmp_path / "set"
+    args = ["run", "toy-linear", "--size", "tiny", "--out", str(out), "--no-progress",
+            "--set", "widths=[16, 256]", "--set", "n_seeds=2"]
+    assert main(args + ["--shard", "0/2"]) == 0
+    claim = json.loads((out / "run.json").read_text())["fingerprint"]
+    assert claim["overrides"] == {"widths": [16, 256], "n_seeds": 2}
+    assert claim["config"]["widths"] == [16, 256] and claim["config"]["n_seeds"] == 2
+    assert main(args + ["--shard", "1/2"]) == 0
+    assert len(saved(out)) == 4
+    assert main(["collect", "toy-linear", "--out", str(out)]) == 0
+    assert json.loads((out / "results.json").read_text())["config"]["widths"] == [16, 256]
+    # the same folder without the overrides is another run: refused, naming the difference
+    assert main(["run", "toy-linear", "--size", "tiny", "--out", str(out), "--no-progress"]) == 1
+
+
+@pytest.mark.parametrize("setting, match", [
+    ("colour=3", "a field of Config"),
+    ("n_seeds=2.5", "an integer"),
+    ("n_seeds=true", "an integer"),
+    ("widths=64", "a list"),
+    ("widths=[64, \"wide\"]", "an integer"),
+    ("n_seeds", "KEY=VALUE"),
+])
+def test_set_refuses_unknown_fields_and_wrong_types_before_writing(tmp_path, capsys, setting, match):
+    out = tmp_path / "refused"
+    with pytest.raises(SystemExit) if setting == "n_seeds" else contextlib.nullcontext():
+        status = main(["run", "toy-linear", "--size", "tiny", "--out", str(out), "--no-progress",
+                       "--set", setting])
+        assert status == 2
+    assert match in capsys.readouterr().err and not out.exists()
+
+
+def test_collect_figures_writes_readme_from_the_records(tmp_path):
+    out, figures = tmp_path / "run", tmp_path / "figures"
+    assert main(["run", "toy-linear", "--size", "tiny", "--out", str(out), "--no-progress"]) == 0
+    assert main(["collect", "toy-linear", "--out", str(out), "--figures", str(figures)]) == 0
+    text = (figures / "README.md").read_text()
+    record = json.loads((figures / "toy-linear.json").read_text())
+    slope = record["agreement"][0]["value"]
+    assert "## toy-linear" in text and f"{slope:.4g}" in text and "2 of 2 entries pass" in text
