@@ -8,6 +8,7 @@ default the channel axis), so that they estimate the closed forms of
 """
 from __future__ import annotations
 
+import enum
 import functools
 from typing import Iterable, Optional, Union
 
@@ -18,9 +19,21 @@ import numpy as np
 from kernels.checks import argument_error, parse_get, positive_int
 
 NAMES = ("nngp", "ntk")
-# neural-tangents' NtkImplementation values: AUTO, JACOBIAN_CONTRACTION, NTK_VECTOR_PRODUCTS,
-# STRUCTURED_DERIVATIVES. Each computes the same kernel; here all run as a Jacobian contraction.
-IMPLEMENTATIONS = (None, 0, 1, 2, 3)
+
+
+class NtkImplementation(enum.IntEnum):
+    """neural-tangents' names for the ways of computing an empirical NTK (Novak et al. 2022).
+
+    Each gives the same kernel; widekit computes all of them as a Jacobian contraction
+    (so they differ here in nothing but the name).
+    """
+    AUTO = 0
+    JACOBIAN_CONTRACTION = 1
+    NTK_VECTOR_PRODUCTS = 2
+    STRUCTURED_DERIVATIVES = 3
+
+
+IMPLEMENTATIONS = (None,) + tuple(int(v) for v in NtkImplementation)
 
 
 def _check_options(where: str, diagonal_axes, vmap_axes, implementation) -> None:
@@ -37,8 +50,17 @@ def _check_options(where: str, diagonal_axes, vmap_axes, implementation) -> None
         raise argument_error(where, "vmap_axes", "None, an int or a pytree of ints", vmap_axes, TypeError)
 
 
+def _check_private_rules(where, _j_rules, _s_rules, _fwd):
+    """neural-tangents' private switches of structured derivatives: accepted at their defaults only."""
+    for name, value, default in (("_j_rules", _j_rules, True), ("_s_rules", _s_rules, True),
+                                 ("_fwd", _fwd, None)):
+        if value is not default:
+            raise argument_error(where, name, f"{default} (widekit has no structured-derivative rules "
+                                 "to switch)", value)
+
+
 def empirical_kernel_fn(f, trace_axes=(-1,), diagonal_axes=(), vmap_axes=None, implementation=None,
-                        batch_size: Optional[int] = None):
+                        _j_rules=True, _s_rules=True, _fwd=None, batch_size: Optional[int] = None):
     """Empirical NNGP and NTK of the finite network ``f(params, x, **kwargs)``.
 
     Args:
@@ -48,6 +70,8 @@ def empirical_kernel_fn(f, trace_axes=(-1,), diagonal_axes=(), vmap_axes=None, i
       diagonal_axes: only ``()`` is supported (refused otherwise).
       vmap_axes, implementation: neural-tangents' performance hints; checked, and the
         kernel (the same for every valid value) is computed by Jacobian contraction.
+      _j_rules, _s_rules, _fwd: neural-tangents' private switches, accepted at their defaults
+        (True, True, None) and refused otherwise.
       batch_size: examples of ``x1`` and of ``x2`` per chunk of the Jacobian
         contraction, which bounds memory to ``2 * batch_size * outputs * parameters``.
         ``None`` does all at once.
@@ -56,6 +80,7 @@ def empirical_kernel_fn(f, trace_axes=(-1,), diagonal_axes=(), vmap_axes=None, i
       ``kernel_fn(x1, x2=None, get=None, params=None, **apply_fn_kwargs)``.
     """
     _check_options("empirical_kernel_fn", diagonal_axes, vmap_axes, implementation)
+    _check_private_rules("empirical_kernel_fn", _j_rules, _s_rules, _fwd)
     if batch_size is not None:
         positive_int("empirical_kernel_fn", "batch_size", batch_size)
 
@@ -126,6 +151,52 @@ def empirical_kernel_fn(f, trace_axes=(-1,), diagonal_axes=(), vmap_axes=None, i
 
     kernel_fn.values = values
     return kernel_fn
+
+
+def empirical_ntk_fn(f, trace_axes=(-1,), diagonal_axes=(), vmap_axes=None,
+                     implementation=NtkImplementation.JACOBIAN_CONTRACTION, _j_rules=True, _s_rules=True,
+                     _fwd=None):
+    """neural-tangents' ``empirical_ntk_fn``: ``ntk_fn(x1, x2, params, **apply_fn_kwargs)``.
+
+    The empirical NTK J(x1) J(x2)^T of ``f`` (Jacot et al. 2018, eq. 2), averaged over
+    ``trace_axes``; ``x2=None`` means ``x1``. Arguments as in `empirical_kernel_fn`.
+    """
+    kernel_fn = empirical_kernel_fn(f, trace_axes, diagonal_axes, vmap_axes, implementation,
+                                    _j_rules, _s_rules, _fwd)
+
+    def ntk_fn(x1, x2, params, **apply_fn_kwargs):
+        return kernel_fn(x1, x2, "ntk", params, **apply_fn_kwargs)
+
+    return ntk_fn
+
+
+def empirical_nngp_fn(f, trace_axes=(-1,), diagonal_axes=()):
+    """neural-tangents' ``empirical_nngp_fn``: ``nngp_fn(x1, x2, params, **apply_fn_kwargs)``,
+    the outputs' product f(x1) f(x2)^T averaged over ``trace_axes``; ``x2=None`` means ``x1``."""
+    kernel_fn = empirical_kernel_fn(f, trace_axes, diagonal_axes)
+
+    def nngp_fn(x1, x2, params, **apply_fn_kwargs):
+        return kernel_fn(x1, x2, "nngp", params, **apply_fn_kwargs)
+
+    return nngp_fn
+
+
+def empirical_ntk_vp_fn(f, x1, x2, params, **apply_fn_kwargs):
+    """neural-tangents' ``empirical_ntk_vp_fn``: ``ntk_vp_fn(cotangents)`` = Theta(x1, x2) v.
+
+    The NTK-vector product J(x1) (J(x2)^T v) without forming the kernel (Novak et al. 2022,
+    "Fast finite width neural tangent kernel", §3.2): a vector-Jacobian product at ``x2``
+    followed by a Jacobian-vector product at ``x1``. ``cotangents`` has the shape of
+    ``f(params, x2)``, the result that of ``f(params, x1)``; no axes are traced.
+    """
+    x2 = x1 if x2 is None else x2
+
+    def ntk_vp_fn(cotangents):
+        _, vjp = jax.vjp(lambda p: f(p, x2, **apply_fn_kwargs), params)
+        tangents, = vjp(cotangents)
+        return jax.jvp(lambda p: f(p, x1, **apply_fn_kwargs), (params,), (tangents,))[1]
+
+    return ntk_vp_fn
 
 
 def _check_params_fit(where, f, params, x1, x2, kwargs) -> None:

@@ -7,3 +7,11 @@ from kernels.stax.elementwise import (ABRelu, Abs, Cos, Elementwise, Elementwise
 from kernels.stax.layer import KernelFn, Layer
 from kernels.stax.linear import (AvgPool, Conv, Dense, Flatten, GlobalAvgPool, GlobalSumPool, Identity,
                                  LayerNorm, SumPool)
+
+__all__ = [
+    "ABRelu", "Abs", "AvgPool", "Conv", "Cos", "Dense", "Elementwise", "ElementwiseNumerical",
+    "Erf", "Exp", "FanInConcat", "FanInProd", "FanInSum", "FanOut", "Flatten", "Gaussian", "Gelu",
+    "GlobalAvgPool", "GlobalSelfAttention", "GlobalSumPool", "Hermite", "Identity", "KernelFn",
+    "Layer", "LayerNorm", "LeakyRelu", "Monomial", "Polynomial", "Rbf", "RectifiedMonomial", "Relu",
+    "Sigmoid_like", "Sign", "Sin", "SumPool", "parallel", "repeat", "serial",
+]
