@@ -75,6 +75,19 @@ class Kernel:
         return dataclasses.replace(self, **changes)
 
     @property
+    def shape1(self) -> tuple:
+        """The shape of the finite layer's outputs on the first batch, ``(N1, *spatial, channels)``."""
+        return (self.nngp.shape[0],) + self._spatial() + (self.channels,)
+
+    @property
+    def shape2(self) -> tuple:
+        """The shape of the finite layer's outputs on the second batch, ``(N2, *spatial, channels)``."""
+        return (self.nngp.shape[1],) + self._spatial() + (self.channels,)
+
+    def _spatial(self) -> tuple:
+        return tuple(self.nngp.shape[2::2]) if self.full else tuple(self.nngp.shape[2:])
+
+    @property
     def spatial_ndim(self) -> int:
         extra = self.nngp.ndim - 2
         return extra // 2 if self.full else extra

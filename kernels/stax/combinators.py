@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from kernels.kernel import Kernel
 from kernels.stax.layer import KernelFn, Layer, any_requirement, describe, leaf
@@ -46,9 +47,13 @@ def serial(*layers) -> Layer:
 
 
 def repeat(layer, n: int) -> Layer:
-    """``layer`` applied ``n`` times, each time with its own weights."""
-    if int(n) != n or n < 1:
-        raise ValueError(f"repeat: n must be a positive integer, got {n!r}")
+    """``layer`` applied ``n`` times, each time with its own weights; ``n=0`` is the identity
+    (as in neural-tangents)."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        raise ValueError(f"repeat: n must be a non-negative integer, got {n!r}")
+    if n == 0:
+        from kernels.stax.linear import Identity
+        return Identity()
     return serial(*[layer] * int(n))
 
 

@@ -63,3 +63,18 @@ def test_linearize_and_taylor_expand_against_the_series_of_sin():
                                    rtol=1e-5, atol=1e-7)
     with pytest.raises(ValueError, match="degree"):
         nt.taylor_expand(f, p0, -1)
+
+
+def test_repeat_zero_is_the_identity_and_kernel_shapes_name_the_outputs():
+    x = np.random.default_rng(0).standard_normal((2, 4, 4, 3)).astype(np.float32)
+    init_fn, apply_fn, kernel_fn = stax.repeat(stax.Dense(7), 0)
+    _, params = init_fn(jax.random.PRNGKey(0), x.shape)
+    np.testing.assert_array_equal(apply_fn(params, x), x)
+    with pytest.raises(ValueError, match="non-negative"):
+        stax.repeat(stax.Dense(7), -1)
+    _, apply_fn, kernel_fn = stax.serial(stax.Conv(8, (3, 3)), stax.Relu(), stax.AvgPool((2, 2)))
+    k = kernel_fn(x, x[:1])
+    outputs = jax.eval_shape(lambda: apply_fn(stax.serial(stax.Conv(8, (3, 3)), stax.Relu(),
+                                                          stax.AvgPool((2, 2)))[0](jax.random.PRNGKey(0),
+                                                                                   x.shape)[1], x))
+    assert k.shape1 == outputs.shape == (2, 1, 1, 8) and k.shape2 == (1, 1, 1, 8)
