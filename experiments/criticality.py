@@ -251,7 +251,6 @@ def summarize(config, results):
         for key, (r, v) in resid.items():
             f[f"step_{key}"] = r.mean(0)
             f[f"step_{key}_se"] = np.sqrt(np.sum(v, axis=0)) / r.shape[0]
-        f["gain"] = np.asarray(data["gain"])
         out["flows"][label] = f
     out["critical"] = {}
     for act in ("relu", "tanh"):
