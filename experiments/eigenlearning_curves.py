@@ -87,9 +87,10 @@ class Config:
     rf_ks: tuple = (16, 64, 256, 1024)
     rf_ridges: tuple = (0.01, 0.1, 0.3)
     rf_trials: int = 24
-    train_allowance: float = 0.02
+    train_allowance: float = 0.01
     train_min_ridge: float = 0.1
-    rf_allowance: float = 0.03
+    rf_allowance: float = 0.015
+    rf_train_allowance: float = 0.03
     rf_train_min_ridge: float = 0.3
     seed: int = 0
 
@@ -241,7 +242,8 @@ def summarize(config, results):
            "noise": config.noise, "n_data": config.n_data,
            "rf_ns": np.array(config.rf_ns), "rf_ks": np.array(config.rf_ks),
            "rf_ridges": np.array(config.rf_ridges), "rf_trials": config.rf_trials,
-           "rf_allowance": config.rf_allowance, "train_allowance": config.train_allowance,
+           "rf_allowance": config.rf_allowance, "rf_train_allowance": config.rf_train_allowance,
+           "train_allowance": config.train_allowance,
            "train_min_ridge": config.train_min_ridge, "rf_train_min_ridge": config.rf_train_min_ridge,
            "eigenvalues": lam[:1000], "target_power": power[:1000]}
     for what in ("test", "train"):
@@ -276,7 +278,7 @@ def agreement(results):
         f"KRR test MSE (n <= {results['n_check']})", np.asarray(results["test_measured"])[checked],
         np.asarray(results["test_theory"])[checked], np.asarray(results["test_se"])[checked],
         what="(n, ridge)"))
-    # the train MSE at the small ridges is 8-16% above the eigenframework on MNIST (its
+    # the train MSE at ridge 0.01 is 8-16% above the eigenframework on MNIST (at 0.1-0.3 within 2%; its
     # Gaussian-feature idealisation): checked at ridges >= train_min_ridge, with an allowance
     use = np.asarray(results["ridges"]) >= results["train_min_ridge"]
     measured, theory, se = (np.asarray(results[f"train_{key}"])[checked][:, use]
@@ -285,12 +287,14 @@ def agreement(results):
     out.append(entries.max_z(
         f"KRR train MSE (n <= {results['n_check']})", measured, theory,
         np.sqrt(se ** 2 + (allowance * theory) ** 2),
-        what=f"(n, ridge >= {results['train_min_ridge']:g}), se with a {allowance:.0%} model "
+        what=f"(n, ridge >= {results['train_min_ridge']:g}), se with a {allowance:.1%} model "
              f"allowance in quadrature"))
     # real ReLU features are not the Gaussian projections of eigenfeatures that the RF
     # eigenframework assumes: a relative model allowance enters in quadrature
-    allowance = results["rf_allowance"]
     for what in ("test", "train"):
+        # test MSE of real features sits 0.3-2.5% above the theory at small (se 0.3-0.7%): a
+        # 1.5% allowance keeps a 10% error in the theory visible; the train MSE (ridge >= 0.3) 3%
+        allowance = results["rf_allowance" if what == "test" else "rf_train_allowance"]
         use = np.asarray(results["rf_ridges"]) >= (results["rf_train_min_ridge"] if what == "train"
                                                    else 0)
         measured, theory, se = (np.asarray(results[f"rf_{what}_{key}"])[..., use]
@@ -298,7 +302,7 @@ def agreement(results):
         out.append(entries.max_z(
             f"RF {what} MSE", measured, theory, np.sqrt(se ** 2 + (allowance * theory) ** 2),
             what=f"(n, k, ridge{' >= %g' % results['rf_train_min_ridge'] if what == 'train' else ''}),"
-                 f" se with a {allowance:.0%} model allowance in quadrature"))
+                 f" se with a {allowance:.1%} model allowance in quadrature"))
     best, best_se = np.asarray(results["rf_best_measured"]), np.asarray(results["rf_best_se"])
     steps = np.diff(best, axis=1) / np.sqrt(best_se[:, 1:] ** 2 + best_se[:, :-1] ** 2)
     out.append(entries.entry(
@@ -336,7 +340,7 @@ def caption(record):
         f"{r['train_allowance']:.0%} model allowance). Right: ridge regression on the network's "
         f"own hidden layer at width k (random ReLU features, {r['rf_trials']} networks per k; "
         f"n = {', '.join(str(n) for n in r['rf_ns'])}) against `random_feature_risk` fed the same "
-        f"NNGP spectrum (max |z| {by['RF test MSE']['value']:.2f} with a {r['rf_allowance']:.0%} "
+        f"NNGP spectrum (max |z| {by['RF test MSE']['value']:.2f} with a {r['rf_allowance']:.1%} "
         f"model allowance: real ReLU features are not the theory's Gaussian projections); at the "
         f"best ridge the measured risk falls from {best[0]:.4f} at k = {r['rf_ks'][0]} to "
         f"{best[-1]:.4f} at k = {r['rf_ks'][-1]}: more is better (Simon et al. 2023).")
