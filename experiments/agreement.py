@@ -37,11 +37,14 @@ def entry(name, value, *, theory=None, uncertainty=None, interval=None, criterio
     return record
 
 
-def sidak_threshold(n_points, level=LEVEL):
-    """The |z| that n independent standard normals all stay below with probability 1 - level (Šidák)."""
+def sidak_threshold(n_points, level=LEVEL, dof=None):
+    """The |z| that n independent standard normals (Student-t with `dof` degrees of freedom,
+    when given) all stay below with probability 1 - level (Šidák)."""
     if n_points < 1:
         raise ValueError(f"n_points must be at least 1; received {n_points}")
     per_point = -math.expm1(math.log1p(-level) / n_points)  # 1 - (1 - level)^(1/n), accurately
+    if dof is not None:
+        return float(stats.t.isf(per_point / 2, dof))
     return float(-special.ndtri(per_point / 2))
 
 

@@ -58,7 +58,6 @@ import jax.numpy as jnp
 import matplotlib.figure
 import matplotlib.ticker
 import numpy as np
-from scipy import stats
 
 from experiments import agreement as agree
 from experiments import train
@@ -400,9 +399,8 @@ def summarize(config, results):
                                         "nngp_accuracy", "ntk_accuracy", "nngp_mse", "ntk_mse")},
              }
         per_width = {name: [] for name in (
-            "train_mse", "test_mse", "test_accuracy", "twin_accuracy", "gap_ms", "paired_mean",
-            "paired_se", "converged_mse", "converged_accuracy", "converged_twin_accuracy",
-            "converged_gap_ms", "converged_paired_mean", "converged_paired_se", "whitened",
+            "train_mse", "test_mse", "test_accuracy", "twin_accuracy", "gap_ms",
+            "converged_mse", "converged_accuracy", "converged_twin_accuracy", "converged_gap_ms", "whitened",
             "unconverged", "motion_ratio", "converged_motion_ratio", "converged_band_ratio")}
         # the NTK's eigen-directions on the training digits with eigenvalue e below 3x the ridge
         # (all but the top few): there the ridge regression learns a fraction e / (e + ridge) of the residual,
@@ -424,9 +422,6 @@ def summarize(config, results):
             per_width["twin_accuracy"].append(accuracy(twins, y_test))
             later = f_test[:, 1:] - twins[:, 1:]
             per_width["gap_ms"].append(np.mean(later ** 2, axis=(1, 2, 3)))  # (S,)
-            per_width["paired_mean"].append(later.mean(axis=0))
-            per_width["paired_se"].append(np.sqrt(later.var(axis=0, ddof=1).mean(axis=-1, keepdims=True)
-                                                  / len(later)))
             per_width["motion_ratio"].append(_motion_ratio(f_test[:, 1:], twins[:, 1:], f_test[:, :1]))
             per_width["converged_motion_ratio"].append(
                 _motion_ratio(converged[:, None], ridge_twins[:, None], f_test[:, :1])[:, 0])
@@ -444,26 +439,17 @@ def summarize(config, results):
             per_width["converged_accuracy"].append(accuracy(converged, y_test))
             per_width["converged_twin_accuracy"].append(accuracy(ridge_twins, y_test))
             per_width["converged_gap_ms"].append(np.mean(difference ** 2, axis=(1, 2)))
-            per_width["converged_paired_mean"].append(difference.mean(axis=0))
-            per_width["converged_paired_se"].append(np.sqrt(difference.var(axis=0, ddof=1).mean(
-                axis=-1, keepdims=True) / len(difference)))
             per_width["whitened"].append(_whitened(t["nngp"][n:n + config.n_whitened, n:n + config.n_whitened],
                                                    f_test[:, 0, :config.n_whitened], config.n_modes))
             moved = np.asarray(r["converged_train"], np.float64) - np.asarray(r["converged_before"], np.float64)
             per_width["unconverged"].append(np.sqrt(np.mean(moved ** 2)))
         arrays = {name: np.asarray(values) for name, values in per_width.items()}
-        paired = {name: arrays.pop(name)[-1] for name in ("paired_mean", "paired_se", "converged_paired_mean",
-                                                          "converged_paired_se")}
         c.update({name: arrays[name] for name in ("train_mse", "test_mse", "test_accuracy", "twin_accuracy",
                                                   "gap_ms", "converged_mse", "converged_accuracy",
                                                   "converged_twin_accuracy", "converged_gap_ms",
                                                   "whitened", "unconverged", "motion_ratio",
                                                   "converged_motion_ratio", "converged_band_ratio")})
         c["band_modes"] = int(band.shape[1])
-        z = np.abs(paired["paired_mean"]) / paired["paired_se"]
-        c["paired_max_z"], c["paired_points"] = float(z.max()), int(z.size)
-        z = np.abs(paired["converged_paired_mean"]) / paired["converged_paired_se"]
-        c["converged_paired_max_z"], c["converged_paired_points"] = float(z.max()), int(z.size)
         combos.append(c)
     return {"n_train": config.n_train, "n_test": config.n_test, "n_seeds": config.n_seeds,
             "pool": config.pool, "steps": steps, "ridge": config.ridge, "level": config.level,
@@ -486,19 +472,13 @@ def _motion_ratio(outputs, twins, initial):
     return np.sum(moved * predicted, axis=(-2, -1)) / np.sum(predicted * predicted, axis=(-2, -1))
 
 
-def _t_threshold(points, dof, level):
-    """The |t| that `points` independent Student-t(dof) statistics all stay below with
-    probability 1 - level (Šidák): with 8 seeds a standard error is itself uncertain, and
-    the normal threshold would let a true theory fail ~10 times more often than `level`."""
-    per_point = -math.expm1(math.log1p(-level) / points)
-    return float(stats.t.ppf(1 - per_point / 2, dof))
-
-
 def _t_max_z(name, measured, theory, standard_error, dof, level, what, n_tests=1):
-    """Max |measured - theory| / se over points against the Šidák threshold of t(dof)."""
+    """Max |measured - theory| / se over points against the Šidák threshold of t(dof): with 8
+    seeds a standard error is itself uncertain, and the normal threshold would let a true theory
+    fail ~10 times more often than `level`."""
     measured, theory, se = np.broadcast_arrays(*(np.asarray(v, np.float64) for v in (measured, theory, standard_error)))
     z = np.abs(measured - theory) / se
-    threshold = _t_threshold(z.size * n_tests, dof, level)
+    threshold = agree.sidak_threshold(z.size * n_tests, level, dof=dof)
     value = float(z.max()) if np.all(np.isfinite(z)) else math.inf
     if z.size == 1 and not np.isfinite(value):  # a diverged network: a failing entry, not a crash
         return agree.entry(name, math.inf, theory=theory.item(), criterion="finite outputs and standard "
@@ -526,13 +506,6 @@ def _infinite_width(widths, values):
     means = values.mean(axis=1)
     variances = values.var(axis=1, ddof=1) / values.shape[1]
     return np.tensordot(weights, means, axes=1), np.sqrt(np.tensordot(weights ** 2, variances, axes=1))
-
-
-def _paired_entry(name, max_z, points, level, what):
-    threshold = agree.sidak_threshold(points, level)
-    return agree.entry(name, max_z, criterion=f"max |z| over {points} {what} <= {threshold:.3g} "
-                                              f"(level {level:g}, Šidák; se pooled over the 10 outputs)",
-                       passed=bool(np.isfinite(max_z) and max_z <= threshold))
 
 
 SLOPE_BAND = 0.1  # pre-asymptotic O(1/width) corrections at widths 64-512 move the slope by ~0.06

@@ -15,6 +15,10 @@ def test_sidak_threshold_is_the_quantile_of_the_largest_of_n_normals():
         c = agreement.sidak_threshold(n, level)
         assert (2 * stats.norm.cdf(c) - 1) ** n == pytest.approx(1 - level, rel=1e-10)
     assert agreement.sidak_threshold(1, 0.05) == pytest.approx(1.959963985, rel=1e-9)
+    # with a Student-t(dof) statistic: P(max |T_i| <= c) = (1 - 2 t.sf(c, dof))^n
+    c = agreement.sidak_threshold(20, 0.01, dof=7)
+    assert (1 - 2 * stats.t.sf(c, 7)) ** 20 == pytest.approx(0.99, rel=1e-10)
+    assert c > agreement.sidak_threshold(20, 0.01)
 
 
 def test_max_z_passes_noise_at_its_level_and_rejects_a_ten_percent_shift():
