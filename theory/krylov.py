@@ -94,23 +94,28 @@ class KrylovBasis:
         NumPy) or a JAX array on an accelerator (steps jitted there).
       r: (n, c) float64 start vectors.
       chunk: steps between convergence checks.
+      k_norm: an upper bound of ||K||_F for the breakdown test (default: computed
+        from k); needed when k is an operator with only `k @ q` (`theory.large`),
+        whose steps run on the host.
     """
 
-    def __init__(self, k, r, chunk=16):
+    def __init__(self, k, r, chunk=16, k_norm=None):
         self.k = k
-        self.device = not isinstance(k, np.ndarray)
+        self.device = isinstance(k, jax.Array)
         self.n, self.c = r.shape
         self.chunk = chunk
         r = np.asarray(r, np.float64)
         self.r_norm = np.linalg.norm(r, axis=0)
         self.q = np.where(self.r_norm > 0, r / np.where(self.r_norm > 0, self.r_norm, 1.0), 0.0)
-        with linalg.float64():
-            k_norm = float(np.linalg.norm(k)) if not self.device else float(jnp.linalg.norm(k))
+        if k_norm is None:
+            with linalg.float64():
+                k_norm = float(np.linalg.norm(k)) if not self.device else float(jnp.linalg.norm(k))
         self.breakdown_tol = k_norm * self.n * np.finfo(np.float64).eps
         self.size = 0
         self.basis = np.zeros((0, self.n, self.c))
         self.alpha = np.zeros((0, self.c))
         self.beta = np.zeros((0, self.c))
+        self.last_change = np.inf  # of the last accepted value, relative to its size (0 when exhausted)
 
     @property
     def exhausted(self):
@@ -184,10 +189,12 @@ class KrylovBasis:
         while True:
             value = self._value(self.size, f, f_args)
             if self.exhausted:
+                self.last_change = 0.0
                 return value
             if previous is not None:
                 change = np.max(np.abs(value - previous))
                 if change <= tol * np.max(np.abs(value)):
+                    self.last_change = float(change / max(np.max(np.abs(value)), np.finfo(np.float64).tiny))
                     return value
             if self.size + self.chunk > max_size:
                 return None
