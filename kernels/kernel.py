@@ -54,6 +54,8 @@ class Kernel:
         ``(N1, *S)``, at infinite width (zero after Dense, Conv and attention, ``E[phi(u)]``
         after an activation); ``None`` where it has no closed form. `LayerNorm` needs it.
       mean2: the same for the second batch, or ``None`` when it is the first.
+      x1_is_x2: whether the second batch is the first (``x2=None``), as neural-tangents'
+        field of that name; set on the kernels `kernel_fn` returns (static).
       selves: during a block-by-block evaluation, the self covariances recorded for the
         leaf layers and where this kernel stands in the network (`kernels.stax.blocks.Selves`);
         ``None`` otherwise. Rules pass it on with `replace` and never read it.
@@ -70,6 +72,7 @@ class Kernel:
     mean1: Optional[jax.Array] = None
     mean2: Optional[jax.Array] = None
     selves: Optional[Any] = None
+    x1_is_x2: bool = dataclasses.field(metadata=dict(static=True), default=False)
 
     def replace(self, **changes) -> "Kernel":
         return dataclasses.replace(self, **changes)

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kernels.kernel import Kernel
-from kernels.stax.layer import KernelFn, Layer, any_requirement, describe, leaf
+from kernels.stax.layer import KernelFn, Layer, any_requirement, describe, guarded_apply, leaf
 
 
 def serial(*layers) -> Layer:
@@ -43,7 +43,7 @@ def serial(*layers) -> Layer:
             out = layer.kernel_fn.needs_full(out)
         return out
 
-    return Layer(init_fn, apply_fn, KernelFn(name, rule, needs_full))
+    return Layer(init_fn, guarded_apply(name, apply_fn), KernelFn(name, rule, needs_full))
 
 
 def repeat(layer, n: int) -> Layer:
@@ -84,7 +84,7 @@ def parallel(*layers) -> Layer:
         outs = out if isinstance(out, tuple) else (out,) * len(layers)
         return tuple(layer.kernel_fn.needs_full(o) for layer, o in zip(layers, outs))
 
-    return Layer(init_fn, apply_fn, KernelFn(name, rule, needs_full))
+    return Layer(init_fn, guarded_apply(name, apply_fn), KernelFn(name, rule, needs_full))
 
 
 def FanOut(num: int) -> Layer:
@@ -104,7 +104,7 @@ def _fan_in(name, init_fn, apply_fn, combine):
             raise ValueError(f"{name}: branches' kernels differ in shape {sorted(shapes)}; "
                              "their outputs must have the same spatial shape")
         return combine(ks)
-    return Layer(init_fn, apply_fn, KernelFn(name, rule))
+    return Layer(init_fn, guarded_apply(name, apply_fn), KernelFn(name, rule))
 
 
 def _fields(ks, field):
@@ -276,4 +276,5 @@ def FanInConcat(axis: int = -1) -> Layer:
             return channel_concat(ks)
         return spatial_concat(ks, ax - 1)
 
-    return Layer(init_fn, lambda params, xs, **kwargs: jnp.concatenate(xs, axis), KernelFn(name, rule))
+    return Layer(init_fn, guarded_apply(name, lambda params, xs, **kwargs: jnp.concatenate(xs, axis)),
+                 KernelFn(name, rule))

@@ -69,7 +69,8 @@ class KernelFn:
     needs_full: Callable[[Requirement], Requirement] = keep_requirement
     requires: "Requires" = None
 
-    def __call__(self, x1, x2=None, get=None, *, block_size=None, **kwargs):
+    def __call__(self, x1, x2=None, get=None, *, block_size=None, diagonal_batch=True, diagonal_spatial=False,
+                 mask_constant=None, **kwargs):
         """Kernels of the network's outputs on ``x1`` and ``x2``.
 
         Args:
@@ -83,21 +84,40 @@ class KernelFn:
             block). ``None`` (default) chooses by size and backend; ``0`` evaluates every
             pair at once.
 
+          diagonal_batch: neural-tangents' keyword; only ``True`` (``cov1``/``cov2`` hold each
+            example's covariance with itself) is implemented, ``False`` is refused by name.
+          diagonal_spatial: ``True`` returns only equal positions, ``(N1, N2, *S)`` (as
+            neural-tangents does); position pairs are still computed where a layer
+            (pooling, attention) needs them, then the diagonal is taken.
+          mask_constant: only ``None``: masked inputs are not implemented and refused.
+
         Returns:
           Arrays ``(N1, N2)`` for a flat output; spatial outputs keep position pairs
           in neural-tangents' order ``(N1, N2, S_1, S'_1, ...)``.
         """
-        reject_unexpected(f"{self.name}: kernel_fn", kwargs, ("x1", "x2", "get", "block_size"))
-        request = parse_get(get, GET_NAMES, f"{self.name}: kernel_fn")
+        where = f"{self.name}: kernel_fn"
+        reject_unexpected(where, kwargs, ("x1", "x2", "get", "block_size", "diagonal_batch", "diagonal_spatial",
+                                          "mask_constant"))
+        if diagonal_batch is not True:
+            raise NotImplementedError(f"{where}: argument `diagonal_batch` must be True (each example's own "
+                                      f"covariance in cov1/cov2); received {diagonal_batch!r}")
+        if not isinstance(diagonal_spatial, (bool, np.bool_)):
+            raise argument_error(where, "diagonal_spatial", "True or False", diagonal_spatial, TypeError)
+        if mask_constant is not None:
+            raise NotImplementedError(f"{where}: argument `mask_constant` (masked inputs) is not supported; "
+                                      f"received mask_constant={mask_constant!r}")
+        request = parse_get(get, GET_NAMES, where)
         x1, x2 = _check_inputs(x1, x2)
         dtype = x1.dtype
-        full = x1.ndim > 2 and any_requirement(self.needs_full(True))
+        full = x1.ndim > 2 and any_requirement(self.needs_full(not diagonal_spatial))
         n2 = x1.shape[0] if x2 is None else x2.shape[0]
         b = blocks.plan(x1.shape[0], n2, blocks.pair_elements(x1, full), block_size, jax.default_backend())
         out = self._evaluate(x1.astype(_compute_dtype(dtype)), None if x2 is None else x2.astype(_compute_dtype(dtype)),
                              full, request.names, b)
         _check_finite_output(self, x1, x2, full, request.names, out)
         out = _narrow(self.name, out, request.names, dtype)
+        if diagonal_spatial and out.full:
+            out = _spatial_diagonal(out, request.names)
         return request.pack({n: getattr(out, n) for n in request.names}, whole=out)
 
     def _forward(self, x1, x2, full: bool, names: tuple, b: int) -> Kernel:
@@ -113,11 +133,29 @@ class KernelFn:
             cov1=nt(k.cov1, 1) if "cov1" in names else None,
             cov2=(nt(k.cov2_or_cov1, 1) if "cov2" in names else None),
             mean1=None, mean2=None,  # internal: what LayerNorm reads, not a result
+            x1_is_x2=x2 is None,
         )
 
     @functools.cached_property
     def _evaluate(self):
         return jax.jit(self._forward, static_argnames=("full", "names", "b"))
+
+
+def _spatial_diagonal(k: Kernel, names: tuple) -> Kernel:
+    """``k`` (public, interleaved position pairs) reduced to equal positions: ``(B..., *S)``."""
+    d = k.spatial_ndim
+
+    def diagonal(a, batch_ndim):
+        lead, pairs = a.shape[:batch_ndim], a.shape[batch_ndim:]
+        spatial = pairs[::2]
+        order = tuple(range(batch_ndim)) + tuple(batch_ndim + 2 * i for i in range(d)) \
+            + tuple(batch_ndim + 2 * i + 1 for i in range(d))
+        size = math.prod(spatial)
+        square = jnp.transpose(a, order).reshape(lead + (size, size))
+        return jnp.diagonal(square, axis1=-2, axis2=-1).reshape(lead + spatial)
+
+    batch = dict(nngp=2, ntk=2, cov1=1, cov2=1)
+    return k.replace(full=False, **{n: diagonal(getattr(k, n), batch[n]) for n in names})
 
 
 def _is_concrete(x) -> bool:
@@ -291,7 +329,35 @@ def leaf(name: str, init_fn, apply_fn, rule, needs_full=keep_requirement, requir
     def requiring(k):
         check_requirements(name, requires, k)
         return rule(k)
-    return Layer(init_fn, apply_fn, KernelFn(name, checked(name, requiring), needs_full, requires))
+    return Layer(init_fn, guarded_apply(name, apply_fn), KernelFn(name, checked(name, requiring), needs_full, requires))
+
+
+# The keywords every apply_fn takes, as in neural-tangents: ``rng`` (randomness for stochastic
+# layers such as Dropout; deterministic layers need none, so it does not change their output)
+# and ``mask_constant`` (only ``None``, no masking: masking is not implemented).
+APPLY_KEYWORDS = ("rng", "mask_constant")
+
+
+def check_apply_keywords(name: str, kwargs: dict) -> None:
+    """Refuses, by name, an ``apply_fn`` keyword the layer does not implement.
+
+    neural-tangents accepts and silently ignores unknown keywords; here a masked input
+    (``mask_constant``) would otherwise be computed as if unmasked, a wrong number.
+    """
+    if kwargs.get("mask_constant") is not None:
+        raise NotImplementedError(f"{name}: apply_fn: argument `mask_constant` (masked inputs) is not "
+                                  f"supported; received mask_constant={kwargs['mask_constant']!r}. "
+                                  "Remove the masked entries from the inputs instead")
+    reject_unexpected(f"{name}: apply_fn", {k: v for k, v in kwargs.items() if k not in APPLY_KEYWORDS},
+                      ("params", "inputs") + APPLY_KEYWORDS)
+
+
+def guarded_apply(name: str, apply_fn: Callable) -> Callable:
+    """``apply_fn`` that checks its keywords (`check_apply_keywords`) before running."""
+    def apply(params, inputs, **kwargs):
+        check_apply_keywords(name, kwargs)
+        return apply_fn(params, inputs, **kwargs)
+    return apply
 
 
 def spatial_description(k: Kernel) -> str:

@@ -87,8 +87,8 @@ def test_integer_inputs_and_unexpected_keywords():
     _, _, kernel_fn = stax.Dense(4)
     with pytest.raises(TypeError, match="argument `x1` must be an array of dtype float16/bfloat16/float32/float64"):
         kernel_fn(np.ones((2, 3), dtype=np.int32))
-    with pytest.raises(TypeError, match=r"kernel_fn: unexpected keyword argument\(s\) diagonal_spatial"):
-        kernel_fn(x(2, 3), diagonal_spatial=True)
+    with pytest.raises(TypeError, match=r"kernel_fn: unexpected keyword argument\(s\) pattern"):
+        kernel_fn(x(2, 3), pattern=None)
 
 
 def test_non_finite_kernel_inside_a_branch_names_the_layer():
