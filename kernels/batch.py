@@ -79,7 +79,7 @@ GET_NAMES = ("nngp", "ntk", "cov1", "cov2")
 _TILE_FNS = weakref.WeakKeyDictionary()  # kernel_fn -> {get: (diagonal tile fn, off-diagonal tile fn)}
 
 
-def batch(kernel_fn: Callable, batch_size: int, device_count: int = -1, store_on_device: bool = False,
+def batch(kernel_fn: Callable, batch_size: int = 0, device_count: int = -1, store_on_device: Optional[bool] = None,
           path: Optional[str] = None, progress: bool = True, *, process_index: Optional[int] = None,
           process_count: Optional[int] = None, fingerprint: Optional[str] = None) -> Callable:
     """Tiled version of ``kernel_fn``: same signature ``(x1, x2=None, get=None)``, same result.
@@ -93,8 +93,9 @@ def batch(kernel_fn: Callable, batch_size: int, device_count: int = -1, store_on
         ``N2`` need not be multiples of it. ``0`` means one tile of the whole matrix.
       device_count: how many of ``jax.local_devices()`` to spread tiles over; ``-1`` all of
         them, ``0`` the default device only.
-      store_on_device: return ``jax.Array`` s on the first device instead of NumPy arrays
-        (assembled on the host first; not with ``path``).
+      store_on_device: return ``jax.Array`` s on the first device (assembled on the host
+        first) instead of NumPy arrays; not with ``path``. ``None`` (default): on the device
+        without ``path`` (neural-tangents' default), host memmaps with it.
       path: a directory; if given, every requested array is written to ``path/<name>.npy``
         and returned as a read-only ``np.memmap``; the run is resumable and verified on
         reuse (module docstring, `kernels.tile_store`).
@@ -107,7 +108,12 @@ def batch(kernel_fn: Callable, batch_size: int, device_count: int = -1, store_on
         that equal strings mean equal networks.
 
     Returns:
-      ``batched_kernel_fn(x1, x2=None, get=None)`` returning what ``kernel_fn`` returns:
+      ``batched_kernel_fn(x1, x2=None, get=None, *args, **kwargs)`` returning what ``kernel_fn``
+      returns. Further arguments go to every tile's ``kernel_fn`` call unchanged: e.g. the
+      ``params`` of an empirical kernel, ``kernel_fn(x1, x2, get, params)``, or keywords such as
+      ``diagonal_spatial``; arrays among them are traced, anything else is fixed (and, with
+      ``path``, part of the store's fingerprint, so tiles of other parameters are never reused).
+      The result is
       a `Kernel` for ``get=None`` (``nngp``, ``ntk``, ``cov1``, ``cov2`` filled), a named tuple
       for a tuple of names, an array for one name; ``(N1, N2, ...)`` for kernels,
       ``(N1, ...)``/``(N2, ...)`` for ``cov1``/``cov2``.
@@ -116,6 +122,8 @@ def batch(kernel_fn: Callable, batch_size: int, device_count: int = -1, store_on
         raise argument_error("batch", "batch_size", "a non-negative int", batch_size)
     if store_on_device and path is not None:
         raise ValueError("batch: store_on_device=True and path are exclusive (a memmap lives on the host)")
+    if store_on_device is None:
+        store_on_device = path is None
     if fingerprint is not None and not (isinstance(fingerprint, str) and fingerprint):
         raise argument_error("batch", "fingerprint", "None or a non-empty string", fingerprint, TypeError)
     explicit = process_index is not None or process_count is not None
@@ -129,13 +137,13 @@ def batch(kernel_fn: Callable, batch_size: int, device_count: int = -1, store_on
     devices = _devices(device_count)
     tile_fns = _tile_functions(kernel_fn)
 
-    def batched_kernel_fn(x1, x2=None, get=None):
+    def batched_kernel_fn(x1, x2=None, get=None, *args, **kwargs):
         request = parse_get(get, GET_NAMES, "batch")
         x1 = check_examples("batch", "x1", x1)
         x2 = None if x2 is None else check_examples("batch", "x2", x2)
         symmetric = x2 is None
         plan = tiling.make_plan(x1.shape[0], x1.shape[0] if symmetric else x2.shape[0], int(batch_size), symmetric)
-        f_diag, f_off = tile_fns(get)
+        f_diag, f_off = tile_fns(get) if not (args or kwargs) else _tile_functions_with(kernel_fn, get, args, kwargs)
         template = _template(f_diag, f_off, x1, x2, plan)
         outputs = _outputs(template, request, plan, x1.ndim - 2)
         share = plan.share(process_index, process_count)
@@ -143,6 +151,8 @@ def batch(kernel_fn: Callable, batch_size: int, device_count: int = -1, store_on
             sink = _HostSink(outputs, fill_nan=process_count > 1)
         else:
             manifest = _manifest(kernel_fn, fingerprint, x1, x2, request, plan, outputs)
+            if args or kwargs:
+                manifest["arguments_sha256"] = _arguments_fingerprint(args, kwargs)
             sink = TileStore(path, plan, outputs, manifest, process_index, share)
         try:
             _run_tiles(plan, outputs, share, sink, devices, f_diag, f_off, x1, x2, request, progress)
@@ -195,6 +205,35 @@ def _tile_functions(kernel_fn) -> Callable:
                              jax.jit(lambda a, b: kernel_ref()(a, b, key)))
         return compiled[key]
     return tile_fns
+
+
+def _tile_functions_with(kernel_fn, get, args: tuple, kwargs: dict):
+    """``(f_diag(a), f_off(a, b))`` calling ``kernel_fn(a, b, get, *args, **kwargs)``, compiled for this call.
+
+    The arrays among ``args``/``kwargs`` are arguments of the compiled functions (parameters
+    are not baked in as constants); every other leaf (a flag, a string) is fixed.
+    """
+    leaves, treedef = jax.tree_util.tree_flatten((args, kwargs))
+    traced = [isinstance(leaf, (jax.Array, np.ndarray, np.generic)) for leaf in leaves]
+    dynamic = [leaf for leaf, t in zip(leaves, traced) if t]
+
+    def call(a, b, values):
+        values = iter(values)
+        args, kwargs = jax.tree_util.tree_unflatten(treedef, [next(values) if t else leaf
+                                                              for leaf, t in zip(leaves, traced)])
+        return kernel_fn(a, b, get, *args, **kwargs)
+
+    diag = jax.jit(lambda a, values: call(a, None, values))
+    off = jax.jit(call)
+    return (lambda a: diag(a, dynamic)), (lambda a, b: off(a, b, dynamic))
+
+
+def _arguments_fingerprint(args: tuple, kwargs: dict) -> str:
+    try:
+        return network_fingerprint((args, kwargs))
+    except FingerprintError as error:
+        raise TypeError(f"batch: the tile store needs a fingerprint of the arguments passed after get, and "
+                        f"{error}") from None
 
 
 def _template(f_diag, f_off, x1, x2, plan):

@@ -237,3 +237,24 @@ def test_four_simulated_devices_equal_one():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr
+
+
+def test_batching_a_kernel_fn_that_takes_params_and_keywords(tmp_path):
+    """neural-tangents' ``batch(empirical_kernel_fn(f))(x1, x2, get, params)``; tiles of other params
+    are never reused from a store (an empirical kernel is linear-model exact: x1 W . x2 W / out_dim)."""
+    from kernels.empirical import empirical_kernel_fn
+    init_fn, apply_fn, _ = stax.serial(stax.Dense(3), stax.Relu(), stax.Dense(2))
+    x1, x2 = inputs((7, 4), 0), inputs((5, 4), 1)
+    _, params = init_fn(jax.random.PRNGKey(0), x1.shape)
+    kernel_fn = empirical_kernel_fn(apply_fn)
+    direct = kernel_fn(x1, x2, ("nngp", "ntk"), params)
+    batched = batch(kernel_fn, 3, progress=False)
+    for got in (batched(x1, x2, ("nngp", "ntk"), params), batched(x1, x2, ("nngp", "ntk"), params=params)):
+        np.testing.assert_allclose(np.asarray(got.ntk), np.asarray(direct.ntk), rtol=1e-12)
+        np.testing.assert_allclose(np.asarray(got.nngp), np.asarray(direct.nngp), rtol=1e-12)
+    assert isinstance(batched(x1, x2, "ntk", params), jax.Array)  # neural-tangents' default: on the device
+    stored = batch(kernel_fn, 3, path=str(tmp_path), progress=False)
+    np.testing.assert_allclose(stored(x1, None, "ntk", params), kernel_fn(x1, None, "ntk", params), rtol=1e-12)
+    _, other = init_fn(jax.random.PRNGKey(1), x1.shape)
+    with pytest.raises(ValueError, match="different arguments"):
+        stored(x1, None, "ntk", other)
