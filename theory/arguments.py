@@ -3,6 +3,10 @@
 Every check names the function (``where``) and the argument, and says what was expected and
 what was received. They run on concrete values at the public boundary (see `theory.linalg`).
 
+Traced values (inside a user's `jax.jit` or `jax.grad`) get the checks that need no values
+(type, dtype, shape); the value checks (finite, in range) are skipped for them, and only where
+a caller says `traceable=True` does a scalar or a set of times pass through as a tracer.
+
 Times: `t` (and `steps`) are real, non-negative, not NaN; ``inf`` is allowed where a function
 says so (the limit of training to convergence). A negative time is refused rather than
 integrated backwards: gradient flow run backwards amplifies every eigendirection by
@@ -10,6 +14,7 @@ integrated backwards: gradient flow run backwards amplifies every eigendirection
 """
 import numbers
 
+import jax
 import numpy as np
 
 from kernels.checks import argument_error, check_examples, parse_get, reject_unexpected
@@ -48,7 +53,7 @@ def real_array(where, name, value, *, nonempty=True, finite=True):
                              f"dtype {dtype} (shape {tuple(array.shape)})", TypeError)
     if nonempty and 0 in tuple(array.shape):
         raise argument_error(where, name, "non-empty along every axis", f"shape {tuple(array.shape)}")
-    if finite:
+    if finite and not _traced(array):
         host = np.asarray(array, np.float64)
         bad = ~np.isfinite(host)
         if bad.any():
@@ -56,6 +61,19 @@ def real_array(where, name, value, *, nonempty=True, finite=True):
             raise argument_error(where, name, "finite (no NaN or infinite values)",
                                  f"a non-finite value at index {first} (shape {host.shape})")
     return array
+
+
+def _traced(value):
+    return isinstance(value, jax.core.Tracer)
+
+
+def _traced_real(where, name, value, expected, ndim=None):
+    """A traced value of a real (non-boolean) dtype and, if `ndim` is given, that many axes."""
+    dtype = np.dtype(value.dtype)
+    if dtype == np.bool_ or not _is_real_dtype(dtype) or (ndim is not None and value.ndim != ndim):
+        raise argument_error(where, name, expected, f"a traced value of dtype {dtype} and shape {value.shape}",
+                             TypeError)
+    return value
 
 
 def _real_scalar(where, name, value, expected):
@@ -70,7 +88,8 @@ def _real_scalar(where, name, value, expected):
     return float(value)
 
 
-def scalar(where, name, value, *, low=None, low_open=False, high=None, high_open=True, allow_inf=False):
+def scalar(where, name, value, *, low=None, low_open=False, high=None, high_open=True, allow_inf=False,
+           traceable=False):
     """One real number within bounds.
 
     Args:
@@ -79,14 +98,17 @@ def scalar(where, name, value, *, low=None, low_open=False, high=None, high_open
       low, high: bounds (None: unbounded on that side).
       low_open, high_open: whether the bound itself is excluded.
       allow_inf: accept +-inf (NaN is always refused).
+      traceable: a traced scalar is returned as it is (its bounds unchecked).
 
     Returns:
-      The value as a Python float.
+      The value as a Python float (or the tracer).
     """
     lo = "" if low is None else f"{'>' if low_open else '>='} {low:g}"
     hi = "" if high is None else f"{'<' if high_open else '<='} {high:g}"
     bounds = " and ".join(b for b in (lo, hi) if b)
     expected = f"a {'' if allow_inf else 'finite '}real number" + (f" {bounds}" if bounds else "")
+    if traceable and _traced(value):
+        return _traced_real(where, name, value, expected, ndim=0)
     number = _real_scalar(where, name, value, expected)
     bad = np.isnan(number) or (np.isinf(number) and not allow_inf)
     bad = bad or (low is not None and (number <= low if low_open else number < low))
@@ -114,7 +136,7 @@ def flag(where, name, value):
 
 
 def real_values(where, name, value, *, low=None, low_open=False, allow_inf=False, integer_valued=False,
-                nonempty=True):
+                nonempty=True, traceable=False):
     """Real numbers (a scalar or an array, bools, strings and complex refused), not NaN, within bounds.
 
     Args:
@@ -124,13 +146,18 @@ def real_values(where, name, value, *, low=None, low_open=False, allow_inf=False
       allow_inf: accept +-inf (within the bound).
       integer_valued: every finite value must be an integer.
       nonempty: refuse a zero-size array.
+      traceable: a traced array is returned as it is (dtype and size checked, values not).
 
     Returns:
-      float64 NumPy array of `value`'s shape.
+      float64 NumPy array of `value`'s shape (or the tracer).
     """
     kind = "integers" if integer_valued else "real numbers"
     bound = "" if low is None else f" {'>' if low_open else '>='} {low:g}"
     expected = f"{kind}{bound}{' (inf allowed)' if allow_inf else ', finite'}, a scalar or an array"
+    if traceable and _traced(value):
+        if nonempty and value.size == 0:
+            raise argument_error(where, name, expected, f"an empty array of shape {value.shape}")
+        return _traced_real(where, name, value, expected)
     if isinstance(value, (bool, np.bool_, str, bytes)):
         raise argument_error(where, name, expected, repr(value), TypeError)
     try:
@@ -155,13 +182,14 @@ def real_values(where, name, value, *, low=None, low_open=False, allow_inf=False
     return array
 
 
-def times(where, name, value, *, integer_valued=False, allow_inf=True):
+def times(where, name, value, *, integer_valued=False, allow_inf=True, traceable=False):
     """Training times (or step counts): real, non-negative, not NaN; a scalar or a non-empty array.
 
     Returns:
-      float64 NumPy array of `value`'s shape.
+      float64 NumPy array of `value`'s shape (or, if `traceable`, a tracer as it is).
     """
-    return real_values(where, name, value, low=0, allow_inf=allow_inf, integer_valued=integer_valued)
+    return real_values(where, name, value, low=0, allow_inf=allow_inf, integer_valued=integer_valued,
+                       traceable=traceable)
 
 
 def one_name(where, name, value, allowed):
@@ -176,6 +204,10 @@ def examples(where, name, x):
     """A batch-first array of real inputs, `(N, ...)` with N >= 1, finite (`kernels.checks.check_examples`).
 
     Integer inputs are accepted (the kernel function decides whether it takes them). Returns
-    the checked host copy; callers pass the original on to kernel functions.
+    the checked host copy (for a tracer: a stand-in of its shape and dtype, its values unchecked);
+    callers pass the original on to kernel functions.
     """
+    if _traced(x):
+        x = np.broadcast_to(np.zeros((), x.dtype), x.shape)  # no memory: dtype and shape checks only
+        return check_examples(where, name, x, min_ndim=2, floating=False, finite=False)
     return check_examples(where, name, x, min_ndim=2, floating=False, finite=True)

@@ -25,7 +25,19 @@ reduces to `K_xx' - K_xX K^{-1} (I - e^{-2sK}) K_Xx'`). Discrete gradient
 descent with step `h = learning_rate / y_train.size` replaces `exp(-s Θ)` by
 `(I - h Θ)^k` after k steps; it is stable while `h * λ_max(Θ) < 2`, i.e.
 `learning_rate < max_learning_rate(Θ, y_train.size)`.
+
+Everything here is traceable by `jax.jit` and differentiable by `jax.grad`
+(kernels, targets, initial outputs, times, `diag_reg`, `learning_rate`): with
+a traced input the same formulas run as jax.numpy (`theory.linalg.Numerics`).
+A concrete train kernel is still factorized once in float64 on the host (or
+its accelerator) and cached, even when `predict_fn` is called inside `jit`.
+Traced times go through the spectral filters, infinite ones included (exact
+for a positive definite regularized kernel); value checks are skipped.
 """
+import contextlib
+from typing import NamedTuple
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.sparse.linalg
@@ -36,8 +48,27 @@ from theory.spectral import TrainKernel
 
 
 def check_learning_rate(where, learning_rate):
-    """A finite positive learning rate, as a float."""
-    return arguments.scalar(where, "learning_rate", learning_rate, low=0, low_open=True)
+    """A finite positive learning rate, as a float (a traced one as it is)."""
+    return arguments.scalar(where, "learning_rate", learning_rate, low=0, low_open=True, traceable=True)
+
+
+class TimeGrid(NamedTuple):
+    """Times flattened: `finite` / `infinite` index the entries computed by the spectral filters /
+    by the t = infinity solve. Traced times all go through the filters (their values are unknown)."""
+
+    lead: tuple
+    flat: object
+    finite: np.ndarray
+    infinite: np.ndarray
+
+
+def time_grid(times):
+    """`TimeGrid` of checked times (None: one infinite time, with no leading axes)."""
+    lead = () if times is None else tuple(times.shape)
+    flat = np.array([np.inf]) if times is None else times.reshape(-1)
+    if linalg.is_traced(flat):
+        return TimeGrid(lead, flat, np.arange(flat.size), np.arange(0))
+    return TimeGrid(lead, flat, np.flatnonzero(np.isfinite(flat)), np.flatnonzero(~np.isfinite(flat)))
 
 
 def check_prediction_inputs(where, fx_train_0, fx_test_0, k_test_train):
@@ -55,7 +86,7 @@ class _LinearDynamics:
 
     def __init__(self, where, k_train_train, y_train, diag_reg, diag_reg_absolute_scale, trace_axes, solver):
         self.layout = output_axes.output_layout(where, y_train, trace_axes)
-        self.diag_reg = arguments.scalar(where, "diag_reg", diag_reg, low=0)
+        self.diag_reg = arguments.scalar(where, "diag_reg", diag_reg, low=0, traceable=True)
         self.absolute = arguments.flag(where, "diag_reg_absolute_scale", diag_reg_absolute_scale)
         self.solver = spectral.check_solver(where, solver)
         self.n_train = self.layout.y_shape[0]
@@ -72,41 +103,43 @@ class _LinearDynamics:
         return self._train
 
     def predict(self, times, fx_train_0, fx_test_0, k_test_train, expm1_fn, gain_fn, f_args_fn, solver):
-        """times: float64 array or None (= infinity); *_fn: the spectral filters."""
+        """times: float64 array, tracer or None (= infinity); *_fn: the spectral filters."""
         where = self.predict_where
         check_prediction_inputs(where, fx_train_0, fx_test_0, k_test_train)
         layout = self.layout._replace(where=where)
-        lead = () if times is None else times.shape
-        flat = np.array([np.inf]) if times is None else times.reshape(-1)
-        finite = np.flatnonzero(np.isfinite(flat))
-        infinite = np.flatnonzero(~np.isfinite(flat))
-        y = output_axes.targets_2d(layout, np.asarray(self.y_train, np.float64))
-        f0 = 0.0 if fx_train_0 is None else broadcast_outputs(layout, "fx_train_0", fx_train_0, layout.y_shape)
+        grid = time_grid(times)
+        finite, infinite, n_times = grid.finite, grid.infinite, grid.flat.shape[0]
+        f_args = f_args_fn(grid.flat[finite])
+        num = linalg.numerics(self.k2d, self.diag_reg, self.y_train, f_args, fx_train_0, fx_test_0, k_test_train)
+        spectral.check_traced_solver(where, solver, num.traced)
+        y = output_axes.targets_2d(layout, num.asarray(self.y_train), num.xp)
+        f0 = 0.0 if fx_train_0 is None else broadcast_outputs(layout, "fx_train_0", fx_train_0, layout.y_shape,
+                                                                num=num)
         r = f0 - y
         train_out = test_out = None
-        with linalg.float64():
+        with num.scope():
             if fx_train_0 is not None:
-                train_out = np.zeros((flat.size,) + y.shape)
+                train_out = num.zeros((n_times,) + y.shape)
                 if finite.size:
-                    train_out[finite] = f0 + self.train.apply(expm1_fn, f_args_fn(flat[finite]), r, solver)
+                    train_out = num.put(train_out, finite, f0 + self.train.apply(expm1_fn, f_args, r, solver))
                 if infinite.size:
-                    train_out[infinite] = y
-                train_out = output_axes.outputs_from_2d(layout, train_out, layout.kept_shape, (flat.size,))
-                train_out = finish("fx_train_t", train_out.reshape(lead + layout.y_shape), self.dtype)
+                    train_out = num.put(train_out, infinite, y)
+                train_out = output_axes.outputs_from_2d(layout, train_out, layout.kept_shape, (n_times,), num.xp)
+                train_out = finish("fx_train_t", train_out.reshape(grid.lead + layout.y_shape), self.dtype)
             if fx_test_0 is not None:
                 k_td = output_axes.kernel_2d(layout, "k_test_train", k_test_train, None, self.n_train)
-                k_td = np.asarray(k_td, np.float64)
+                k_td = num.asarray(k_td)
                 test_kept = output_axes.rows_shape(layout, k_test_train)
                 test_shape = output_shape(layout, test_kept)
-                g0 = broadcast_outputs(layout, "fx_test_0", fx_test_0, test_shape)
-                test_out = np.zeros((flat.size, k_td.shape[0], y.shape[1]))
+                g0 = broadcast_outputs(layout, "fx_test_0", fx_test_0, test_shape, num=num)
+                test_out = num.zeros((n_times, k_td.shape[0], y.shape[1]))
                 if finite.size:
-                    gain = self.train.apply(gain_fn, f_args_fn(flat[finite]), r, solver)
-                    test_out[finite] = g0 - k_td @ gain
+                    gain = self.train.apply(gain_fn, f_args, r, solver)
+                    test_out = num.put(test_out, finite, g0 - k_td @ gain)
                 if infinite.size:
-                    test_out[infinite] = g0 - k_td @ self.train.solve(r)
-                test_out = output_axes.outputs_from_2d(layout, test_out, test_kept, (flat.size,))
-                test_out = finish("fx_test_t", test_out.reshape(lead + test_shape), self.dtype)
+                    test_out = num.put(test_out, infinite, g0 - k_td @ self.train.solve(r))
+                test_out = output_axes.outputs_from_2d(layout, test_out, test_kept, (n_times,), num.xp)
+                test_out = finish("fx_test_t", test_out.reshape(grid.lead + test_shape), self.dtype)
         if train_out is not None and test_out is not None:
             return train_out, test_out
         return train_out if test_out is None else test_out
@@ -120,16 +153,16 @@ def output_shape(layout, kept_shape):
     return tuple(shape)
 
 
-def broadcast_outputs(layout, name, value, shape, flatten=True):
-    """Checks initial outputs (real, finite), broadcasts them to `shape` as float64 and (if `flatten`)
-    flattens them like the targets."""
-    value = np.asarray(arguments.real_array(layout.where, name, value), np.float64)
+def broadcast_outputs(layout, name, value, shape, flatten=True, num=linalg.HOST):
+    """Checks initial outputs (real, finite), broadcasts them to `shape` in `num`'s dtype (float64 on
+    the host) and (if `flatten`) flattens them like the targets."""
+    value = num.asarray(arguments.real_array(layout.where, name, value))
     try:
-        value = np.broadcast_to(value, shape)
+        value = num.xp.broadcast_to(value, shape)
     except ValueError:
         raise arguments.argument_error(layout.where, name, f"broadcastable to the outputs' shape {shape}",
                                        f"shape {value.shape}") from None
-    return output_axes.targets_2d(layout._replace(y_shape=shape), value) if flatten else value
+    return output_axes.targets_2d(layout._replace(y_shape=shape), value, num.xp) if flatten else value
 
 
 def gradient_descent_mse(
@@ -176,7 +209,7 @@ def gradient_descent_mse(
     scale = check_learning_rate(where, learning_rate) / int(np.prod(dynamics.layout.y_shape))
 
     def predict_fn(t=None, fx_train_0=0.0, fx_test_0=None, k_test_train=None):
-        times = None if t is None else arguments.times(dynamics.predict_where, "t", t)
+        times = None if t is None else arguments.times(dynamics.predict_where, "t", t, traceable=True)
         return dynamics.predict(
             times,
             fx_train_0,
@@ -230,8 +263,9 @@ def gradient_descent_mse_discrete(
 
     def predict_fn(steps=None, fx_train_0=0.0, fx_test_0=None, k_test_train=None):
         times = None if steps is None else arguments.times(dynamics.predict_where, "steps", steps,
-                                                           integer_valued=True)
-        if times is None or np.any(np.isinf(times)):
+                                                           integer_valued=True, traceable=True)
+        checkable = not linalg.is_traced(step, dynamics.k2d, dynamics.diag_reg, times)  # a value check
+        if checkable and (times is None or np.any(np.isinf(times))):
             with linalg.float64():
                 top = dynamics.train.largest_eigenvalue()
             if step * top >= 2:
@@ -248,7 +282,7 @@ def gradient_descent_mse_discrete(
                 k_test_train,
                 spectral.gd_expm1,
                 spectral.gd_gain,
-                lambda ks: (ks, np.float64(step)),
+                lambda ks: (ks, step if linalg.is_traced(step) else np.float64(step)),
                 "eigh",
             )
         except NonFiniteResult as error:
@@ -261,9 +295,14 @@ def gradient_descent_mse_discrete(
 
 
 def _call_kernel(kernel_fn, x1, x2, names, kwargs):
-    """kernel_fn with neural-tangents' `get`: returns {name: array}."""
+    """kernel_fn with neural-tangents' `get`: returns {name: array}.
+
+    With concrete inputs the kernels are computed eagerly even inside a trace (so that a train
+    kernel is factorized in float64 and cached); with traced ones they are traced."""
     get = names[0] if len(names) == 1 else tuple(names)
-    out = kernel_fn(x1, x2, get, **kwargs)
+    concrete = not linalg.is_traced(x1, x2, kwargs)
+    with jax.ensure_compile_time_eval() if concrete else contextlib.nullcontext():
+        out = kernel_fn(x1, x2, get, **kwargs)
     if isinstance(get, str) and not hasattr(out, get):
         return {get: out}
     return {g: getattr(out, g) for g in names}
@@ -317,41 +356,44 @@ def gradient_descent_mse_ensemble(
     layout = output_axes.output_layout(where, y_train, trace_axes)
     n_train = layout.y_shape[0]
     output_axes.check_inputs_match(layout, x_train)
-    diag_reg = arguments.scalar(where, "diag_reg", diag_reg, low=0)
+    diag_reg = arguments.scalar(where, "diag_reg", diag_reg, low=0, traceable=True)
     diag_reg_absolute_scale = arguments.flag(where, "diag_reg_absolute_scale", diag_reg_absolute_scale)
     scale = check_learning_rate(where, learning_rate) / int(np.prod(layout.y_shape))
     solver = spectral.check_solver(where, solver)
     predict_where = f"{where}'s predict_fn"
-    raw_train = {}
-    trains = {}
+    cached = {}  # g -> (raw train kernel, TrainKernel), concrete ones only
 
     def train_kernels(names):
-        missing = tuple(g for g in names if g not in raw_train)
+        """{g: (raw train kernel, TrainKernel)}; traced ones are made afresh in each trace, never cached."""
+        found = {g: cached[g] for g in names if g in cached}
+        missing = tuple(g for g in names if g not in found)
         if missing:
             computed = _call_kernel(kernel_fn, x_train, None, missing, kernel_fn_train_train_kwargs)
             for g in missing:
-                k = output_axes.kernel_2d(layout, f"kernel_fn(x_train, None).{g}", computed[g], n_train, n_train)
-                raw_train[g] = computed[g]
-                with linalg.float64():
-                    trains[g] = TrainKernel(k, diag_reg, diag_reg_absolute_scale, f"kernel_fn(x_train, None).{g}")
+                name = f"kernel_fn(x_train, None).{g}"
+                k = output_axes.kernel_2d(layout, name, computed[g], n_train, n_train)
+                found[g] = (computed[g], TrainKernel(k, diag_reg, diag_reg_absolute_scale, name))
+                if not found[g][1].traced:
+                    cached[g] = found[g]
+        return found
 
     def predict_fn(t=None, x_test=None, get=None, compute_cov=False, **kernel_fn_test_test_kwargs):
         parsed = arguments.parse_get(get, ("nngp", "ntk"), predict_where)
         compute_cov = arguments.flag(predict_where, "compute_cov", compute_cov)
-        times = None if t is None else arguments.times(predict_where, "t", t)
+        times = None if t is None else arguments.times(predict_where, "t", t, traceable=True)
         if x_test is not None:
             x_shape = arguments.examples(predict_where, "x_test", x_test).shape
             if x_shape[1:] != np.shape(x_train)[1:]:
                 raise arguments.argument_error(predict_where, "x_test", f"inputs of shape (M, *{np.shape(x_train)[1:]}) "
                                                "like x_train", f"shape {x_shape}")
         needed = tuple(g for g in ("nngp", "ntk") if g in parsed.names or (g == "nngp" and compute_cov))
-        train_kernels(needed)
-        dtype = result_dtype(*(raw_train[g] for g in needed))
-        lead = () if times is None else times.shape
-        flat = np.array([np.inf]) if times is None else times.reshape(-1)
-        finite = np.flatnonzero(np.isfinite(flat))
-        infinite = np.flatnonzero(~np.isfinite(flat))
-        s = flat[finite] * scale
+        found = train_kernels(needed)
+        raw_train = {g: found[g][0] for g in needed}
+        trains = {g: found[g][1] for g in needed}
+        dtype = result_dtype(*raw_train.values())
+        grid = time_grid(times)
+        finite, infinite, n_times = grid.finite, grid.infinite, grid.flat.shape[0]
+        s = grid.flat[finite] * scale
 
         test = None
         if x_test is not None:
@@ -361,47 +403,49 @@ def gradient_descent_mse_ensemble(
             test = (raw_td, raw_tt)
 
         out = {}
-        y = output_axes.targets_2d(layout, np.asarray(y_train, np.float64))
+        num = linalg.numerics(y_train, s, test, raw_train, diag_reg)
+        spectral.check_traced_solver(predict_where, solver, num.traced)
+        y = output_axes.targets_2d(layout, num.asarray(y_train), num.xp)
         # The NNGP at initialization, unregularized: f0 ~ GP(0, K).
         nngp_dd = None
         if compute_cov:
-            nngp_dd = np.asarray(output_axes.kernel_2d(layout, "nngp", raw_train["nngp"]), np.float64)
-        with linalg.float64():
+            nngp_dd = num.asarray(output_axes.kernel_2d(layout, "nngp", raw_train["nngp"]))
+        with num.scope():
             for g in parsed.names:
                 train = trains[g]
                 if test is None:
                     kept = layout.kept_shape
-                    mean = np.zeros((flat.size,) + y.shape)
+                    mean = num.zeros((n_times,) + y.shape)
                     if finite.size:
-                        mean[finite] = -train.apply(spectral.flow_expm1, (s,), y, solver)
+                        mean = num.put(mean, finite, -train.apply(spectral.flow_expm1, (s,), y, solver))
                     if infinite.size:
-                        mean[infinite] = y
+                        mean = num.put(mean, infinite, y)
                 else:
                     raw_td, raw_tt = test
-                    k_td = _test_train(layout, g, raw_td[g], n_train)
+                    k_td = _test_train(layout, g, raw_td[g], n_train, num)
                     kept = output_axes.rows_shape(layout, raw_td[g])
-                    mean = np.zeros((flat.size, k_td.shape[0], y.shape[1]))
+                    mean = num.zeros((n_times, k_td.shape[0], y.shape[1]))
                     if finite.size:
                         gain = train.apply(spectral.flow_gain, (s,), y, solver)
-                        mean[finite] = k_td @ gain
+                        mean = num.put(mean, finite, k_td @ gain)
                     if infinite.size:
-                        mean[infinite] = regression.posterior_mean(train, k_td, y)
-                mean = output_axes.outputs_from_2d(layout, mean, kept, (flat.size,))
-                mean = finish(f"mean ({g})", mean.reshape(lead + output_shape(layout, kept)), dtype)
+                        mean = num.put(mean, infinite, regression.posterior_mean(train, k_td, y))
+                mean = output_axes.outputs_from_2d(layout, mean, kept, (n_times,), num.xp)
+                mean = finish(f"mean ({g})", mean.reshape(grid.lead + output_shape(layout, kept)), dtype)
                 if not compute_cov:
                     out[g] = mean
                     continue
-                cov = _ensemble_covariance(layout, g, train, nngp_dd, test, n_train, flat, finite, infinite, s)
-                cov = output_axes.covariance_from_2d(cov, kept, (flat.size,))
-                cov = finish(f"covariance ({g})", cov.reshape(lead + cov.shape[1:]), dtype)
+                cov = _ensemble_covariance(layout, g, train, nngp_dd, test, n_train, grid, s, num)
+                cov = output_axes.covariance_from_2d(cov, kept, (n_times,))
+                cov = finish(f"covariance ({g})", cov.reshape(grid.lead + cov.shape[1:]), dtype)
                 out[g] = Gaussian(mean, cov)
         return named_output(parsed, out)
 
     return predict_fn
 
 
-def _test_train(layout, g, k, n_train):
-    return np.asarray(output_axes.kernel_2d(layout, f"kernel_fn(x_test, x_train).{g}", k, None, n_train), np.float64)
+def _test_train(layout, g, k, n_train, num):
+    return num.asarray(output_axes.kernel_2d(layout, f"kernel_fn(x_test, x_train).{g}", k, None, n_train))
 
 
 def _train_covariance_nngp(evecs, evals, s):
@@ -436,41 +480,42 @@ def _test_covariance_ntk(evecs, evals, s, theta_td, nngp_dd, nngp_td, nngp_tt):
     return nngp_tt[None] + quad - term2 - xp.swapaxes(term2, 1, 2)
 
 
-def _ensemble_covariance(layout, g, train, nngp_dd, test, n_train, flat, finite, infinite, s):
-    """(T, P, P) float64 NumPy covariance of the ensemble for mode g at each time."""
+def _ensemble_covariance(layout, g, train, nngp_dd, test, n_train, grid, s, num):
+    """(T, P, P) covariance of the ensemble for mode g at each time (float64 NumPy, or traced in `num`)."""
+    finite, infinite, n_times = grid.finite, grid.infinite, grid.flat.shape[0]
     if test is None:
-        cov = np.zeros((flat.size, train.size, train.size))
+        cov = num.zeros((n_times, train.size, train.size))
         if finite.size:
             evals, evecs = train.eigh()
             if g == "nngp":
-                cov[finite] = spectral.run_where(_train_covariance_nngp, evecs, evals, s)
+                cov = num.put(cov, finite, spectral.run_where(_train_covariance_nngp, evecs, evals, s))
             else:
-                cov[finite] = spectral.run_where(_train_covariance_ntk, evecs, evals, s, nngp_dd)
-        return 0.5 * (cov + np.swapaxes(cov, 1, 2))
+                cov = num.put(cov, finite, spectral.run_where(_train_covariance_ntk, evecs, evals, s, nngp_dd))
+        return 0.5 * (cov + num.xp.swapaxes(cov, 1, 2))
     raw_td, raw_tt = test
-    k_td = _test_train(layout, g, raw_td[g], n_train)
+    k_td = _test_train(layout, g, raw_td[g], n_train, num)
     m = k_td.shape[0]
     name = "kernel_fn(x_test, None).nngp"
     nngp_tt = output_axes.kernel_2d(layout, name, raw_tt)
     if nngp_tt.shape != (m, m):
         raise arguments.argument_error(layout.where, name, f"of shape ({m}, {m})", f"shape {np.shape(raw_tt)}")
-    nngp_tt = np.asarray(nngp_tt, np.float64)
-    nngp_td = _test_train(layout, "nngp", raw_td["nngp"], n_train) if g == "ntk" else None
-    cov = np.zeros((flat.size, m, m))
+    nngp_tt = num.asarray(nngp_tt)
+    nngp_td = _test_train(layout, "nngp", raw_td["nngp"], n_train, num) if g == "ntk" else None
+    cov = num.zeros((n_times, m, m))
     if finite.size:
         evals, evecs = train.eigh()
         if g == "nngp":
-            cov[finite] = spectral.run_where(_test_covariance_nngp, evecs, evals, s, k_td, nngp_tt)
+            value = spectral.run_where(_test_covariance_nngp, evecs, evals, s, k_td, nngp_tt)
         else:
-            cov[finite] = spectral.run_where(
-                _test_covariance_ntk, evecs, evals, s, k_td, nngp_dd, nngp_td, nngp_tt
-            )
+            value = spectral.run_where(_test_covariance_ntk, evecs, evals, s, k_td, nngp_dd, nngp_td, nngp_tt)
+        cov = num.put(cov, finite, value)
     if infinite.size:
         if g == "nngp":
-            cov[infinite] = regression.gp_posterior_covariance(train, k_td, nngp_tt)
+            value = regression.gp_posterior_covariance(train, k_td, nngp_tt)
         else:
-            cov[infinite] = regression.ntk_ensemble_covariance(train, k_td, nngp_dd, nngp_td, nngp_tt)
-    return 0.5 * (cov + np.swapaxes(cov, 1, 2))
+            value = regression.ntk_ensemble_covariance(train, k_td, nngp_dd, nngp_td, nngp_tt)
+        cov = num.put(cov, infinite, value)
+    return 0.5 * (cov + num.xp.swapaxes(cov, 1, 2))
 
 
 # max_learning_rate refuses a kernel whose smallest eigenvalue is below -tolerance x its largest, the
@@ -500,31 +545,42 @@ def max_learning_rate(ntk_train_train, y_train_size=None, momentum=0.0, eps=1e-1
       eps: non-negative, added to λ_max (neural-tangents' guard against dividing by zero).
 
     Returns:
-      The largest stable learning rate, a positive Python float.
+      The largest stable learning rate, a positive Python float (a traced
+      scalar if an argument is traced: then in the traced dtype, computed by
+      `jnp.linalg.eigvalsh`, without the positive semi-definite check).
 
     Raises:
       ValueError, TypeError: an argument out of range or of the wrong type, naming it.
     """
     where = "max_learning_rate"
     raw = arguments.real_array(where, "ntk_train_train", ntk_train_train)
-    k = np.asarray(raw, np.float64)
+    momentum = arguments.scalar(where, "momentum", momentum, low=0, high=1, traceable=True)
+    eps = arguments.scalar(where, "eps", eps, low=0, traceable=True)
+    num = linalg.numerics(raw, momentum, eps)
+    k = num.asarray(raw)
     if k.ndim % 2 or k.ndim == 0 or k.shape[0::2] != k.shape[1::2]:
         raise arguments.argument_error(where, "ntk_train_train", "a square (or zipped square) kernel",
                                        f"shape {k.shape}")
-    k = np.transpose(k, tuple(range(0, k.ndim, 2)) + tuple(range(1, k.ndim, 2)))
+    k = k.transpose(tuple(range(0, k.ndim, 2)) + tuple(range(1, k.ndim, 2)))
     n = int(np.prod(k.shape[: k.ndim // 2]))
     k = k.reshape(n, n)
-    momentum = arguments.scalar(where, "momentum", momentum, low=0, high=1)
-    eps = arguments.scalar(where, "eps", eps, low=0)
     factor = n if y_train_size is None else arguments.integer(where, "y_train_size", y_train_size, low=1)
     k = 0.5 * (k + k.T)
+    top = jnp.linalg.eigvalsh(k)[-1] if num.traced else _checked_top_eigenvalue(where, k, raw.dtype)
+    rate = 2 * (1 + momentum) * factor / (top + eps)
+    return rate if num.traced else float(rate)
+
+
+def _checked_top_eigenvalue(where, k, dtype):
+    """λ_max of a symmetric float64 NumPy `k`; refuses one not PSD within `NEGATIVE_EIGENVALUE_TOLERANCE`."""
+    n = k.shape[0]
     if n >= spectral.LANCZOS_MIN_SIZE:
         ends = scipy.sparse.linalg.eigsh(k, k=2, which="BE", return_eigenvectors=False, tol=1e-12)
         smallest, top = float(np.min(ends)), float(np.max(ends))
     else:
         evals = np.linalg.eigvalsh(k)
         smallest, top = float(evals[0]), float(evals[-1])
-    dtype = np.dtype(raw.dtype)
+    dtype = np.dtype(dtype)
     floating = np.issubdtype(dtype, np.floating) or dtype.name == "bfloat16"
     rounding = n * float(jnp.finfo(dtype if floating else np.float64).eps)
     tolerance = max(NEGATIVE_EIGENVALUE_TOLERANCE, rounding)
@@ -533,4 +589,4 @@ def max_learning_rate(ntk_train_train, y_train_size=None, momentum=0.0, eps=1e-1
             where, "ntk_train_train", f"positive semi-definite with a positive largest eigenvalue (smallest "
             f"eigenvalue >= -{tolerance:.3g} x the largest)",
             f"a kernel of shape {k.shape} with eigenvalues from {smallest:.4g} to {top:.4g}")
-    return 2 * (1 + momentum) * factor / (top + eps)
+    return top

@@ -20,10 +20,16 @@ once:
   `[-MAX_RELATIVE_JITTER * mean diagonal, 0)` to zero (reported the same way
   when they are beyond rounding) and rejects more negative ones.
 
-These checks need concrete values, so they run at the public boundary; inside
-a user's own `jax.jit` they would be skipped, which is why the public
-functions of `theory/` are meant to be called on concrete arrays.
+These checks need concrete values, so they run at the public boundary on
+concrete inputs. The solvers of `theory.predict` are also traceable
+(`jax.jit`, `jax.grad`): when any input that a computation depends on is a
+JAX tracer, it runs as pure `jax.numpy` (`Numerics.traced`) in the widest
+float JAX allows at that moment (float64 under x64 mode, else float32), with
+no jitter ladder and no value checks (no NaN/PSD/symmetry checks: inside a
+user's `jit` those are skipped, as the README says). The formulas are the
+same code on both paths, written against an array namespace `xp`.
 """
+import contextlib
 import warnings
 from typing import NamedTuple
 
@@ -43,6 +49,57 @@ class JitterWarning(UserWarning):
 def float64():
     """Context in which JAX computes in float64, without touching the global flag."""
     return jax.enable_x64(True)
+
+
+def is_traced(*values):
+    """True if any leaf of `values` (pytrees allowed) is a JAX tracer (inside `jit`, `grad`, `vmap`)."""
+    return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(values))
+
+
+class Numerics(NamedTuple):
+    """Where a computation runs: `xp` (NumPy or jax.numpy) in `dtype`.
+
+    Concrete inputs: NumPy in float64 on the host (`HOST`). Traced inputs:
+    jax.numpy in the widest float JAX allows now (`traced_numerics()`), so a
+    computation inside a user's `jit` is float64 only if x64 mode is on.
+    """
+
+    xp: object
+    dtype: object
+
+    @property
+    def traced(self):
+        return self.xp is jnp
+
+    def asarray(self, x):
+        return self.xp.asarray(x, self.dtype)
+
+    def zeros(self, shape):
+        return self.xp.zeros(shape, self.dtype)
+
+    def scope(self):
+        """The context solves run in: a local x64 scope on the host path, nothing when traced
+        (switching x64 inside a user's trace would mix dtypes)."""
+        return contextlib.nullcontext() if self.traced else float64()
+
+    def put(self, out, rows, value):
+        """`out` with `out[rows] = value` (in place for NumPy, functionally for JAX)."""
+        if self.traced:
+            return out.at[rows].set(value)
+        out[rows] = value
+        return out
+
+
+HOST = Numerics(np, np.dtype(np.float64))
+
+
+def traced_numerics():
+    return Numerics(jnp, jax.dtypes.canonicalize_dtype(np.float64))
+
+
+def numerics(*values):
+    """`traced_numerics()` if any of `values` is traced, else `HOST`."""
+    return traced_numerics() if is_traced(*values) else HOST
 
 
 def on_accelerator(x):
@@ -97,10 +154,13 @@ def _eigh(k):
 
 
 def cho_solve(factor, b):
-    """Solve `K x = b` from the lower Cholesky factor of K; NumPy float64 result."""
+    """Solve `K x = b` from the lower Cholesky factor of K; NumPy float64 result (traced if an input is)."""
+    if is_traced(factor, b):
+        num = traced_numerics()
+        return jax.scipy.linalg.cho_solve((num.asarray(factor), True), num.asarray(b))
     if isinstance(factor, np.ndarray):
         return scipy.linalg.cho_solve((factor, True), np.asarray(b, np.float64), check_finite=False)
-    with float64():
+    with float64(), jax.ensure_compile_time_eval():
         return np.asarray(_cho_solve_device(factor, jnp.asarray(b, jnp.float64)))
 
 

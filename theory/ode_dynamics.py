@@ -15,6 +15,10 @@ reads
 
 (neural-tangents' convention: with momentum, `learning_rate` and `t` are not
 interchangeable). For MSE this reproduces `gradient_descent_mse`.
+
+Traceable by `jax.jit` and differentiable by `jax.grad` (diffrax's default
+adjoint): with a traced input the integration runs in the traced dtype and
+the checks of the loss's values and of the integration's success are skipped.
 """
 from functools import partial
 from typing import NamedTuple, Optional
@@ -100,13 +104,14 @@ def gradient_descent(
     k2d = output_axes.kernel_2d(layout, "k_train_train", k_train_train, n_train, n_train)
     value = check_learning_rate(where, learning_rate)
     if momentum is not None:
-        momentum = arguments.scalar(where, "momentum", momentum, low=0, high=1)
+        momentum = arguments.scalar(where, "momentum", momentum, low=0, high=1, traceable=True)
     rtol = arguments.scalar(where, "rtol", rtol, low=0, low_open=True)
     atol = arguments.scalar(where, "atol", atol, low=0, low_open=True)
     max_steps = arguments.integer(where, "max_steps", max_steps, low=1)
     dtype = result_dtype(k_train_train)
-    time_scale = value if momentum is None else float(np.sqrt(value))
-    friction = None if momentum is None else (1.0 - momentum) / float(np.sqrt(value))
+    root = jnp.sqrt(value) if linalg.is_traced(value) else float(np.sqrt(value))
+    time_scale = value if momentum is None else root
+    friction = None if momentum is None else (1.0 - momentum) / root
     import diffrax  # imported on first use: `import theory` stays light
 
     if solver is not None and not isinstance(solver, diffrax.AbstractSolver):
@@ -120,7 +125,7 @@ def gradient_descent(
         if t is None:
             raise arguments.argument_error(predict_where, "t", "finite times (t=None would mean infinity, "
                                            "which an ODE integration does not reach)", None)
-        times = arguments.times(predict_where, "t", t, allow_inf=False)
+        times = arguments.times(predict_where, "t", t, allow_inf=False, traceable=True)
         as_state = isinstance(fx_train_or_state_0, ODEState)
         if as_state:
             if fx_test_0 is not None:
@@ -139,38 +144,40 @@ def gradient_descent(
         elif fx_test_0 is not None and k_test_train is None:
             check_prediction_inputs(predict_where, fx_train_0, fx_test_0, k_test_train)
         here = layout._replace(where=predict_where)
+        num = linalg.numerics(k2d, y_train, times, state0, fx_test_0, k_test_train, value, momentum)
 
-        with linalg.float64():
-            k = jnp.asarray(k2d, jnp.float64)
-            y = jnp.asarray(y_train, jnp.float64)
-            f_train = 0.0 if fx_train_0 is None else fx_train_0
-            f_train = jnp.asarray(broadcast_outputs(here, "fx_train_0", f_train, layout.y_shape, flatten=False))
+        def outputs(name, given, shape):
+            return jnp.asarray(broadcast_outputs(here, name, given, shape, flatten=False, num=num))
+
+        with num.scope():
+            k = jnp.asarray(k2d, num.dtype)
+            y = jnp.asarray(y_train, num.dtype)
+            f_train = outputs("fx_train_0", 0.0 if fx_train_0 is None else fx_train_0, layout.y_shape)
             _check_loss_at_start(predict_where, loss, f_train, y)
             k_td = test_shape = None
             f_test = None
             if fx_test_0 is not None:
                 k_td = jnp.asarray(output_axes.kernel_2d(here, "k_test_train", k_test_train, None, n_train),
-                                   jnp.float64)
+                                   num.dtype)
                 test_shape = output_shape(layout, output_axes.rows_shape(layout, k_test_train))
-                f_test = jnp.asarray(broadcast_outputs(here, "fx_test_0", fx_test_0, test_shape, flatten=False))
+                f_test = outputs("fx_test_0", fx_test_0, test_shape)
             q_train = q_test = None
             if momentum is not None:
-                q_train = jnp.zeros(layout.y_shape) if state0.qx_train is None else jnp.asarray(
-                    broadcast_outputs(here, "qx_train", state0.qx_train, layout.y_shape, flatten=False))
+                q_train = outputs("qx_train", 0.0 if state0.qx_train is None else state0.qx_train, layout.y_shape)
                 if f_test is not None:
-                    q_test = jnp.zeros(test_shape) if state0.qx_test is None else jnp.asarray(
-                        broadcast_outputs(here, "qx_test", state0.qx_test, test_shape, flatten=False))
+                    q_test = outputs("qx_test", 0.0 if state0.qx_test is None else state0.qx_test, test_shape)
             start = ODEState(f_train, f_test, q_train, q_test)
-            order = np.argsort(times.reshape(-1), kind="stable")
-            ts = jnp.asarray(times.reshape(-1)[order] * time_scale)
-            if float(ts[-1]) == 0.0:
+            flat = times.reshape(-1)
+            order = num.xp.argsort(flat, stable=True)
+            ts = jnp.asarray(num.asarray(flat)[order] * time_scale)
+            if not num.traced and float(np.max(flat)) == 0.0:
                 path = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (ts.shape[0],) + x.shape), start)
             else:
                 path, result = _solve(k, k_td, y, friction, start, ts, **controls)
-                if result != diffrax.RESULTS.successful:
+                # unchecked when traced (also with concrete inputs inside a user's trace)
+                if not linalg.is_traced(result) and result != diffrax.RESULTS.successful:
                     _integration_failed(predict_where, loss, path, y, ts / time_scale, diffrax.RESULTS[result])
-            inverse = np.empty_like(order)
-            inverse[order] = np.arange(order.size)
+            inverse = num.xp.argsort(order)  # the inverse permutation
             advice = "the ODE integration overflowed; check `loss` and the kernel's scale"
             path = jax.tree_util.tree_map(
                 lambda x: finish("ODE solution", x[inverse].reshape(times.shape + x.shape[1:]), dtype, advice), path
@@ -187,11 +194,15 @@ def gradient_descent(
 
 
 def _check_loss_at_start(where, loss, f_train, y):
-    """Refuses a loss whose value or gradient is not finite at the initial train outputs, naming `loss`."""
+    """Refuses a loss that is not a scalar or (on concrete values) whose value or gradient is not finite
+    at the initial train outputs, naming `loss`."""
+    shape = jax.eval_shape(loss, f_train, y).shape
+    if shape != ():
+        raise arguments.argument_error(where, "loss", "a function returning a scalar", f"a result of shape {shape}",
+                                       TypeError)
     value, gradient = jax.value_and_grad(loss)(f_train, y)
-    if jnp.ndim(value) != 0:
-        raise arguments.argument_error(where, "loss", "a function returning a scalar",
-                                       f"a result of shape {jnp.shape(value)}", TypeError)
+    if linalg.is_traced(value, gradient):  # a value check: skipped inside a trace
+        return
     if not (np.isfinite(float(value)) and np.all(np.isfinite(np.asarray(gradient)))):
         raise arguments.argument_error(
             where, "loss", "finite, with a finite gradient, at the initial outputs fx_train_0",

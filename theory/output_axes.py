@@ -7,9 +7,10 @@ axis 0) appear in the kernel zipped: a kernel between sets of kept shapes
 `(a, b)` and `(a', b')` has shape `(a, a', b, b')`. With the default
 `trace_axes=(-1,)` and `y` of shape `(N, C)` the kernel is simply `(N, N')`.
 
-Solvers work on the flattened form (NumPy arrays; reshaping is free on the
-host): kernel `(P, P')` and targets `(P, C)`, with
-`P` the product of the kept dimensions and `C` the product of the traced ones.
+Solvers work on the flattened form (NumPy arrays, reshaping being free on the
+host; JAX arrays for kernels on an accelerator or traced ones): kernel
+`(P, P')` and targets `(P, C)`, with `P` the product of the kept dimensions
+and `C` the product of the traced ones.
 """
 from typing import NamedTuple
 
@@ -102,10 +103,12 @@ def kernel_2d(layout, name, k, rows_batch=None, cols_batch=None, symmetric=None)
     targets'. `symmetric`: the flattened kernel must equal its transpose within
     `symmetry_tolerance` of max |K| (None: when both batch sizes are given and equal,
     i.e. a train-train kernel). A kernel on an accelerator stays there (its solves
-    run there). Errors name `layout.where` and `name`.
+    run there); a traced kernel stays traced, with the value checks (finite,
+    symmetric) skipped. Errors name `layout.where` and `name`.
     """
     arguments.real_array(layout.where, name, k, finite=False)
-    xp = jnp if linalg.on_accelerator(k) else np
+    traced = linalg.is_traced(k)
+    xp = jnp if traced or linalg.on_accelerator(k) else np
     k = xp.asarray(k)
     kept = layout.kept_shape
     n_kept = len(kept)
@@ -126,7 +129,7 @@ def kernel_2d(layout, name, k, rows_batch=None, cols_batch=None, symmetric=None)
     if symmetric is None:
         symmetric = rows_batch is not None and rows_batch == cols_batch
     if symmetric:
-        _check_symmetric(layout.where, name, k)
+        _check_symmetric(layout.where, name, k, values=not traced)
     return k
 
 
@@ -138,10 +141,14 @@ def symmetry_tolerance(dtype):
     return 1e-4 if dtype.itemsize >= 4 else 1e-2
 
 
-def _check_symmetric(where, name, k):
-    """Refuse a square kernel that is not symmetric (its eigenvalues would otherwise be misread as non-PSD)."""
+def _check_symmetric(where, name, k, values=True):
+    """Refuse a square kernel that is not symmetric (its eigenvalues would otherwise be misread as non-PSD).
+
+    `values=False` (a traced kernel): only the shape is checked."""
     if k.shape[0] != k.shape[1]:
         raise arguments.argument_error(where, name, "a square (symmetric) kernel", f"shape {tuple(k.shape)}")
+    if not values:
+        return
     host = np.asarray(k, np.float64)
     scale = float(np.max(np.abs(host)))
     asym = float(np.max(np.abs(host - host.T)))
@@ -175,4 +182,4 @@ def covariance_from_2d(cov, kept_shape, lead_shape=()):
     order = tuple(range(n_lead)) + tuple(
         n_lead + i + half * n_kept for i in range(n_kept) for half in (0, 1)
     )
-    return np.transpose(cov, order)
+    return cov.transpose(order)  # a method: NumPy and JAX arrays alike

@@ -12,6 +12,12 @@ factorizations, clear errors and no NaN (see `theory.linalg`):
 * `gradient_descent`: any loss, optional momentum, by ODE integration
   (`theory.ode_dynamics`);
 * `max_learning_rate`: the largest stable learning rate (`theory.dynamics`).
+
+All of them, and the `predict_fn`s they return, are traceable by `jax.jit` and
+differentiable by `jax.grad` (kernels, targets, initial outputs, times,
+`diag_reg`): with a traced input the same formulas run as jax.numpy in the
+traced dtype (float64 only under x64 mode), value checks skipped; concrete
+inputs keep the float64 host path (`theory.linalg`).
 """
 from theory.dynamics import (
     gradient_descent_mse,

@@ -23,6 +23,9 @@ regression above, and its covariance
 
 mixes the NTK Θ (which governs training) with the NNGP K (the distribution at
 initialization).
+
+`gp_inference` is traceable by `jax.jit` and `jax.grad`: with a traced kernel,
+target or `diag_reg` the same formulas run as jax.numpy (`theory.linalg`).
 """
 import functools
 from collections import namedtuple
@@ -96,7 +99,12 @@ def ntk_ensemble_covariance(theta, theta_td, nngp_dd, nngp_td, nngp_tt):
 
 
 def finish(name, x, dtype, advice="the kernel is too ill-conditioned for this request; pass a positive diag_reg."):
-    """Float64 NumPy result -> a JAX array of the input dtype; `NonFiniteResult` (saying `advice`) if not finite."""
+    """Float64 NumPy result -> a JAX array of the input dtype; `NonFiniteResult` (saying `advice`) if not finite.
+
+    A traced result is cast to the input dtype as JAX allows it now (float32 for float64 without
+    x64 mode), unchecked."""
+    if linalg.is_traced(x):
+        return x.astype(jax.dtypes.canonicalize_dtype(dtype))
     x = np.asarray(x)
     if not np.all(np.isfinite(x)):
         raise NonFiniteResult(f"{name} came out non-finite: {advice}")
@@ -146,7 +154,7 @@ def gp_inference(k_train_train, y_train, diag_reg=0.0, diag_reg_absolute_scale=F
     """
     where = "gp_inference"
     layout = output_axes.output_layout(where, y_train, trace_axes)
-    diag_reg = arguments.scalar(where, "diag_reg", diag_reg, low=0)
+    diag_reg = arguments.scalar(where, "diag_reg", diag_reg, low=0, traceable=True)
     diag_reg_absolute_scale = arguments.flag(where, "diag_reg_absolute_scale", diag_reg_absolute_scale)
     n_train = layout.y_shape[0]
     predict_where = "gp_inference's predict_fn"
@@ -163,8 +171,9 @@ def gp_inference(k_train_train, y_train, diag_reg=0.0, diag_reg_absolute_scale=F
     def predict_fn(get=None, k_test_train=None, k_test_test=None):
         parsed = arguments.parse_get(get, ("nngp", "ntk", "ntkgp"), predict_where, default=("nngp", "ntk"))
         out = {}
-        with linalg.float64():
-            y = output_axes.targets_2d(layout, np.asarray(y_train, np.float64))
+        num = linalg.numerics(k_train_train, y_train, diag_reg, k_test_train, k_test_test)
+        with num.scope():
+            y = output_axes.targets_2d(layout, num.asarray(y_train), num.xp)
             for g in parsed.names:
                 kind = "nngp" if g == "nngp" else "ntk"
                 dtype = result_dtype(kernel_part(k_train_train, kind, "k_train_train"))
@@ -174,12 +183,12 @@ def gp_inference(k_train_train, y_train, diag_reg=0.0, diag_reg_absolute_scale=F
                         out[g] = mean
                     else:
                         p = int(np.prod(layout.kept_shape))
-                        cov = output_axes.covariance_from_2d(np.zeros((p, p)), layout.kept_shape)
+                        cov = output_axes.covariance_from_2d(num.zeros((p, p)), layout.kept_shape)
                         out[g] = Gaussian(mean, finish("covariance", cov, dtype))
                     continue
                 train = train_kernel(kind)
                 raw_td = kernel_part(k_test_train, kind, "k_test_train")
-                k_td = _test_train_2d(layout, f"k_test_train.{kind}", raw_td, n_train)
+                k_td = _test_train_2d(layout, f"k_test_train.{kind}", raw_td, n_train, num)
                 test_kept = output_axes.rows_shape(layout, raw_td)
                 mean = output_axes.outputs_from_2d(layout, posterior_mean(train, k_td, y), test_kept)
                 if k_test_test is None:
@@ -193,13 +202,13 @@ def gp_inference(k_train_train, y_train, diag_reg=0.0, diag_reg_absolute_scale=F
                             "k_test_train as objects with .nngp and .ntk (e.g. kernel_fn(..., get=('nngp', 'ntk')))."
                         )
                     nngp_dd = output_axes.kernel_2d(layout, "k_train_train.nngp", k_train_train.nngp, n_train, n_train)
-                    nngp_td = _test_train_2d(layout, "k_test_train.nngp", k_test_train.nngp, n_train)
+                    nngp_td = _test_train_2d(layout, "k_test_train.nngp", k_test_train.nngp, n_train, num)
                     nngp_tt = kernel_part(k_test_test, "nngp", "k_test_test")
-                    nngp_tt = _test_test_2d(layout, "k_test_test.nngp", nngp_tt, m)
-                    cov = ntk_ensemble_covariance(train, k_td, np.asarray(nngp_dd, np.float64), nngp_td, nngp_tt)
+                    nngp_tt = _test_test_2d(layout, "k_test_test.nngp", nngp_tt, m, num)
+                    cov = ntk_ensemble_covariance(train, k_td, num.asarray(nngp_dd), nngp_td, nngp_tt)
                 else:
                     k_tt = kernel_part(k_test_test, kind, "k_test_test")
-                    k_tt = _test_test_2d(layout, f"k_test_test.{kind}", k_tt, m)
+                    k_tt = _test_test_2d(layout, f"k_test_test.{kind}", k_tt, m, num)
                     cov = gp_posterior_covariance(train, k_td, k_tt)
                 cov = output_axes.covariance_from_2d(cov, test_kept)
                 out[g] = Gaussian(finish(f"mean ({g})", mean, dtype), finish(f"covariance ({g})", cov, dtype))
@@ -208,13 +217,13 @@ def gp_inference(k_train_train, y_train, diag_reg=0.0, diag_reg_absolute_scale=F
     return predict_fn
 
 
-def _test_train_2d(layout, name, k, n_train):
-    return np.asarray(output_axes.kernel_2d(layout, name, k, None, n_train), np.float64)
+def _test_train_2d(layout, name, k, n_train, num=linalg.HOST):
+    return num.asarray(output_axes.kernel_2d(layout, name, k, None, n_train))
 
 
-def _test_test_2d(layout, name, k, m):
+def _test_test_2d(layout, name, k, m, num=linalg.HOST):
     k2 = output_axes.kernel_2d(layout, name, k)
     if k2.shape != (m, m):
         raise arguments.argument_error(layout.where, name, f"square with {m} rows (like k_test_train)",
                                        f"shape {np.shape(k)}")
-    return np.asarray(k2, np.float64)
+    return num.asarray(k2)

@@ -102,13 +102,17 @@ _JITTED = {}
 
 def run_where(fn, *args):
     """fn(*args) with NumPy when the first argument is a NumPy array, else jitted on its
-    JAX device in float64; the result as a float64 NumPy array."""
+    JAX device in float64; the result as a float64 NumPy array. If any argument is traced,
+    fn runs as jax.numpy in `linalg.traced_numerics()`'s dtype and the result is traced."""
+    if linalg.is_traced(*(a for a in args if not callable(a))):
+        num = linalg.traced_numerics()
+        return fn(*(a if callable(a) or isinstance(a, tuple) else num.asarray(a) for a in args))
     if isinstance(args[0], np.ndarray):
         with np.errstate(all="ignore"):  # the filters' discarded where-branches
             return np.asarray(fn(*args))
     if fn not in _JITTED:
         _JITTED[fn] = jax.jit(fn, static_argnums=tuple(i for i, a in enumerate(args) if callable(a)))
-    with linalg.float64():
+    with linalg.float64(), jax.ensure_compile_time_eval():  # concrete even when called inside a trace
         return np.asarray(_JITTED[fn](*args))
 
 
@@ -127,17 +131,22 @@ class TrainKernel:
       diag_reg, diag_reg_absolute_scale: neural-tangents' regularization.
       name: how messages refer to the matrix.
 
-    Methods take and return NumPy float64 arrays.
+    Methods take and return NumPy float64 arrays. If `k` or `diag_reg` is a JAX
+    tracer, everything is jax.numpy in `linalg.traced_numerics()`'s dtype
+    (plain Cholesky and eigh, no jitter ladder or PSD check); a concrete
+    kernel is factorized in float64 even inside a trace, and only what
+    involves traced arguments (`solve(b)`, `apply(..., r)`) is traced.
     """
 
     def __init__(self, k, diag_reg, diag_reg_absolute_scale, name="k_train_train"):
-        self.device = linalg.on_accelerator(k)
-        k = linalg.as_float64(k, self.device)
-        xp = jnp if self.device else np
-        with linalg.float64():
-            k = 0.5 * (k + k.T)
-            shift = diag_reg if diag_reg_absolute_scale else diag_reg * float(xp.trace(k)) / k.shape[0]
-            self.matrix = k + shift * xp.eye(k.shape[0], dtype=k.dtype)
+        self.traced = linalg.is_traced(k, diag_reg)
+        self.device = not self.traced and linalg.on_accelerator(k)
+        if self.traced:
+            self.matrix = _regularized(linalg.traced_numerics().asarray(k), diag_reg, diag_reg_absolute_scale, jnp)
+        else:
+            k = linalg.as_float64(k, self.device)
+            with linalg.float64(), jax.ensure_compile_time_eval():
+                self.matrix = _regularized(k, diag_reg, diag_reg_absolute_scale, jnp if self.device else np)
         self.size = self.matrix.shape[0]
         self.name = name
         self._cholesky = None
@@ -146,12 +155,21 @@ class TrainKernel:
 
     def cholesky(self):
         if self._cholesky is None:
-            self._cholesky = linalg.cholesky(self.matrix, self.name)
+            if self.traced:
+                self._cholesky = linalg.Cholesky(jnp.linalg.cholesky(self.matrix), 0.0)
+            else:
+                with jax.ensure_compile_time_eval():
+                    self._cholesky = linalg.cholesky(self.matrix, self.name)
         return self._cholesky
 
     def eigh(self):
         if self._eigh is None:
-            self._eigh = linalg.eigh_psd(self.matrix, self.name)
+            if self.traced:
+                evals, evecs = jnp.linalg.eigh(self.matrix)
+                self._eigh = linalg.Eigh(jnp.maximum(evals, 0.0), evecs)
+            else:
+                with jax.ensure_compile_time_eval():
+                    self._eigh = linalg.eigh_psd(self.matrix, self.name)
         return self._eigh
 
     def solve(self, b):
@@ -159,7 +177,9 @@ class TrainKernel:
         return linalg.cho_solve(self.cholesky().factor, b)
 
     def largest_eigenvalue(self):
-        return float(np.asarray(self.eigh().evals)[-1])
+        """λ_max: a Python float, or a traced scalar for a traced kernel."""
+        top = self.eigh().evals[-1]
+        return top if self.traced else float(np.asarray(top))
 
     def _krylov_basis(self, r):
         for cached_r, basis in self._krylov:
@@ -183,6 +203,10 @@ class TrainKernel:
         Returns:
           (T, P, C) float64 NumPy array.
         """
+        if linalg.is_traced(r, f_args) or self.traced:
+            # Lanczos is host code; the public functions refuse solver="lanczos" here.
+            evals, evecs = self.eigh()
+            return run_where(_apply_eigh, evecs, evals, r, f, f_args)
         r = np.asarray(r, np.float64)
         use_lanczos = solver == "lanczos" or (
             solver == "auto"
@@ -199,8 +223,22 @@ class TrainKernel:
         return run_where(_apply_eigh, evecs, evals, r, f, f_args)
 
 
+def _regularized(k, diag_reg, diag_reg_absolute_scale, xp):
+    """Symmetrized K + diag_reg * I, with diag_reg relative to trace(K) / N unless absolute."""
+    k = 0.5 * (k + k.T)
+    shift = diag_reg if diag_reg_absolute_scale else diag_reg * xp.trace(k) / k.shape[0]
+    return k + shift * xp.eye(k.shape[0], dtype=k.dtype)
+
+
 def check_solver(where, solver):
     """One of `SOLVERS`, else a ValueError naming `solver`."""
     if not isinstance(solver, str) or solver not in SOLVERS:
         raise argument_error(where, "solver", f"one of {SOLVERS}", solver)
     return solver
+
+
+def check_traced_solver(where, solver, traced):
+    """Refuses solver="lanczos" when the computation is traced (Lanczos bases are built on the host)."""
+    if traced and solver == "lanczos":
+        raise argument_error(where, "solver", "'auto' or 'eigh' when inputs are traced (inside jit or grad: "
+                             "Lanczos runs only on concrete arrays)", solver)
