@@ -4,6 +4,8 @@ from kernels.stax.combinators import FanInConcat, FanInProd, FanInSum, FanOut, p
 from kernels.stax.elementwise import (ABRelu, Abs, Cos, Elementwise, ElementwiseNumerical, Erf, Exp, Gaussian,
                                       Gelu, Hermite, LeakyRelu, Monomial, Polynomial, RectifiedMonomial, Rbf,
                                       Relu, Sigmoid_like, Sign, Sin)
+from kernels.stax.extra import (AggregateImplementation, AttentionMechanism, Dropout, ExpNormalized, Gabor,
+                                ImageResize, Index, Padding, PositionalEmbedding, Slice)
 from kernels.stax.layer import KernelFn, Layer
 from kernels.stax.linear import (AvgPool, Conv, Dense, Flatten, GlobalAvgPool, GlobalSumPool, Identity,
                                  LayerNorm, SumPool)
@@ -14,4 +16,7 @@ __all__ = [
     "GlobalAvgPool", "GlobalSelfAttention", "GlobalSumPool", "Hermite", "Identity", "KernelFn",
     "Layer", "LayerNorm", "LeakyRelu", "Monomial", "Polynomial", "Rbf", "RectifiedMonomial", "Relu",
     "Sigmoid_like", "Sign", "Sin", "SumPool", "parallel", "repeat", "serial",
+    # neural-tangents 0.6.5 names added later (kernels/stax/extra.py)
+    "AggregateImplementation", "AttentionMechanism", "Dropout", "ExpNormalized", "Gabor", "ImageResize",
+    "Index", "Padding", "PositionalEmbedding", "Slice",
 ]

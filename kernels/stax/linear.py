@@ -81,7 +81,7 @@ def _scales(fan_in, W_std, b_std, parameterization):
 
 
 def Dense(out_dim: int, W_std: float = 1., b_std=None, batch_axis: int = 0, channel_axis: int = -1,
-          parameterization: str = "ntk"):
+          parameterization: str = "ntk", s=(1, 1)):
     """Fully connected layer acting on the last (channel) axis.
 
     Args:
@@ -89,25 +89,40 @@ def Dense(out_dim: int, W_std: float = 1., b_std=None, batch_axis: int = 0, chan
       W_std: weight standard deviation (times ``1/sqrt(fan_in)``).
       b_std: bias standard deviation; ``None`` for no bias.
       parameterization: ``"ntk"`` or ``"standard"`` (Sohl-Dickstein et al. 2020).
+      s: ``"standard"`` only: the width scalings ``(s_in, s_out)`` of Sohl-Dickstein et al. 2020
+        (§3): the layer has ``s_out * out_dim`` outputs, its inputs are ``s_in`` times a base width
+        ``C / s_in``, weights have variance ``W_std^2 s_in / C`` and the product is divided by
+        ``sqrt(s_in)``. The NNGP does not change; the NTK's weight term is ``C / s_in`` times the
+        input NNGP instead of ``C``. The first layer has ``s_in = 1``, each next ``s_in`` is the
+        previous ``s_out`` (as neural-tangents). ``"ntk"`` takes only ``(1, 1)``.
     """
-    name = describe("Dense", out_dim=out_dim, W_std=W_std, b_std=b_std, parameterization=parameterization)
+    scaled = tuple(s) != (1, 1) if isinstance(s, (tuple, list)) else True
+    name = describe("Dense", out_dim=out_dim, W_std=W_std, b_std=b_std, parameterization=parameterization,
+                    **(dict(s=s) if scaled else {}))
     _check_parameterization(name, parameterization)
     _check_affine(name, out_dim, W_std, b_std)
     default_layout(name, batch_axis=(batch_axis, 0), channel_axis=(channel_axis, -1))
+    if not isinstance(s, (tuple, list)) or len(s) != 2:
+        raise argument_error(name, "s", "a pair of positive ints (s_in, s_out)", s, TypeError)
+    s_in, s_out = (positive_int(name, "s", v) for v in s)
+    if scaled and parameterization != "standard":
+        raise argument_error(name, "s", "(1, 1) with parameterization='ntk' (width scalings belong to the "
+                             "standard parameterization)", s)
+    width = out_dim * s_out
 
     def init_fn(rng, input_shape):
         fan_in = input_shape[-1]
-        params = _weights(rng, (fan_in, out_dim), fan_in, W_std, b_std, out_dim, parameterization)
-        return tuple(input_shape[:-1]) + (out_dim,), params
+        params = _weights(rng, (fan_in, width), fan_in / s_in, W_std, b_std, width, parameterization)
+        return tuple(input_shape[:-1]) + (width,), params
 
     def apply_fn(params, x, **kwargs):
         W, b = params
         w_scale, b_scale = _scales(x.shape[-1], W_std, b_std, parameterization)
-        out = w_scale * (x @ W)
+        out = (w_scale / math.sqrt(s_in)) * (x @ W)  # s_in is 1 in the ntk parameterization
         return out if b is None else out + b_scale * b
 
     def rule(k: Kernel) -> Kernel:
-        return _affine_rule(k, lambda a: a, k.channels, W_std, b_std, parameterization, out_dim)
+        return _affine_rule(k, lambda a: a, k.channels / s_in, W_std, b_std, parameterization, width)
 
     return leaf(name, init_fn, apply_fn, rule)
 
@@ -146,7 +161,7 @@ def _circular_pad(x, window_shape, strides):
 
 def Conv(out_chan: int, filter_shape, strides=None, padding: str = "VALID", W_std: float = 1., b_std=None,
          dimension_numbers=None, parameterization: str = "ntk"):
-    """Convolution over 1, 2 or 3 spatial axes of ``(N, *S, C)`` inputs.
+    """Convolution over any number of spatial axes of ``(N, *S, C)`` inputs.
 
     Args:
       out_chan: output channels.
@@ -166,13 +181,14 @@ def Conv(out_chan: int, filter_shape, strides=None, padding: str = "VALID", W_st
     _check_parameterization(name, parameterization)
     _check_affine(name, out_chan, W_std, b_std)
     filter_shape, strides = _window_args(name, filter_shape, strides, (1,) * len(filter_shape))
-    if not 1 <= len(filter_shape) <= 3:
-        raise ValueError(f"{name}: filters of 1, 2 or 3 spatial dimensions are supported")
     if dimension_numbers is not None:
         raise ValueError(f"{name}: only channels-last inputs (dimension_numbers=None) are supported")
     d = len(filter_shape)
-    spatial_letters = "DHW"[3 - d:]
-    numbers = ("N" + spatial_letters + "C", spatial_letters + "IO", "N" + spatial_letters + "C")
+    # Any number of spatial axes: inputs (N, *S, C), filters (*F, C_in, C_out), as axis indices
+    # (lax's letter strings stop at three spatial axes).
+    numbers = lax.ConvDimensionNumbers(lhs_spec=(0, d + 1) + tuple(range(1, d + 1)),
+                                       rhs_spec=(d + 1, d) + tuple(range(d)),
+                                       out_spec=(0, d + 1) + tuple(range(1, d + 1)))
 
     def init_fn(rng, input_shape):
         if len(input_shape) != d + 2:

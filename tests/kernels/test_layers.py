@@ -104,6 +104,13 @@ CASES = {
     "LayerNorm_spatial_axes_after_Gelu": (lambda: [conv(), stax.Gelu(), stax.LayerNorm(axis=(1, 2, 3))], IMG, 0.05),
     "LayerNorm_spatial_after_Erf_pooled": (lambda: [conv(), stax.Erf(), stax.AvgPool((2, 2)), stax.LayerNorm()],
                                            IMG, 0.05),
+    # neural-tangents 0.6.5 names of kernels/stax/extra.py (wrong rules fail these: test_layers_nt2.py)
+    "Gabor": (lambda: [dense(), stax.Gabor()], MLP, 0),
+    "Dense_standard_s": (lambda: [stax.Dense(WIDTH // 2, 1.1, 0.2, parameterization="standard", s=(1, 2)), stax.Relu(),
+                                  stax.Dense(WIDTH, 1.2, 0.1, parameterization="standard", s=(2, 1))], MLP, 0),
+    "Index": (lambda: [conv(), stax.Relu(), stax.Index(stax.Slice[:, 1:, ::-2])], IMG, 0),
+    "ImageResize_linear": (lambda: [conv(), stax.Relu(), stax.ImageResize((-1, 5, 3, -1), "linear")], IMG, 0),
+    "ImageResize_cubic": (lambda: [conv(), stax.Relu(), stax.ImageResize((-1, 3, 6, -1), "cubic")], IMG, 0),
     "Attention_SOFTMAX": (lambda: [stax.Dense(SPATIAL_WIDTH), stax.GlobalSelfAttention(SPATIAL_WIDTH, SPATIAL_WIDTH, SPATIAL_WIDTH, 2)], SEQ, 0.1),
     "Attention_RELU": (lambda: [stax.Dense(SPATIAL_WIDTH), stax.GlobalSelfAttention(
         SPATIAL_WIDTH, SPATIAL_WIDTH, SPATIAL_WIDTH, 2, attention_mechanism="RELU", b_std=0.2)], SEQ, 0.1),
@@ -150,7 +157,13 @@ def closed_and_samples(case):
     return closed, {"nngp": np.asarray(nngp, np.float64), "ntk": np.asarray(ntk, np.float64)}
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+# Rows too slow for the default suite, whose layers it checks otherwise (ImageResize_linear; Dense's s
+# against neural-tangents): with the slow checks.
+SLOW_ROWS = {"ImageResize_cubic", "Dense_standard_s"}
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow if c in SLOW_ROWS else ())
+                                  for c in sorted(CASES)])
 def test_closed_form_matches_finite_networks(case):
     closed, samples = closed_and_samples(case)
     allowance = CASES[case][2]
@@ -208,7 +221,7 @@ HYGIENE_ELSEWHERE = {"LayerNorm_after_Relu", "LayerNorm_after_Gelu", "LayerNorm_
                      "LayerNorm_spatial_after_Erf_pooled", "FanInSum_relu_and_shared"}
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow if c in HYGIENE_ELSEWHERE else ())
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow if c in HYGIENE_ELSEWHERE | SLOW_ROWS else ())
                                   for c in sorted(CASES)])
 def test_kernel_hygiene(case):
     (_, _, kernel_fn), shape = network(case)
