@@ -36,7 +36,10 @@ estimate of the full gradient; time is still `step * learning_rate`.
 
 Many seeds at once: `init_ensemble` stacks the parameters of one network per
 seed (leading axis), and `train_ensemble` runs `train` under `jax.vmap` over
-that axis. Everything from the first to the last step is one `jax.jit` call:
+that axis. `inverse_gamma_readout` gives each network of an ensemble its own
+readout variance sigma^2 ~ InvGamma(a, b) (the finite networks of the
+Student-t process, Lee, Yun, Yang & Lee 2021). Everything from the first to
+the last step is one `jax.jit` call:
 a `lax.scan` over the recorded steps whose body runs the steps in between
 with `lax.fori_loop`.
 """
@@ -89,6 +92,60 @@ def init_ensemble(init_fn, input_shape, seeds):
     # jitted as a whole: run eagerly, every small op would compile on its own
     init_all = jax.jit(jax.vmap(lambda seed: init_fn(jax.random.PRNGKey(seed), input_shape)[1]))
     return init_all(seeds)
+
+
+def inverse_gamma_readout(params, seeds, a, b):
+    """Scale the readout layer of every network of an ensemble by its own sigma, sigma^2 ~ InvGamma(a, b).
+
+    Lee, Yun, Yang & Lee 2021, "Scale mixtures of neural network Gaussian processes"
+    (inverse-gamma case): multiplying the readout's parameters (its weights and, if it has
+    one, its bias) by sigma multiplies the network's outputs by sigma, so at infinite width,
+    given sigma^2, they are the GP with kernel sigma^2 K (K the NNGP of the unscaled network,
+    whose readout has `W_std = 1` in the paper), and, sigma^2 integrated out, the Student-t
+    process TP(2a, 0, (b / a) K): at one input the output is sqrt(b / a K(x, x)) times a
+    Student t with 2a degrees of freedom, of variance b / (a - 1) K(x, x) for a > 1
+    (`theory.student_t`).
+
+    sigma^2 = b / g, g ~ Gamma(a, 1) drawn on the host by NumPy (float64; jax.random.gamma
+    costs about 4 s of compilation per process on a CPU), one generator per network:
+    network i uses `numpy.random.default_rng(seeds[i])`, so, as with `init_ensemble`, a
+    network's variance does not depend on the ensemble it is in. Passing the seeds given
+    to `init_ensemble` is fine: NumPy's generator is not JAX's.
+
+    Args:
+      params: the stacked parameters of S networks (leading axis S, as `init_ensemble`
+        gives) in `stax.serial`'s layout: a list or tuple with one entry per layer, empty
+        for layers without parameters; the readout is the last entry that holds arrays.
+      seeds: S non-negative integers, one per network.
+      a, b: the inverse-gamma shape and scale, finite and > 0.
+
+    Returns:
+      `(params, variances)`: the parameters with the readout of network i multiplied by
+      sqrt(variances[i]) (the other layers unchanged; same container type), and the
+      `(S,)` float64 NumPy array of variances.
+    """
+    where = "inverse_gamma_readout"
+    for name, value in (("a", a), ("b", b)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+                or not (np.isfinite(value) and value > 0):
+            raise ValueError(f"{where}: argument `{name}` must be a finite real number > 0; received {value!r}")
+    if not isinstance(params, (list, tuple)):
+        raise TypeError(f"{where}: argument `params` must be stax.serial's list of per-layer parameters; "
+                        f"received {type(params).__name__}")
+    holding = [i for i, layer in enumerate(params) if jax.tree_util.tree_leaves(layer)]
+    if not holding:
+        raise ValueError(f"{where}: argument `params` must hold a layer with parameters; received none")
+    readout = holding[-1]
+    n_networks = jax.tree_util.tree_leaves(params[readout])[0].shape[0]
+    seeds = [int(s) for s in seeds]
+    if len(seeds) != n_networks or min(seeds) < 0:
+        raise ValueError(f"{where}: argument `seeds` must be {n_networks} non-negative integers (one per "
+                         f"network of params); received {len(seeds)}, smallest {min(seeds, default=None)}")
+    variances = float(b) / np.array([np.random.default_rng(s).gamma(float(a)) for s in seeds])
+    sigma = jnp.asarray(np.sqrt(variances))
+    scaled = jax.tree_util.tree_map(
+        lambda w: w * sigma.astype(w.dtype).reshape((-1,) + (1,) * (w.ndim - 1)), params[readout])
+    return type(params)(scaled if i == readout else layer for i, layer in enumerate(params)), variances
 
 
 def train(apply_fn, params, x_train, y_train, *, learning_rate, record_steps,
