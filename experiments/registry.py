@@ -16,6 +16,7 @@ EXPERIMENTS = {
     "high-dim-generalization": "experiments.high_dim_generalization",
     "criticality": "experiments.criticality",
     "eigenlearning-curves": "experiments.eigenlearning_curves",
+    "student-t-processes": "experiments.student_t_processes",
     "infinite-depth-classifiers": "experiments.infinite_depth_classifiers",
 }
 
