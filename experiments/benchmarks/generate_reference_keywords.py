@@ -1,4 +1,5 @@
-"""Reference values of neural-tangents 0.6.5's ``kernel_fn`` keywords, for widekit's tests.
+"""Reference values of neural-tangents 0.6.5's ``kernel_fn`` keywords and of convolutions over more
+than three spatial axes, for widekit's tests.
 
 Run with the reference environment's python (see ``reference_env.sh``)::
 
@@ -32,7 +33,15 @@ CONV = [["Conv", {"out_chan": 8, "filter_shape": [3, 3], "padding": "SAME", "W_s
 CONV1D = [["Conv", {"out_chan": 8, "filter_shape": [3], "padding": "SAME", "W_std": 1.3}],
           ["Gelu", {}],
           ["Conv", {"out_chan": 8, "filter_shape": [2], "strides": [2], "padding": "VALID"}]]
+CONV4D = [["Conv", {"out_chan": 4, "filter_shape": [2, 2, 1, 2], "padding": "SAME", "W_std": 1.3, "b_std": 0.1}],
+          ["Relu", {}],
+          ["Conv", {"out_chan": 4, "filter_shape": [2, 1, 2, 2], "strides": [1, 1, 1, 2], "padding": "VALID"}],
+          ["Relu", {}]]
 CASES = {
+    "conv4d_flatten": dict(spec=CONV4D + [["Flatten", {}], ["Dense", {"out_dim": 1}]], shape1=(2, 3, 3, 2, 3, 2),
+                           shape2=(3, 3, 3, 2, 3, 2), keywords={}),
+    "conv4d_global_avg_pool": dict(spec=CONV4D + [["GlobalAvgPool", {}], ["Dense", {"out_dim": 1}]],
+                                   shape1=(2, 3, 3, 2, 3, 2), shape2=None, keywords={}),
     "conv2d_diagonal_spatial": dict(spec=CONV, shape1=(3, 5, 4, 2), shape2=(2, 5, 4, 2),
                                     keywords={"diagonal_spatial": True}),
     "conv2d_diagonal_spatial_x2none": dict(spec=CONV, shape1=(3, 5, 4, 2), shape2=None,

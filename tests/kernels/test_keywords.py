@@ -1,4 +1,4 @@
-"""neural-tangents' keywords of ``kernel_fn`` and ``apply_fn``: implemented (against its reference
+"""neural-tangents' keywords of ``kernel_fn`` and ``apply_fn``, and convolutions past three spatial axes: implemented (against its reference
 values and against the position-pair kernel) or refused by name, never accepted and ignored."""
 import json
 import os
@@ -90,3 +90,15 @@ def test_rng_and_default_keywords_leave_a_deterministic_network_unchanged():
     np.testing.assert_array_equal(apply_fn(params, x, rng=jax.random.PRNGKey(5), mask_constant=None), plain)
     np.testing.assert_array_equal(kernel_fn(x, None, "nngp", diagonal_batch=True, mask_constant=None),
                                   kernel_fn(x, None, "nngp"))
+
+
+def test_four_dimensional_conv_apply_fn_is_the_three_dimensional_one_along_a_trivial_axis():
+    # A 4-D convolution over inputs whose last spatial axis has size 1 (filter 1 there) is the
+    # 3-D convolution of the squeezed inputs with the squeezed filter.
+    x = jax.random.normal(jax.random.PRNGKey(3), (2, 4, 3, 5, 1, 2))
+    init4, apply4, _ = stax.Conv(3, (2, 2, 3, 1), strides=(1, 2, 1, 1), padding="SAME", b_std=0.2)
+    _, apply3, _ = stax.Conv(3, (2, 2, 3), strides=(1, 2, 1), padding="SAME", b_std=0.2)
+    _, (w, b) = init4(jax.random.PRNGKey(0), x.shape)
+    out4 = apply4((w, b), x)
+    out3 = apply3((w[:, :, :, 0], b), x[..., 0, :])  # b: (out_chan,)
+    np.testing.assert_allclose(np.asarray(out4[..., 0, :]), np.asarray(out3), rtol=1e-12, atol=1e-12)
