@@ -29,8 +29,8 @@ def serial(*layers) -> Layer:
         return input_shape, tuple(params)
 
     def apply_fn(params, x, **kwargs):
-        for layer, p in zip(layers, params):
-            x = layer.apply_fn(p, x, **kwargs)
+        for layer, p, kw in zip(layers, params, _split_rng(kwargs, len(layers))):
+            x = layer.apply_fn(p, x, **kw)
         return x
 
     def rule(k):
@@ -44,6 +44,14 @@ def serial(*layers) -> Layer:
         return out
 
     return Layer(init_fn, guarded_apply(name, apply_fn), KernelFn(name, rule, needs_full))
+
+
+def _split_rng(kwargs: dict, n: int) -> list:
+    """``kwargs`` for each of ``n`` sub-layers: an ``rng`` split into one key per layer (as
+    neural-tangents does), so that two stochastic layers (Dropout) draw independent masks."""
+    if kwargs.get("rng") is None:
+        return [kwargs] * n
+    return [dict(kwargs, rng=key) for key in jax.random.split(kwargs["rng"], n)]
 
 
 def repeat(layer, n: int) -> Layer:
@@ -74,7 +82,8 @@ def parallel(*layers) -> Layer:
 
     def apply_fn(params, inputs, **kwargs):
         _check(inputs, "inputs")
-        return [layer.apply_fn(p, x, **kwargs) for layer, p, x in zip(layers, params, inputs)]
+        return [layer.apply_fn(p, x, **kw)
+                for layer, p, x, kw in zip(layers, params, inputs, _split_rng(kwargs, len(layers)))]
 
     def rule(ks):
         _check(ks, "inputs (use FanOut before parallel)")

@@ -102,3 +102,17 @@ def test_four_dimensional_conv_apply_fn_is_the_three_dimensional_one_along_a_tri
     out4 = apply4((w, b), x)
     out3 = apply3((w[:, :, :, 0], b), x[..., 0, :])  # b: (out_chan,)
     np.testing.assert_allclose(np.asarray(out4[..., 0, :]), np.asarray(out3), rtol=1e-12, atol=1e-12)
+
+
+def test_rng_is_split_between_layers():
+    # Two Dropouts in series draw independent masks (one key each, as in neural-tangents): with one
+    # shared key the second mask would equal the first, and every kept entry would be kept twice.
+    init_fn, apply_fn, _ = stax.serial(stax.Dropout(0.5), stax.Dropout(0.5))
+    x = jnp.ones((1, 4000))
+    _, params = init_fn(jax.random.PRNGKey(0), x.shape)
+    out = np.asarray(apply_fn(params, x, rng=jax.random.PRNGKey(1)))
+    kept = np.mean(out != 0)
+    assert abs(kept - 0.25) < 4 * np.sqrt(0.25 * 0.75 / x.size), kept
+    _, apply_pair, _ = stax.parallel(stax.Dropout(0.5), stax.Dropout(0.5))
+    a, b = apply_pair(((), ()), [x, x], rng=jax.random.PRNGKey(2))
+    assert np.mean((np.asarray(a) != 0) == (np.asarray(b) != 0)) < 0.6  # independent: about one half
