@@ -4,6 +4,10 @@
     widekit run NAME [--size tiny|small|paper] [--out DIR] [--shard I/N] [--seed S]
                      [--set KEY=VALUE ...] [--strict]
     widekit collect NAME [--out DIR] [--figures DIR] [--strict]
+    widekit kernel --network SPEC.json --data DATA.npz --out DIR [--get nngp,ntk]
+                   [--batch-size B] [--x-key KEY] [--x2-key KEY] [--regression nngp|ntk ...]
+                   [--distributed [--coordinator HOST:PORT --num-processes N --process-id I]
+                    | --process-index I --process-count N]
 
 `run` defaults to `--size small` and `--out runs/NAME` under the working
 directory; `--shard I/N` (0 <= I < N) runs every N-th piece starting at I, so
@@ -21,6 +25,8 @@ overrides are recorded in `run.json`, and `collect` rebuilds the config from the
 (e.g. the committed `figures/`, which nothing else writes) and rewrites
 `DIR/README.md` from every `DIR/*.json`: captions come from the numbers, so
 they cannot go stale.
+`kernel` computes a kernel matrix into a resumable tile store, split over the
+processes of `jax.distributed` or over a job array's tasks (`experiments.kernel_job`).
 """
 import argparse
 import json
@@ -28,7 +34,7 @@ import os
 import shutil
 import sys
 
-from experiments import agreement, captions, registry, runner
+from experiments import agreement, captions, kernel_job, registry, runner
 
 
 def _shard(text):
@@ -105,6 +111,8 @@ def _parser():
                          help="also copy NAME.png and NAME.json here and rewrite its README.md")
     collect.add_argument("--strict", action="store_true",
                          help="exit with status 1 when an agreement entry fails")
+    kernel_job.add_arguments(commands.add_parser(
+        "kernel", help="a network's kernel on an .npz of inputs, tile by tile, by one process or many"))
     return parser
 
 
@@ -140,6 +148,8 @@ def main(argv=None):
         for name in sorted(registry.EXPERIMENTS):
             print(f"{name:24s} {registry.describe(name)}")
         return 0
+    if args.command == "kernel":
+        return kernel_job.main(args)
     try:
         module = registry.load_experiment(args.name)
     except KeyError as error:
