@@ -34,6 +34,13 @@ examples without replacement from `fold_in(key, step)` and uses the same loss
 restricted to the batch (divided by the batch's target size), an unbiased
 estimate of the full gradient; time is still `step * learning_rate`.
 
+Per-layer learning rates (`learning_rate_scales`): a pytree shaped like one
+network's parameters whose float leaves multiply `learning_rate` for that
+parameter array, params <- params - learning_rate * scale * grad. This is the
+learning-rate exponent c of an abc-parametrization (Yang & Hu 2021, §3: a
+layer of width n learns at eta n^-c); `abc_learning_rates` builds it from
+each layer's role and c. Time stays `step * learning_rate`.
+
 Many seeds at once: `init_ensemble` stacks the parameters of one network per
 seed (leading axis), and `train_ensemble` runs `train` under `jax.vmap` over
 that axis. `inverse_gamma_readout` gives each network of an ensemble its own
@@ -51,6 +58,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+
+from kernels.stax.linear import ROLES as ABC_ROLES
 
 
 class Trajectory(NamedTuple):
@@ -149,7 +158,7 @@ def inverse_gamma_readout(params, seeds, a, b):
 
 
 def train(apply_fn, params, x_train, y_train, *, learning_rate, record_steps,
-          x_test=None, y_test=None, ntk_fn=None, batch_size=None, key=None):
+          x_test=None, y_test=None, ntk_fn=None, batch_size=None, key=None, learning_rate_scales=None):
     """Train one network by gradient descent (or SGD) and record its trajectory.
 
     Args:
@@ -166,31 +175,102 @@ def train(apply_fn, params, x_train, y_train, *, learning_rate, record_steps,
         recorded step, e.g. `lambda p: empirical_ntk(x_train, x0, p)`.
       batch_size: None for full-batch gradient descent, else the SGD batch size.
       key: PRNG key for the SGD batches (required with `batch_size`).
+      learning_rate_scales: None, or a pytree with the structure of `params` whose leaves
+        are positive finite floats: parameter array i steps by
+        `learning_rate * scale_i * grad_i` (`abc_learning_rates` makes one).
 
     Returns:
       A `Trajectory`.
     """
     return _run(apply_fn, params, x_train, y_train, learning_rate, record_steps,
-                x_test, y_test, ntk_fn, batch_size, key, ensemble=False)
+                x_test, y_test, ntk_fn, batch_size, key, learning_rate_scales, ensemble=False)
 
 
 def train_ensemble(apply_fn, params, x_train, y_train, *, learning_rate, record_steps,
-                   x_test=None, y_test=None, ntk_fn=None, batch_size=None, key=None):
+                   x_test=None, y_test=None, ntk_fn=None, batch_size=None, key=None,
+                   learning_rate_scales=None):
     """`train` for S networks at once, vmapped over the leading axis of `params`.
 
     Args are those of `train`, except that `params` carries a leading seed axis
     (from `init_ensemble`) and, for SGD, network i uses
-    `jax.random.split(key, S)[i]` as its key. The data is shared.
+    `jax.random.split(key, S)[i]` as its key. The data is shared, and so are
+    `learning_rate_scales` (shaped like one network's parameters, no seed axis).
 
     Returns:
       A `Trajectory` whose recorded fields have a leading axis S.
     """
     return _run(apply_fn, params, x_train, y_train, learning_rate, record_steps,
-                x_test, y_test, ntk_fn, batch_size, key, ensemble=True)
+                x_test, y_test, ntk_fn, batch_size, key, learning_rate_scales, ensemble=True)
+
+
+def abc_learning_rates(params, layers):
+    """The learning-rate multipliers n^-c of an abc-parametrized `stax.serial` network, per layer.
+
+    In an abc-parametrization (Yang & Hu 2021, arXiv:2011.14522, §3) the trained weights w of
+    a layer of width n step at eta n^-c. Yang & Hu use one c for all layers; a c per layer
+    is what the symmetry of SGD, (a, b, c) -> (a + theta, b - theta, c - 2 theta) per layer,
+    maps between equal training dynamics: their muP (multipliers n^1/2 at the input and
+    n^-1/2 at the readout, c = 0: every multiplier 1) trains exactly as Table 3 of Yang et al.
+    2022 (arXiv:2203.03466; no multipliers, input weights at eta fan_out, readout at
+    eta / fan_in), i.e. `Dense(parameterization="abc")` with (a, b) = (0, 0), (0, 1/2), (0, 1)
+    and c = -1, 0, 1.
+
+    Args:
+      params: the parameters of one network, or of an ensemble (leading seed axis), in
+        `stax.serial`'s layout: a list or tuple with one entry per layer.
+      layers: one entry per layer: None (multiplier 1; layers without parameters take None),
+        or `(role, c)` with role "input", "hidden" or "output" as given to that layer's
+        `Dense(..., role=role)`: all of the layer's parameters get multiplier n^-c, where n
+        is the output width of an input layer and the fan-in of the others, read from the
+        layer's weight matrix `(fan_in, fan_out)`.
+
+    Returns:
+      The pytree of float multipliers for `train`'s `learning_rate_scales`, shaped like one
+      network's parameters.
+    """
+    where = "abc_learning_rates"
+    if not isinstance(params, (list, tuple)):
+        raise TypeError(f"{where}: argument `params` must be stax.serial's list of per-layer parameters; "
+                        f"received {type(params).__name__}")
+    if not isinstance(layers, (list, tuple)) or len(layers) != len(params):
+        raise ValueError(f"{where}: argument `layers` must be a list with one entry per layer "
+                         f"({len(params)}); received {layers!r}")
+    scales = []
+    for i, (layer, spec) in enumerate(zip(params, layers)):
+        if spec is None:
+            scales.append(jax.tree_util.tree_map(lambda _: 1.0, layer))
+            continue
+        if not (isinstance(spec, (list, tuple)) and len(spec) == 2 and spec[0] in ABC_ROLES
+                and isinstance(spec[1], (int, float)) and not isinstance(spec[1], bool)
+                and np.isfinite(spec[1])):
+            raise ValueError(f"{where}: argument `layers[{i}]` must be None or (role, c) with role in "
+                             f"{ABC_ROLES} and c a finite number; received {spec!r}")
+        matrices = [a for a in jax.tree_util.tree_leaves(layer) if np.ndim(a) >= 2]
+        if not matrices:
+            raise ValueError(f"{where}: argument `layers[{i}]` is {spec!r}, but layer {i} has no weight matrix")
+        fan_in, fan_out = matrices[0].shape[-2:]
+        width = fan_out if spec[0] == "input" else fan_in
+        scales.append(jax.tree_util.tree_map(lambda _: float(width) ** -float(spec[1]), layer))
+    return type(params)(scales)
+
+
+def _check_scales(scales, params):
+    """`learning_rate_scales` as arrays in the dtype of their parameters, or an error naming it."""
+    if scales is None:
+        return jax.tree_util.tree_map(lambda p: jnp.ones((), p.dtype), params)
+    expected = jax.tree_util.tree_structure(params)
+    if jax.tree_util.tree_structure(scales) != expected:
+        raise ValueError(f"train: argument `learning_rate_scales` must have the structure of one network's "
+                         f"params, {expected}; received {jax.tree_util.tree_structure(scales)}")
+    values = [np.asarray(s, np.float64) for s in jax.tree_util.tree_leaves(scales)]
+    if any(v.shape != () or not np.isfinite(v) or v <= 0 for v in values):
+        raise ValueError(f"train: argument `learning_rate_scales` must hold one positive finite number "
+                         f"per parameter array; received {[v.tolist() for v in values]}")
+    return jax.tree_util.tree_map(lambda s, p: jnp.asarray(s, p.dtype), scales, params)
 
 
 def _run(apply_fn, params, x_train, y_train, learning_rate, record_steps,
-         x_test, y_test, ntk_fn, batch_size, key, ensemble):
+         x_test, y_test, ntk_fn, batch_size, key, learning_rate_scales, ensemble):
     steps = np.asarray(record_steps)
     if steps.ndim != 1 or steps.size == 0 or not np.issubdtype(steps.dtype, np.integer):
         raise ValueError(f"record_steps must be a non-empty 1-d list of ints, got {record_steps!r}")
@@ -209,6 +289,7 @@ def _run(apply_fn, params, x_train, y_train, learning_rate, record_steps,
             raise ValueError("SGD (batch_size set) needs a PRNG key")
     first = jax.tree_util.tree_map(lambda a: a[0], params) if ensemble else params
     _check_shapes("train", apply_fn, first, x_train, y_train)
+    scales = _check_scales(learning_rate_scales, first)
     if y_test is not None:
         _check_shapes("test", apply_fn, first, jnp.asarray(x_test), jnp.asarray(y_test))
 
@@ -218,7 +299,7 @@ def _run(apply_fn, params, x_train, y_train, learning_rate, record_steps,
     elif key is None:
         key = jnp.zeros((2,), jnp.uint32)  # unused by gradient descent
     run = _compiled_run(apply_fn, ntk_fn, float(learning_rate), batch_size, ensemble)
-    final, recorded = run(params, key, jnp.asarray(np.diff(steps, prepend=0), jnp.int32),
+    final, recorded = run(params, scales, key, jnp.asarray(np.diff(steps, prepend=0), jnp.int32),
                           x_train, y_train,
                           None if x_test is None else jnp.asarray(x_test),
                           None if y_test is None else jnp.asarray(y_test))
@@ -236,7 +317,7 @@ def _compiled_run(apply_fn, ntk_fn, learning_rate, batch_size, ensemble):
     """The jitted training loop, cached so that calls differing only in data,
     parameters, keys or record steps (same count) reuse one compilation."""
 
-    def one_network(params, key, segment_lengths, x_train, y_train, x_test, y_test):
+    def one_network(params, scales, key, segment_lengths, x_train, y_train, x_test, y_test):
         def step(_, carry):
             params, step_number = carry
             if batch_size is None:
@@ -246,7 +327,7 @@ def _compiled_run(apply_fn, ntk_fn, learning_rate, batch_size, ensemble):
                                           x_train.shape[0], (batch_size,), replace=False)
                 x, y = x_train[batch], y_train[batch]
             grads = jax.grad(lambda p: mse_loss(apply_fn(p, x), y))(params)
-            params = jax.tree_util.tree_map(lambda p, g: p - learning_rate * g, params, grads)
+            params = jax.tree_util.tree_map(lambda p, s, g: p - learning_rate * s * g, params, scales, grads)
             return params, step_number + 1
 
         def record(params):
@@ -269,7 +350,7 @@ def _compiled_run(apply_fn, ntk_fn, learning_rate, batch_size, ensemble):
         return params, recorded
 
     if ensemble:
-        return jax.jit(jax.vmap(one_network, in_axes=(0, 0, None, None, None, None, None)))
+        return jax.jit(jax.vmap(one_network, in_axes=(0, None, 0, None, None, None, None, None)))
     return jax.jit(one_network)
 
 

@@ -22,11 +22,20 @@ from kernels.stax.layer import (Requires, describe, keep_requirement, leaf, need
                                 spatial_description)
 
 PARAMETERIZATIONS = ("ntk", "standard")
+# Dense only: Yang & Hu 2021's abc-parametrizations, whose infinite-width limit may learn features.
+FEATURE_LEARNING_PARAMETERIZATIONS = ("mup", "abc")
+ROLES = ("input", "hidden", "output")
+# muP for SGD in the abc form of Yang & Hu 2021 (arXiv:2011.14522), §3 (W = n^-a w, w ~ N(0, n^-2b),
+# learning rate eta n^-c) with the muP exponents of their §5 (Def. 5.1, the "width-inf feature
+# learning networks" of their Fig. 1):
+# a_1 = -1/2 for the input layer, a = 0 for hidden layers, a_{L+1} = 1/2 for the readout,
+# b = 1/2 for every layer and c = 0 (one width-independent learning rate).
+MUP_EXPONENTS = {"input": (-0.5, 0.5), "hidden": (0.0, 0.5), "output": (0.5, 0.5)}
 
 
-def _check_parameterization(name, parameterization):
-    if parameterization not in PARAMETERIZATIONS:
-        raise ValueError(f"{name}: parameterization={parameterization!r}; expected one of {PARAMETERIZATIONS}")
+def _check_parameterization(name, parameterization, allowed=PARAMETERIZATIONS):
+    if parameterization not in allowed:
+        raise ValueError(f"{name}: parameterization={parameterization!r}; expected one of {allowed}")
 
 
 def _affine_rule(k: Kernel, mix, fan_in: int, W_std, b_std, parameterization, channels) -> Kernel:
@@ -80,34 +89,105 @@ def _scales(fan_in, W_std, b_std, parameterization):
     return 1., 1.
 
 
+def _abc_exponents(name, parameterization, role, abc, b_std, s):
+    """``(a, b)`` of a ``"mup"`` or ``"abc"`` Dense; refuses ``role``/``abc`` where they do not apply."""
+    if parameterization not in FEATURE_LEARNING_PARAMETERIZATIONS:
+        for argument, value in (("role", role), ("abc", abc)):
+            if value is not None:
+                raise argument_error(name, argument, "None with parameterization='ntk' or 'standard' (it "
+                                     "belongs to parameterization='mup' or 'abc')", value)
+        return None
+    if role not in ROLES:
+        raise argument_error(name, "role", f"one of {ROLES} with parameterization={parameterization!r} (the "
+                             "layer's place fixes its width exponents)", role)
+    if tuple(s) != (1, 1):
+        raise argument_error(name, "s", f"(1, 1) with parameterization={parameterization!r}", s)
+    if parameterization == "mup":
+        if abc is not None:
+            raise argument_error(name, "abc", "None with parameterization='mup' (its exponents are fixed "
+                                 "by the role; use parameterization='abc' to choose them)", abc)
+        return MUP_EXPONENTS[role]
+    if not isinstance(abc, (tuple, list)) or len(abc) != 2:
+        raise argument_error(name, "abc", "a pair (a, b) of finite reals with parameterization='abc'", abc,
+                             TypeError)
+    if b_std is not None:
+        raise argument_error(name, "b_std", "None with parameterization='abc' (a general abc-parametrization "
+                             "defines no bias; parameterization='mup' has one)", b_std)
+    return tuple(finite_real(name, "abc", v) for v in abc)
+
+
+def _abc_width(role, fan_in, fan_out):
+    """The width n that an abc exponent refers to: the layer's output width for the input layer
+    (its fan-in, the data dimension, stays fixed as n grows), its fan-in otherwise."""
+    return fan_out if role == "input" else fan_in
+
+
+def _abc_factors(role, a, b, fan_in, fan_out, W_std, b_std):
+    """``(init_w, mult_w, init_b, mult_b)``: stored weights are ``init_w`` times standard normals and
+    enter the product times ``mult_w`` (likewise the bias).
+
+    ``W = n^-a w``, ``w ~ N(0, W_std^2 n^-2b / m)`` (Yang & Hu 2021, §3), ``m = fan_in`` for the
+    input layer, a width-independent constant that keeps its outputs O(1) for any data dimension
+    (as ``"ntk"``/``"standard"`` do and Yang et al. 2022, Table 3, "input weights": 1/fan_in),
+    ``m = 1`` otherwise. Biases follow Yang et al. 2022, Table 3 ("all biases" with the input
+    weights): a vector of width n is an input layer of one constant input (``a = -1/2, b = 1/2``);
+    the readout's bias has no width to scale with (``a = b = 0``).
+    """
+    n = _abc_width(role, fan_in, fan_out)
+    m = fan_in if role == "input" else 1
+    init_w, mult_w = W_std * n ** -b / math.sqrt(m), n ** -a
+    b_a, b_b = (0.0, 0.0) if role == "output" else (-0.5, 0.5)
+    init_b = None if b_std is None else b_std * n ** -b_b
+    return init_w, mult_w, init_b, n ** -b_a
+
+
 def Dense(out_dim: int, W_std: float = 1., b_std=None, batch_axis: int = 0, channel_axis: int = -1,
-          parameterization: str = "ntk", s=(1, 1)):
+          parameterization: str = "ntk", s=(1, 1), role=None, abc=None):
     """Fully connected layer acting on the last (channel) axis.
 
     Args:
       out_dim: output width.
       W_std: weight standard deviation (times ``1/sqrt(fan_in)``).
       b_std: bias standard deviation; ``None`` for no bias.
-      parameterization: ``"ntk"`` or ``"standard"`` (Sohl-Dickstein et al. 2020).
+      parameterization: ``"ntk"`` or ``"standard"`` (Sohl-Dickstein et al. 2020), or, for finite
+        networks only, ``"mup"`` or ``"abc"`` (Yang & Hu 2021, arXiv:2011.14522). In the
+        abc-parametrization of Yang & Hu (§3) a layer's weights are ``W = n^-a w`` with
+        trained ``w ~ N(0, n^-2b)`` and learning rate ``eta n^-c``, n the width. Here the stored
+        parameters are ``w`` (times ``W_std``, and ``1/sqrt(fan_in)`` for an input layer) and the
+        factor ``n^-a`` is applied in the forward pass; the learning-rate exponent ``c`` is the
+        training engine's (`experiments.train.abc_learning_rates`). ``"mup"`` is the Maximal Update
+        Parametrization for SGD (Yang & Hu 2021, §5, Def. 5.1): ``(a, b) = (-1/2, 1/2)`` for the
+        input layer, ``(0, 1/2)`` for hidden layers, ``(1/2, 1/2)`` for the readout, with ``c = 0``
+        for all (so plain SGD at one learning rate trains it). Its infinite-width limit learns
+        features and is not a kernel, so ``kernel_fn`` refuses both.
       s: ``"standard"`` only: the width scalings ``(s_in, s_out)`` of Sohl-Dickstein et al. 2020
         (§3): the layer has ``s_out * out_dim`` outputs, its inputs are ``s_in`` times a base width
         ``C / s_in``, weights have variance ``W_std^2 s_in / C`` and the product is divided by
         ``sqrt(s_in)``. The NNGP does not change; the NTK's weight term is ``C / s_in`` times the
         input NNGP instead of ``C``. The first layer has ``s_in = 1``, each next ``s_in`` is the
         previous ``s_out`` (as neural-tangents). ``"ntk"`` takes only ``(1, 1)``.
+      role: ``"mup"``/``"abc"`` only (required there): ``"input"`` (the first layer: n is its output
+        width), ``"hidden"`` or ``"output"`` (the readout; n is the fan-in of both). A Dense cannot
+        know its place in a network, so it is told.
+      abc: ``"abc"`` only (required there): the pair ``(a, b)``. ``b_std`` must then be ``None``;
+        under ``"mup"`` a bias is an input layer of one constant input (see `_abc_factors`).
     """
     scaled = tuple(s) != (1, 1) if isinstance(s, (tuple, list)) else True
     name = describe("Dense", out_dim=out_dim, W_std=W_std, b_std=b_std, parameterization=parameterization,
-                    **(dict(s=s) if scaled else {}))
-    _check_parameterization(name, parameterization)
+                    **(dict(s=s) if scaled else {}), **(dict(role=role) if role is not None else {}),
+                    **(dict(abc=abc) if abc is not None else {}))
+    _check_parameterization(name, parameterization, PARAMETERIZATIONS + FEATURE_LEARNING_PARAMETERIZATIONS)
     _check_affine(name, out_dim, W_std, b_std)
     default_layout(name, batch_axis=(batch_axis, 0), channel_axis=(channel_axis, -1))
     if not isinstance(s, (tuple, list)) or len(s) != 2:
         raise argument_error(name, "s", "a pair of positive ints (s_in, s_out)", s, TypeError)
     s_in, s_out = (positive_int(name, "s", v) for v in s)
+    exponents = _abc_exponents(name, parameterization, role, abc, b_std, s)
     if scaled and parameterization != "standard":
         raise argument_error(name, "s", "(1, 1) with parameterization='ntk' (width scalings belong to the "
                              "standard parameterization)", s)
+    if exponents is not None:
+        return _abc_dense(name, parameterization, out_dim, W_std, b_std, role, *exponents)
     width = out_dim * s_out
 
     def init_fn(rng, input_shape):
@@ -123,6 +203,33 @@ def Dense(out_dim: int, W_std: float = 1., b_std=None, batch_axis: int = 0, chan
 
     def rule(k: Kernel) -> Kernel:
         return _affine_rule(k, lambda a: a, k.channels / s_in, W_std, b_std, parameterization, width)
+
+    return leaf(name, init_fn, apply_fn, rule)
+
+
+def _abc_dense(name, parameterization, out_dim, W_std, b_std, role, a, b):
+    """The finite Dense of an abc-parametrization (`Dense`); its kernel_fn refuses, naming the layer."""
+    def init_fn(rng, input_shape):
+        fan_in = input_shape[-1]
+        init_w, _, init_b, _ = _abc_factors(role, a, b, fan_in, out_dim, W_std, b_std)
+        dtype = jax.dtypes.canonicalize_dtype(jnp.float64)  # float32 unless x64 is on
+        k1, k2 = jax.random.split(rng)
+        W = init_w * jax.random.normal(k1, (fan_in, out_dim), dtype)
+        bias = None if b_std is None else init_b * jax.random.normal(k2, (out_dim,), dtype)
+        return tuple(input_shape[:-1]) + (out_dim,), (W, bias)
+
+    def apply_fn(params, x, **kwargs):
+        W, bias = params
+        _, mult_w, _, mult_b = _abc_factors(role, a, b, x.shape[-1], W.shape[-1], W_std, b_std)
+        out = mult_w * (x @ W)
+        return out if bias is None else out + mult_b * bias
+
+    def rule(k: Kernel) -> Kernel:
+        raise ValueError(f"{name}: kernel_fn: argument `parameterization` must be 'ntk' or 'standard' for an "
+                         f"infinite-width kernel; received {parameterization!r}: "
+                         "the infinite-width limit of an abc-parametrized network that learns features "
+                         "(muP) is not a kernel method (Yang & Hu 2021, the dynamical dichotomy of §3); use "
+                         "theory.mup for its limit, or init_fn/apply_fn for the finite network")
 
     return leaf(name, init_fn, apply_fn, rule)
 
