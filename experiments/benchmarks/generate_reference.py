@@ -322,12 +322,15 @@ def _full(k, like):
     return np.broadcast_to(np.asarray(k, np.float64), like.shape).copy()
 
 
-def kernel_case(name, spec, x1_shape, x2_shape):
-    """``{"NAME/key": array}`` for one case, or raises with the reason to skip it."""
+def kernel_case(name, spec, x1_shape, x2_shape, build=None):
+    """``{"NAME/key": array}`` for one case, or raises with the reason to skip it.
+
+    ``build``: spec -> network, for specs with items `network_from_spec` does not know.
+    """
     x1, x2 = _inputs(name + "/x1", x1_shape), _inputs(name + "/x2", x2_shape)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        init_fn, _, kernel_fn = network_from_spec(spec)
+        init_fn, _, kernel_fn = (build or network_from_spec)(spec)
         out_shape, _ = init_fn(jax.random.PRNGKey(0), x1_shape)
         k12, k11 = kernel_fn(x1, x2), kernel_fn(x1, None)
     for message in sorted({" ".join(str(w.message).split()) for w in caught}):

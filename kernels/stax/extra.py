@@ -40,7 +40,7 @@ class Padding(enum.StrEnum):
 
 
 class PositionalEmbedding(enum.StrEnum):
-    """Positional embeddings of `GlobalSelfAttention` (``pos_emb_type``); only ``NONE`` is implemented there."""
+    """Positional embeddings of `GlobalSelfAttention` (``pos_emb_type``): none, added, or concatenated."""
     NONE = "NONE"
     SUM = "SUM"
     CONCAT = "CONCAT"

@@ -280,8 +280,8 @@ def test_enums_have_neural_tangents_members_and_work_as_strings():
     np.testing.assert_allclose(stax.AttentionMechanism.ABS.fn()(g), jnp.abs(g))
     np.testing.assert_allclose(stax.AttentionMechanism.RELU.fn()(g), jnp.maximum(g, 0))
     np.testing.assert_allclose(stax.AttentionMechanism.IDENTITY.fn()(g), g)
-    with pytest.raises(ValueError, match="pos_emb_type"):
-        stax.GlobalSelfAttention(8, 8, 8, 2, pos_emb_type=stax.PositionalEmbedding.SUM)
+    with pytest.raises(ValueError, match="pos_emb_type"):  # SUM and CONCAT: tests/kernels/test_attention_pos_emb.py
+        stax.GlobalSelfAttention(8, 8, 8, 2, pos_emb_type="ROTARY")
 
 
 # ----------------------------------------------------------------------------- Index
