@@ -18,6 +18,7 @@ EXPERIMENTS = {
     "eigenlearning-curves": "experiments.eigenlearning_curves",
     "student-t-processes": "experiments.student_t_processes",
     "infinite-depth-classifiers": "experiments.infinite_depth_classifiers",
+    "feature-learning": "experiments.feature_learning",
 }
 
 
