@@ -1,9 +1,9 @@
 """What a kernel predicts: exact inference, training dynamics, model selection."""
-from theory import criticality, deep_linear, eigenlearning, high_dim, infinite_depth, large, predict, student_t
+from theory import criticality, deep_linear, eigenlearning, high_dim, infinite_depth, large, mup, predict, student_t
 from theory.model_selection import fit_hyperparameters, log_marginal_likelihood
 
 __all__ = ["predict", "log_marginal_likelihood", "fit_hyperparameters", "KernelRegressor",
-           "deep_linear", "high_dim", "eigenlearning", "criticality", "infinite_depth", "student_t", "large"]
+           "deep_linear", "high_dim", "eigenlearning", "criticality", "infinite_depth", "student_t", "large", "mup"]
 
 
 def __getattr__(name):
