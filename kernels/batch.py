@@ -14,7 +14,8 @@ in Python", ICLR; ``neural_tangents/_src/batching.py``), written anew here:
   placed with ``jax.device_put``; at most ``2 x devices`` tiles are in flight, so device
   memory is bounded by the tile size, not by ``N``;
 * finished tiles are copied to a host NumPy array, or, with ``path``, written into one
-  ``.npy`` file per requested array (``path/nngp.npy``, ``path/ntk.npy``, ...), returned as
+  ``.npy`` file per requested array (``path/nngp.npy``, ``path/ntk.npy``, ...; for a network
+  ending in branches one per branch and array, ``path/branch0.nngp.npy``, ...), returned as
   read-only ``np.memmap``. After each tile's bytes are written and ``fsync``-ed, the tile is
   recorded with its checksums in a progress file (``path/progress.<process_index>.jsonl``,
   one line appended per tile), so an interrupted run called again with the same
@@ -116,7 +117,8 @@ def batch(kernel_fn: Callable, batch_size: int = 0, device_count: int = -1, stor
       The result is
       a `Kernel` for ``get=None`` (``nngp``, ``ntk``, ``cov1``, ``cov2`` filled), a named tuple
       for a tuple of names, an array for one name; ``(N1, N2, ...)`` for kernels,
-      ``(N1, ...)``/``(N2, ...)`` for ``cov1``/``cov2``.
+      ``(N1, ...)``/``(N2, ...)`` for ``cov1``/``cov2``. For a network ending in branches, a
+      list of such results, one per branch, as ``kernel_fn`` returns it.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 0:
         raise argument_error("batch", "batch_size", "a non-negative int", batch_size)
@@ -247,16 +249,18 @@ def _template(f_diag, f_off, x1, x2, plan):
 def _outputs(template, request, plan, spatial_ndim: int) -> dict:
     """name -> `Output` for every array the tiles fill."""
     outputs = {}
-    for name, leaf in _as_dict(template, request).items():
-        kind = COLS if name == "cov2" else ROWS if name == "cov1" else PAIRS
-        lead = (plan.n1, plan.n2) if kind == PAIRS else (plan.n1,) if kind == ROWS else (plan.n2,)
-        expect = (plan.b1, plan.b2) if kind == PAIRS else (plan.b1,) if kind == ROWS else (plan.b2,)
-        if tuple(leaf.shape[:len(lead)]) != expect:
-            raise ValueError(f"batch: kernel_fn's {name!r} has shape {leaf.shape} for a {plan.b1} x {plan.b2} tile; "
-                             f"expected leading axes {expect}")
-        tail = tuple(leaf.shape[len(lead):])
-        full = _keeps_pairs(len(tail), spatial_ndim, getattr(template, "full", None)) if kind == PAIRS else False
-        outputs[name] = Output(kind, lead + tail, np.dtype(leaf.dtype), full)
+    for path, branch in _branches(template):
+        for name, leaf in _one_as_dict(branch, request).items():
+            key = _key(path, name)
+            kind = COLS if name == "cov2" else ROWS if name == "cov1" else PAIRS
+            lead = (plan.n1, plan.n2) if kind == PAIRS else (plan.n1,) if kind == ROWS else (plan.n2,)
+            expect = (plan.b1, plan.b2) if kind == PAIRS else (plan.b1,) if kind == ROWS else (plan.b2,)
+            if tuple(leaf.shape[:len(lead)]) != expect:
+                raise ValueError(f"batch: kernel_fn's {key!r} has shape {leaf.shape} for a {plan.b1} x {plan.b2} "
+                                 f"tile; expected leading axes {expect}")
+            tail = tuple(leaf.shape[len(lead):])
+            full = _keeps_pairs(len(tail), spatial_ndim, getattr(branch, "full", None)) if kind == PAIRS else False
+            outputs[key] = Output(kind, lead + tail, np.dtype(leaf.dtype), full)
     return outputs
 
 
@@ -360,8 +364,26 @@ def _run_tiles(plan, outputs, share, sink, devices, f_diag, f_off, x1, x2, reque
 
 # ----------------------------------------------------------------------------- helpers
 
+def _branches(out, path: tuple = ()) -> list:
+    """``[(path, result), ...]``: a kernel_fn result ending in branches is a (nested) list of
+    results, one per branch, as neural-tangents returns it; any other result is one branch, ``()``."""
+    if isinstance(out, list):
+        return [item for i, o in enumerate(out) for item in _branches(o, path + (i,))]
+    return [(path, out)]
+
+
+def _key(path: tuple, name: str) -> str:
+    """How an array is known (and its file named): ``"nngp"``, or ``"branch1.0.nngp"`` in a branch."""
+    return f"branch{'.'.join(map(str, path))}.{name}" if path else name
+
+
 def _as_dict(out, request) -> dict:
-    """The arrays of one kernel_fn result, by name (absent fields left out)."""
+    """The arrays of one kernel_fn result by `_key` (absent fields left out)."""
+    return {_key(path, name): a for path, branch in _branches(out) for name, a in _one_as_dict(branch, request).items()}
+
+
+def _one_as_dict(out, request) -> dict:
+    """The arrays of one branch's result, by name (absent fields left out)."""
     if request.form == "all":
         return {n: getattr(out, n) for n in GET_NAMES if getattr(out, n, None) is not None}
     if request.form == "one":
@@ -369,7 +391,11 @@ def _as_dict(out, request) -> dict:
     return dict(zip(request.names, out))
 
 
-def _rebuild(template, request, arrays: dict):
+def _rebuild(template, request, arrays: dict, path: tuple = ()):
+    """The result ``kernel_fn`` returns, shaped as ``template``, holding ``arrays`` (by `_key`)."""
+    if isinstance(template, list):
+        return [_rebuild(t, request, arrays, path + (i,)) for i, t in enumerate(template)]
+    arrays = {n: arrays[_key(path, n)] for n in GET_NAMES if _key(path, n) in arrays}
     if request.form == "all":
         fields = {n: arrays.get(n) for n in GET_NAMES if hasattr(template, n)}
         if hasattr(template, "replace"):

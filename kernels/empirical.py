@@ -77,7 +77,9 @@ def empirical_kernel_fn(f, trace_axes=(-1,), diagonal_axes=(), vmap_axes=None, i
         ``None`` does all at once.
 
     Returns:
-      ``kernel_fn(x1, x2=None, get=None, params=None, **apply_fn_kwargs)``.
+      ``kernel_fn(x1, x2=None, get=None, params=None, **apply_fn_kwargs)``; for an ``f`` whose
+      output is a list of arrays (a network ending in branches), a list of results, one per
+      branch, as neural-tangents returns them.
     """
     _check_options("empirical_kernel_fn", diagonal_axes, vmap_axes, implementation)
     _check_private_rules("empirical_kernel_fn", _j_rules, _s_rules, _fwd)
@@ -106,7 +108,7 @@ def empirical_kernel_fn(f, trace_axes=(-1,), diagonal_axes=(), vmap_axes=None, i
             size *= a.shape[t]
         return jnp.einsum(f"{''.join(la)},{''.join(lb)}->{''.join(out)}", a, b) / size
 
-    def ntk_of(params, x1, x2, kwargs):
+    def ntk_of(params, x1, x2, kwargs, f=f):
         def jacobian(x):
             j = jax.jacrev(lambda p: f(p, x, **kwargs))(params)
             return [leaf.reshape(leaf.shape[:ndim] + (-1,)) for leaf in jax.tree.leaves(j)]
@@ -124,7 +126,7 @@ def empirical_kernel_fn(f, trace_axes=(-1,), diagonal_axes=(), vmap_axes=None, i
             rows.append(jnp.concatenate(cols, axis=1))
         return jnp.concatenate(rows, axis=0)
 
-    def values(params, x1, x2, names, kwargs) -> dict:
+    def one_output(f, params, x1, x2, names, kwargs) -> dict:
         x2_ = x1 if x2 is None else x2
         out = {}
         if "nngp" in names:
@@ -132,8 +134,21 @@ def empirical_kernel_fn(f, trace_axes=(-1,), diagonal_axes=(), vmap_axes=None, i
             f2 = f1 if x2 is None else f(params, x2_, **kwargs)
             out["nngp"] = pair(f1[..., None], f2[..., None], f1.ndim)
         if "ntk" in names:
-            out["ntk"] = ntk_of(params, x1, x2_, kwargs)
+            out["ntk"] = ntk_of(params, x1, x2_, kwargs, f)
         return out
+
+    def values(params, x1, x2, names, kwargs):
+        """name -> array; for an ``f`` whose output is a (nested) list of arrays (a network ending in
+        branches), a list of those, one per branch: each output's kernels, its NTK from its
+        Jacobian in all parameters (zero in those of other branches)."""
+        shapes = jax.eval_shape(lambda x: f(params, x, **kwargs), x1)
+        if not isinstance(shapes, (list, tuple)):
+            return one_output(f, params, x1, x2, names, kwargs)
+        count = len(jax.tree.leaves(shapes))
+
+        def branch(i):
+            return one_output(lambda p, x, **kw: jax.tree.leaves(f(p, x, **kw))[i], params, x1, x2, names, kwargs)
+        return _as_lists(jax.tree.unflatten(jax.tree.structure(shapes), [branch(i) for i in range(count)]))
 
     compiled = jax.jit(lambda params, x1, x2, names: values(params, x1, x2, names, {}), static_argnames="names")
 
@@ -147,7 +162,7 @@ def empirical_kernel_fn(f, trace_axes=(-1,), diagonal_axes=(), vmap_axes=None, i
             out = values(params, x1, x2, request.names, apply_fn_kwargs)
         else:  # eager Jacobians of a width-16 net took 14-30 s; compiled, well under one
             out = compiled(params, x1, x2, request.names)
-        return request.pack(out)
+        return _pack(request, out)
 
     kernel_fn.values = values
     return kernel_fn
@@ -199,6 +214,17 @@ def empirical_ntk_vp_fn(f, x1, x2, params, **apply_fn_kwargs):
     return ntk_vp_fn
 
 
+def _as_lists(tree):
+    """``tree`` with its lists and tuples (the branches of a network's output) as lists, as
+    neural-tangents returns one kernel per branch."""
+    return [_as_lists(t) for t in tree] if isinstance(tree, (list, tuple)) else tree
+
+
+def _pack(request, out):
+    """What ``get`` asks for (`kernels.checks.Get.pack`) of each branch of ``out`` (a dict, or lists of them)."""
+    return [_pack(request, o) for o in out] if isinstance(out, list) else request.pack(out)
+
+
 def _check_params_fit(where, f, params, x1, x2, kwargs) -> None:
     """Refuses, naming ``params``, parameters that ``f`` cannot be applied with (another network's)."""
     for label, x in (("x1", x1), ("x2", x2)):
@@ -231,7 +257,8 @@ def monte_carlo_kernel_fn(init_fn, apply_fn, key, n_samples: Union[int, Iterable
       trace_axes, diagonal_axes, vmap_axes, implementation: as in `empirical_kernel_fn`.
 
     Returns:
-      ``kernel_fn(x1, x2=None, get=None, **apply_fn_kwargs)``.
+      ``kernel_fn(x1, x2=None, get=None, **apply_fn_kwargs)``; a list of results, one per branch,
+      for a network ending in branches.
     """
     where = "monte_carlo_kernel_fn"
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 0:
@@ -261,8 +288,8 @@ def monte_carlo_kernel_fn(init_fn, apply_fn, key, n_samples: Union[int, Iterable
                 part = sample(i, x1, x2, request.names, kwargs)
                 total = part if total is None else jax.tree.map(jnp.add, total, part)
             done = n
-            mean = {m: total[m] / n for m in request.names}
-            yield request.pack(mean if store_on_device else jax.tree.map(np.asarray, mean))
+            mean = jax.tree.map(lambda a: a / n, total)
+            yield _pack(request, mean if store_on_device else jax.tree.map(np.asarray, mean))
 
     def kernel_fn(x1, x2=None, get=None, **apply_fn_kwargs):
         gen = running(x1, x2, parse_get(get, NAMES, "monte_carlo kernel_fn"), apply_fn_kwargs)

@@ -180,12 +180,31 @@ def input_kernel(x1: jax.Array, x2: Optional[jax.Array], full: bool) -> Kernel:
     )
 
 
-def single_kernel(out, name: str) -> Kernel:
-    """A network's result as one `Kernel`; an error naming the network if it ends in branches."""
-    if not isinstance(out, Kernel):
-        raise ValueError(f"{name}: the network ends in {len(out)} branches; "
-                         "merge them (FanInSum, FanInConcat, FanInProd) before asking for a kernel")
-    return out
+def map_branches(fn, out, path: tuple = ()):
+    """``fn(path, kernel)`` for each branch of a network's result, in the same structure.
+
+    A network that ends in several branches (`FanOut`, `parallel` without a merge) gives one
+    kernel per branch, as neural-tangents does: its rule returns a (nested) tuple of kernels,
+    which come back as (nested) lists; ``path`` is a branch's index in them, ``()`` for a
+    network with one output (then this is ``fn((), out)``).
+    """
+    if isinstance(out, Kernel):
+        return fn(path, out)
+    if not isinstance(out, (tuple, list)):
+        raise TypeError(f"a network's kernel rule returned {type(out).__name__}; expected a Kernel or a tuple of them")
+    return [map_branches(fn, o, path + (i,)) for i, o in enumerate(out)]
+
+
+def branch_items(out) -> list:
+    """``[(path, kernel), ...]`` of every branch of a network's result, depth first (`map_branches`)."""
+    items = []
+    map_branches(lambda path, k: items.append((path, k)), out)
+    return items
+
+
+def branch_label(path: tuple) -> str:
+    """How messages name a branch: ``""`` for a network with one output, ``" (branch 1.0)"``."""
+    return f" (branch {'.'.join(map(str, path))})" if path else ""
 
 
 def position_variances(cov: jax.Array, full: bool, d: int) -> jax.Array:

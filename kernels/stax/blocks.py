@@ -41,6 +41,7 @@ input kernel whether ``x2`` is given or not.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, Optional
 
@@ -50,7 +51,7 @@ import numpy as np
 from jax import lax
 
 from kernels import tiling
-from kernels.kernel import Kernel, input_kernel, single_kernel, to_neural_tangents_layout
+from kernels.kernel import Kernel, branch_items, input_kernel, map_branches, to_neural_tangents_layout
 
 __all__ = ["evaluate", "plan", "through_leaf", "Selves"]
 
@@ -161,19 +162,25 @@ def plan(n1: int, n2: int, per_pair: int, block_size: Optional[int], backend: st
     return -(-n // -(-n // b))  # the same number of blocks, as even as possible
 
 
-def _self_pass(rule: Callable, xs, full: bool, chunk: int, name: str):
-    """Diagonal kernels, recorded self covariances and output template of every example in ``xs``."""
+def _self_pass(rule: Callable, xs, full: bool, chunk: int):
+    """Diagonal kernels, recorded self covariances and output template of every example in ``xs``.
+
+    The kernels and means are lists with one entry per branch of the network's output (one
+    for a network with one output); the template has the output's structure (`map_branches`).
+    """
     template = {}
 
     def one(x):  # x: (1, *S, C)
         recording = _Recording()
-        out = single_kernel(rule(input_kernel(x, None, full).replace(selves=Selves((), None, recording))), name)
-        template["out"] = out.replace(selves=None)
-        mean = getattr(out, "mean1", None)  # per-example means, where the kernel carries them
-        means = None if mean is None else mean[0]
+        out = rule(input_kernel(x, None, full).replace(selves=Selves((), None, recording)))
+        template["out"] = map_branches(lambda path, k: k.replace(selves=None), out)
+        branches = [k for _, k in branch_items(out)]
+        # per-example means, where the kernel carries them
+        means = [None if getattr(k, "mean1", None) is None else k.mean1[0] for k in branches]
         table = recording.table()
         template["paths"] = list(table)  # paths hold functions: static, not pytree keys
-        return out.nngp[0, 0], out.ntk[0, 0], means, [c[0] for c in table.values()]
+        return [k.nngp[0, 0] for k in branches], [k.ntk[0, 0] for k in branches], means, \
+            [c[0] for c in table.values()]
 
     n = xs.shape[0]
     chunk = max(1, min(chunk, n))
@@ -188,12 +195,13 @@ def _self_pass(rule: Callable, xs, full: bool, chunk: int, name: str):
     return nngp, ntk, means, dict(zip(template["paths"], recorded)), template["out"]
 
 
-def evaluate(rule: Callable, x1, x2, full: bool, b: int, name: str = "kernel_fn") -> Kernel:
+def evaluate(rule: Callable, x1, x2, full: bool, b: int):
     """The network's `Kernel` on ``x1``, ``x2``, ``b x b`` pairs at a time, in neural-tangents' layout.
 
     Every array is returned in the public layout (`kernels.kernel.to_neural_tangents_layout`),
     the one `kernels.tiling` mirrors in. The self pass takes as many examples per step as
-    one tile has pairs; ``name`` is how errors name the network.
+    one tile has pairs. A network ending in branches gives a list of kernels, one per branch
+    (`kernels.kernel.map_branches`), each evaluated over the same tiles.
     """
     symmetric = x2 is None
     n1 = x1.shape[0]
@@ -202,8 +210,7 @@ def evaluate(rule: Callable, x1, x2, full: bool, b: int, name: str = "kernel_fn"
     x1p = tiling.pad_rows(x1, tiles.rows * b1)
     x2p = x1p if symmetric else tiling.pad_rows(x2, tiles.cols * b2)
     xs = x1p if symmetric else jnp.concatenate([x1p, x2p])
-    self_nngp, self_ntk, means, recorded, out = _self_pass(rule, xs, full, b1 * b2, name)
-    d = out.spatial_ndim
+    self_nngps, self_ntks, means, recorded, out = _self_pass(rule, xs, full, b1 * b2)
     offset2 = 0 if symmetric else tiles.rows * b1
     computed = tiles.tiles()
 
@@ -214,24 +221,24 @@ def evaluate(rule: Callable, x1, x2, full: bool, b: int, name: str = "kernel_fn"
                  for p, c in recorded.items()}
         xa = lax.dynamic_slice_in_dim(x1p, i * b1, b1)
         xb = lax.dynamic_slice_in_dim(x2p, j * b2, b2)
-        k = rule(input_kernel(xa, xb, full).replace(selves=Selves((), table)))
-        return k.nngp, k.ntk
+        out = rule(input_kernel(xa, xb, full).replace(selves=Selves((), table)))
+        branches = [k for _, k in branch_items(out)]
+        return [k.nngp for k in branches], [k.ntk for k in branches]
 
-    public = lambda a, batch_ndim: to_neural_tangents_layout(a, batch_ndim, full=out.full, d=d)
     if len(computed):
         nngp_tiles, ntk_tiles = lax.map(block, (jnp.asarray(computed[:, 0]), jnp.asarray(computed[:, 1])))
     else:
-        nngp_tiles = ntk_tiles = jnp.zeros((0, b1, b2) + self_nngp.shape[1:], self_nngp.dtype)
+        nngp_tiles = ntk_tiles = [jnp.zeros((0, b1, b2) + s.shape[1:], s.dtype) for s in self_nngps]
 
-    def assemble(stack, diagonal):
+    def assemble(stack, diagonal, public, full):
         stack = public(stack, 3)  # (T, b1, b2, ...)
         tail = stack.ndim - 3
         pieces = [stack]
         if symmetric:
             on_diagonal = np.flatnonzero(computed[:, 0] == computed[:, 1])
             if len(on_diagonal):  # a tile on the diagonal holds K(x, x') and K(x', x): keep one
-                stack = stack.at[on_diagonal].set(tiling.symmetrize(stack[on_diagonal], out.full, lead=1))
-            pieces = [stack, jnp.transpose(stack, tiling.mirror_axes(tail, out.full, lead=1))]
+                stack = stack.at[on_diagonal].set(tiling.symmetrize(stack[on_diagonal], full, lead=1))
+            pieces = [stack, jnp.transpose(stack, tiling.mirror_axes(tail, full, lead=1))]
             if tiles.skip_diagonal:
                 pieces.append(public(diagonal, 1)[:, None, None])
         every = jnp.concatenate(pieces) if len(pieces) > 1 else stack
@@ -239,11 +246,16 @@ def evaluate(rule: Callable, x1, x2, full: bool, b: int, name: str = "kernel_fn"
         grid = jnp.swapaxes(grid, 1, 2).reshape((tiles.rows * b1, tiles.cols * b2) + grid.shape[4:])
         return grid[:n1, :tiles.n2]
 
-    if means is not None:
-        out = out.replace(mean1=means[:n1], mean2=None if symmetric else means[offset2:offset2 + tiles.n2])
-    return out.replace(
-        nngp=assemble(nngp_tiles, self_nngp),
-        ntk=assemble(ntk_tiles, self_ntk),
-        cov1=public(self_nngp[:n1], 1),
-        cov2=None if symmetric else public(self_nngp[offset2:offset2 + tiles.n2], 1),
-    )
+    finished = {}
+    for i, (path, k) in enumerate(branch_items(out)):
+        public = functools.partial(to_neural_tangents_layout, full=k.full, d=k.spatial_ndim)
+        self_nngp = self_nngps[i]
+        if means[i] is not None:
+            k = k.replace(mean1=means[i][:n1], mean2=None if symmetric else means[i][offset2:offset2 + tiles.n2])
+        finished[path] = k.replace(
+            nngp=assemble(nngp_tiles[i], self_nngp, public, k.full),
+            ntk=assemble(ntk_tiles[i], self_ntks[i], public, k.full),
+            cov1=public(self_nngp[:n1], 1),
+            cov2=None if symmetric else public(self_nngp[offset2:offset2 + tiles.n2], 1),
+        )
+    return map_branches(lambda path, k: finished[path], out)

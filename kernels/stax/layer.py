@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kernels.checks import FLOAT_DTYPES, argument_error, check_examples, parse_get, reject_unexpected
-from kernels.kernel import Kernel, input_kernel, single_kernel, to_neural_tangents_layout
+from kernels.kernel import Kernel, branch_items, branch_label, input_kernel, map_branches, to_neural_tangents_layout
 from kernels.stax import blocks
 
 GET_NAMES = ("nngp", "ntk", "cov1", "cov2")
@@ -93,7 +93,9 @@ class KernelFn:
 
         Returns:
           Arrays ``(N1, N2)`` for a flat output; spatial outputs keep position pairs
-          in neural-tangents' order ``(N1, N2, S_1, S'_1, ...)``.
+          in neural-tangents' order ``(N1, N2, S_1, S'_1, ...)``. A network that ends in
+          several branches (``FanOut`` or ``parallel`` without a merge) gives a list with
+          one such result per branch (nested lists for nested branches), as neural-tangents does.
         """
         where = f"{self.name}: kernel_fn"
         reject_unexpected(where, kwargs, ("x1", "x2", "get", "block_size", "diagonal_batch", "diagonal_spatial",
@@ -115,26 +117,35 @@ class KernelFn:
         out = self._evaluate(x1.astype(_compute_dtype(dtype)), None if x2 is None else x2.astype(_compute_dtype(dtype)),
                              full, request.names, b)
         _check_finite_output(self, x1, x2, full, request.names, out)
-        out = _narrow(self.name, out, request.names, dtype)
-        if diagonal_spatial and out.full:
-            out = _spatial_diagonal(out, request.names)
-        return request.pack({n: getattr(out, n) for n in request.names}, whole=out)
 
-    def _forward(self, x1, x2, full: bool, names: tuple, b: int) -> Kernel:
+        def result(path, k):
+            k = _narrow(self.name + branch_label(path), k, request.names, dtype)
+            if diagonal_spatial and k.full:
+                k = _spatial_diagonal(k, request.names)
+            return request.pack({n: getattr(k, n) for n in request.names}, whole=k)
+        return map_branches(result, out)
+
+    def _forward(self, x1, x2, full: bool, names: tuple, b: int):
+        """The `Kernel` of the network's output, or a list of them for a network ending in branches."""
         if b:  # already in neural-tangents' layout, the one kernels.tiling mirrors in
-            k = blocks.evaluate(self.rule, x1, x2, full, b, name=self.name)
-            nt = lambda a, batch_ndim: a
+            out = blocks.evaluate(self.rule, x1, x2, full, b)
         else:
-            k = single_kernel(self.rule(input_kernel(x1, x2, full)), self.name)
-            nt = functools.partial(to_neural_tangents_layout, full=k.full, d=k.spatial_ndim)
-        return k.replace(
-            nngp=nt(k.nngp, 2) if "nngp" in names else None,
-            ntk=nt(k.ntk, 2) if "ntk" in names else None,
-            cov1=nt(k.cov1, 1) if "cov1" in names else None,
-            cov2=(nt(k.cov2_or_cov1, 1) if "cov2" in names else None),
-            mean1=None, mean2=None,  # internal: what LayerNorm reads, not a result
-            x1_is_x2=x2 is None,
-        )
+            out = self.rule(input_kernel(x1, x2, full))
+
+        def public(path, k):
+            if b:
+                nt = lambda a, batch_ndim: a
+            else:
+                nt = functools.partial(to_neural_tangents_layout, full=k.full, d=k.spatial_ndim)
+            return k.replace(
+                nngp=nt(k.nngp, 2) if "nngp" in names else None,
+                ntk=nt(k.ntk, 2) if "ntk" in names else None,
+                cov1=nt(k.cov1, 1) if "cov1" in names else None,
+                cov2=(nt(k.cov2_or_cov1, 1) if "cov2" in names else None),
+                mean1=None, mean2=None,  # internal: what LayerNorm reads, not a result
+                x1_is_x2=x2 is None,
+            )
+        return map_branches(public, out)
 
     @functools.cached_property
     def _evaluate(self):
@@ -224,16 +235,17 @@ def _check_inputs(x1, x2):
     return x1, x2
 
 
-def _check_finite_output(kernel_fn: KernelFn, x1, x2, full, names, out: Kernel):
-    present = [(n, getattr(out, n)) for n in names if getattr(out, n) is not None]
-    if not all(_is_concrete(a) for _, a in present):
+def _check_finite_output(kernel_fn: KernelFn, x1, x2, full, names, out):
+    """An error naming the layer that made the first NaN or infinite value of ``out`` (every branch's)."""
+    present = [(path, n, getattr(k, n)) for path, k in branch_items(out) for n in names if getattr(k, n) is not None]
+    if not all(_is_concrete(a) for _, _, a in present):
         return  # inside a user's jit: documented as unchecked
-    bad = [(n, np.asarray(a)) for n, a in present if not np.isfinite(np.asarray(a)).all()]
+    bad = [(path, n, np.asarray(a)) for path, n, a in present if not np.isfinite(np.asarray(a)).all()]
     if not bad:
         return
     # Re-run the rules, checking every layer, on the first offending pair only: the whole
     # batch, evaluated at once, could need far more memory than the blocked evaluation did.
-    name, array = bad[0]
+    path, name, array = bad[0]
     index = tuple(int(t) for t in np.argwhere(~np.isfinite(array))[0])
     other = x1 if x2 is None else x2
     if name in ("nngp", "ntk"):
@@ -247,7 +259,7 @@ def _check_finite_output(kernel_fn: KernelFn, x1, x2, full, names, out: Kernel):
     finally:
         _Diagnosis.active = False
     raise FloatingPointError(f"{kernel_fn.name}: the kernel contains NaN or infinite values "
-                             f"(first at {name}{list(index)})")
+                             f"(first at {name}{list(index)}{branch_label(path)})")
 
 
 def checked(name: str, rule: Callable[[Kernel], Kernel]) -> Callable[[Kernel], Kernel]:

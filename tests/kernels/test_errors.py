@@ -78,8 +78,16 @@ def test_non_finite_kernel_is_an_error_naming_the_layer():
 
 
 def test_unmerged_branches():
+    # A network ending in branches gives one kernel per branch (a list, as neural-tangents);
+    # a layer that takes one input is still refused after unmerged branches, naming itself.
     _, _, kernel_fn = stax.serial(stax.Dense(4), stax.FanOut(2))
-    with pytest.raises(ValueError, match="ends in 2 branches"):
+    kernels = kernel_fn(x(2, 3), None, "nngp")
+    assert isinstance(kernels, list) and len(kernels) == 2
+    alone = stax.Dense(4)[2](x(2, 3), None, "nngp")
+    for k in kernels:
+        np.testing.assert_allclose(k, alone, rtol=1e-12)
+    _, _, kernel_fn = stax.serial(stax.Dense(4), stax.FanOut(2), stax.Relu())
+    with pytest.raises(ValueError, match=r"Relu\(\): expects one input, got 2 branches"):
         kernel_fn(x(2, 3))
 
 
