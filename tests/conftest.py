@@ -8,10 +8,6 @@ cores, and its spinning threads then slow small solves many times over (measured
 import os
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # read when NumPy first loads in this worker
-# The suite's time is mostly XLA compiling many small kernels once each (a 10-layer ReLU MLP
-# kernel: 11 s at the default level, 7 s at level 0, measured under load); what the compiled
-# code computes does not depend on the level, only how fast it runs, which tests do not measure.
-os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
 
 import jax  # noqa: E402
 

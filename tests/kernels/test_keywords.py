@@ -49,8 +49,8 @@ def test_diagonal_spatial_of_a_pooled_network_is_the_diagonal_of_its_pairs():
     # the pooling needs and returns their diagonal.
     net = stax.serial(stax.Conv(4, (3, 3), padding="SAME"), stax.Relu(), stax.AvgPool((2, 2), padding="SAME"),
                       stax.Conv(4, (2, 2), padding="SAME"), stax.Erf())
-    x1 = jax.random.normal(jax.random.PRNGKey(0), (3, 4, 4, 2))
-    x2 = jax.random.normal(jax.random.PRNGKey(1), (2, 4, 4, 2))
+    x1 = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 4, 2))
+    x2 = jax.random.normal(jax.random.PRNGKey(1), (1, 3, 4, 2))
     full = net[2](x1, x2, ("nngp", "ntk", "cov1", "cov2"))
     diag = net[2](x1, x2, ("nngp", "ntk", "cov1", "cov2"), diagonal_spatial=True)
     for field, batch_ndim in (("nngp", 2), ("ntk", 2), ("cov1", 1), ("cov2", 1)):

@@ -14,13 +14,21 @@ DATA = pathlib.Path(__file__).parent.parent / "data"
 FILES = [p for p in (DATA / "nt065_reference.npz", DATA / "nt_reference.npz") if p.exists()]
 
 
+# The five costliest networks to compile (10-26 s each on CI's CPU; the default suite keeps to
+# about 10 minutes), each with a cheaper case of the same layers left in the default suite:
+# mlp_gelu_ntk, cnn3d_same_globalavgpool, cnn2d_avgpool_same_strided_normalize_edges,
+# cnn2d_strided_circular_globalavgpool and mlp_relu_ntk (whose recursion runs 10 layers deep in the slow one).
+SLOW_CASES = {"mlp_relu_deep_critical", "mlp_gelu_deep", "cnn3d_circular_globalavgpool", "cnn2d_strided_avgpool",
+              "cnn2d_circular_globalavgpool"}
+
+
 def _cases():
     for path in FILES:
         data = np.load(path)
         for name in json.loads(str(data["_cases"])):
             # deg 200's quadrature takes 14 s on CI's CPU: with the slow checks; deg 25 keeps
             # the quadrature's parity in the default suite.
-            marks = pytest.mark.slow if name.endswith("_deg200") else ()
+            marks = pytest.mark.slow if name.endswith("_deg200") or name in SLOW_CASES else ()
             yield pytest.param(path, name, id=f"{path.stem}:{name}", marks=marks)
 
 
