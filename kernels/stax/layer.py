@@ -105,9 +105,7 @@ class KernelFn:
                                       f"covariance in cov1/cov2); received {diagonal_batch!r}")
         if not isinstance(diagonal_spatial, (bool, np.bool_)):
             raise argument_error(where, "diagonal_spatial", "True or False", diagonal_spatial, TypeError)
-        if mask_constant is not None:
-            raise NotImplementedError(f"{where}: argument `mask_constant` (masked inputs) is not supported; "
-                                      f"received mask_constant={mask_constant!r}")
+        refuse_mask_constant(where, mask_constant)
         request = parse_get(get, GET_NAMES, where)
         x1, x2 = _check_inputs(x1, x2)
         dtype = x1.dtype
@@ -356,12 +354,18 @@ def check_apply_keywords(name: str, kwargs: dict) -> None:
     neural-tangents accepts and silently ignores unknown keywords; here a masked input
     (``mask_constant``) would otherwise be computed as if unmasked, a wrong number.
     """
-    if kwargs.get("mask_constant") is not None:
-        raise NotImplementedError(f"{name}: apply_fn: argument `mask_constant` (masked inputs) is not "
-                                  f"supported; received mask_constant={kwargs['mask_constant']!r}. "
-                                  "Remove the masked entries from the inputs instead")
+    refuse_mask_constant(f"{name}: apply_fn", kwargs.get("mask_constant"))
     reject_unexpected(f"{name}: apply_fn", {k: v for k, v in kwargs.items() if k not in APPLY_KEYWORDS},
                       ("params", "inputs") + APPLY_KEYWORDS)
+
+
+def refuse_mask_constant(where: str, mask_constant) -> None:
+    """Masked inputs are not implemented: ``mask_constant`` other than ``None`` is refused by name,
+    in ``kernel_fn`` and ``apply_fn`` alike, rather than computed as if unmasked."""
+    if mask_constant is not None:
+        raise NotImplementedError(f"{where}: argument `mask_constant` (masked inputs) is not supported; "
+                                  f"received mask_constant={mask_constant!r}. "
+                                  "Remove the masked entries from the inputs instead")
 
 
 def guarded_apply(name: str, apply_fn: Callable) -> Callable:
