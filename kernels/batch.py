@@ -145,7 +145,14 @@ def batch(kernel_fn: Callable, batch_size: int = 0, device_count: int = -1, stor
         x2 = None if x2 is None else check_examples("batch", "x2", x2)
         symmetric = x2 is None
         plan = tiling.make_plan(x1.shape[0], x1.shape[0] if symmetric else x2.shape[0], int(batch_size), symmetric)
-        f_diag, f_off = tile_fns(get) if not (args or kwargs) else _tile_functions_with(kernel_fn, get, args, kwargs)
+        patterns = _pattern_rows(kwargs.pop("pattern", None), x1, x2)
+        if patterns is None:
+            f_diag, f_off = tile_fns(get) if not (args or kwargs) else _tile_functions_with(kernel_fn, get, args, kwargs)
+        else:  # the graphs are per-example data, sliced with the tile's examples
+            f_diag, f_off = _pattern_tile_functions(kernel_fn, get, args, kwargs, patterns)
+            kwargs = dict(kwargs, pattern=patterns)  # for the store's fingerprint
+        if patterns is not None:  # the tile functions take the tile's example indices
+            f_diag, f_off = _indexed_tiles(f_diag, f_off, plan, symmetric)
         template = _template(f_diag, f_off, x1, x2, plan)
         outputs = _outputs(template, request, plan, x1.ndim - 2)
         share = plan.share(process_index, process_count)
@@ -213,21 +220,59 @@ def _tile_functions_with(kernel_fn, get, args: tuple, kwargs: dict):
     """``(f_diag(a), f_off(a, b))`` calling ``kernel_fn(a, b, get, *args, **kwargs)``, compiled for this call.
 
     The arrays among ``args``/``kwargs`` are arguments of the compiled functions (parameters
-    are not baked in as constants); every other leaf (a flag, a string) is fixed.
+    are not baked in as constants); every other leaf (a flag, a string) is fixed. Extra arguments
+    per tile (``f_off(a, b, *extra)``) go to ``kernel_fn`` after ``get``.
     """
     leaves, treedef = jax.tree_util.tree_flatten((args, kwargs))
     traced = [isinstance(leaf, (jax.Array, np.ndarray, np.generic)) for leaf in leaves]
     dynamic = [leaf for leaf, t in zip(leaves, traced) if t]
 
-    def call(a, b, values):
+    def call(a, b, values, *extra):
         values = iter(values)
         args, kwargs = jax.tree_util.tree_unflatten(treedef, [next(values) if t else leaf
                                                               for leaf, t in zip(leaves, traced)])
-        return kernel_fn(a, b, get, *args, **kwargs)
+        return kernel_fn(a, b, get, *extra, *args, **kwargs)
 
-    diag = jax.jit(lambda a, values: call(a, None, values))
+    diag = jax.jit(lambda a, values, *extra: call(a, None, values, *extra))
     off = jax.jit(call)
-    return (lambda a: diag(a, dynamic)), (lambda a, b: off(a, b, dynamic))
+    return (lambda a, *extra: diag(a, dynamic, *extra)), (lambda a, b, *extra: off(a, b, dynamic, *extra))
+
+
+def _pattern_rows(pattern, x1, x2):
+    """``pattern=(pattern1, pattern2)`` of a graph network (`kernels.stax.graph.Aggregate`) as host
+    arrays with the examples' leading axes, ``pattern2`` ``None`` when ``x2`` is; ``None`` without one."""
+    if pattern is None or (isinstance(pattern, (tuple, list)) and all(p is None for p in pattern)):
+        return None
+    if not (isinstance(pattern, (tuple, list)) and len(pattern) == 2):
+        raise argument_error("batch", "pattern", "a pair (pattern1, pattern2) of the graphs of x1's and x2's examples",
+                             type(pattern).__name__, TypeError)
+    out = []
+    for label, p, x in (("pattern1", pattern[0], x1), ("pattern2", pattern[1], x2)):
+        if p is None or x is None:
+            out.append(None)
+            continue
+        if not isinstance(p, (jax.Array, np.ndarray)) or p.ndim == 0 or p.shape[0] != x.shape[0]:
+            raise argument_error("batch", "pattern", f"arrays batch first, to be sliced with the tiles: {label} "
+                                 f"with leading axis {x.shape[0]}", f"{label} {getattr(p, 'shape', type(p).__name__)}")
+        out.append(np.asarray(p))
+    if out[0] is None:
+        raise argument_error("batch", "pattern", "pattern1 given", "pattern1=None")
+    if x2 is not None and out[1] is None:
+        raise argument_error("batch", "pattern", "both graphs given when x2 is given", "pattern2=None")
+    return out[0], out[1]
+
+
+def _pattern_tile_functions(kernel_fn, get, args: tuple, kwargs: dict, patterns: tuple):
+    """``(f_diag(a, rows), f_off(a, b, rows, cols))``: `_tile_functions_with`'s, with the tile's rows of
+    the graphs passed as ``pattern=(pattern1 rows, pattern2 rows)``; ``rows``/``cols`` are the tile's
+    example indices (padded rows repeat the last example, as `kernels.tiling.pad_rows` does)."""
+    p1, p2 = (jax.numpy.asarray(p) if p is not None else None for p in patterns)
+    second = p1 if p2 is None else p2
+    diag_call, off_call = _tile_functions_with(
+        lambda a, b, get_, pattern_rows, *rest, **kw: kernel_fn(a, b, get_, *rest, pattern=pattern_rows, **kw),
+        get, args, kwargs)
+    return ((lambda a, rows: diag_call(a, (p1[rows], None))),
+            (lambda a, b, rows, cols: off_call(a, b, (p1[rows], second[cols]))))
 
 
 def _arguments_fingerprint(args: tuple, kwargs: dict) -> str:
@@ -236,6 +281,21 @@ def _arguments_fingerprint(args: tuple, kwargs: dict) -> str:
     except FingerprintError as error:
         raise TypeError(f"batch: the tile store needs a fingerprint of the arguments passed after get, and "
                         f"{error}") from None
+
+
+def _indexed_tiles(f_diag, f_off, plan, symmetric: bool):
+    """Tile functions of ``(a, i)``/``(a, b, i, j)`` as those of ``(a)``/``(a, b)`` with attributes saying so."""
+    def rows(i, b, n):
+        return np.minimum(np.arange(i * b, (i + 1) * b), n - 1)  # padded rows repeat the last example
+    n2 = plan.n1 if symmetric else plan.n2
+
+    def diag(a, i=0):
+        return f_diag(a, rows(i, plan.b1, plan.n1))
+
+    def off(a, b, i=0, j=0):
+        return f_off(a, b, rows(i, plan.b1, plan.n1), rows(j, plan.b2, n2))
+    diag.indexed = off.indexed = True
+    return diag, off
 
 
 def _template(f_diag, f_off, x1, x2, plan):
@@ -344,10 +404,11 @@ def _run_tiles(plan, outputs, share, sink, devices, f_diag, f_off, x1, x2, reque
             if cached_rows.get(device, (None,))[0] != i:
                 cached_rows[device] = (i, jax.device_put(x1p[i * plan.b1:(i + 1) * plan.b1], device))
             a = cached_rows[device][1]
+            where = (i, j) if getattr(f_off, "indexed", False) else ()  # tiles of graphs slice the patterns
             if symmetric and i == j:
-                out = f_diag(a)
+                out = f_diag(a, *where[:1])
             else:
-                out = f_off(a, jax.device_put(x2p[j * plan.b2:(j + 1) * plan.b2], device))
+                out = f_off(a, jax.device_put(x2p[j * plan.b2:(j + 1) * plan.b2], device), *where)
             pending.append((i, j, out))
             if len(pending) >= 2 * len(devices):
                 finish(*pending.popleft())

@@ -10,22 +10,31 @@ from __future__ import annotations
 
 import enum
 import functools
+import math
 from typing import Iterable, Optional, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kernels import structured_ntk
 from kernels.checks import argument_error, parse_get, positive_int
 
 NAMES = ("nngp", "ntk")
 
 
 class NtkImplementation(enum.IntEnum):
-    """neural-tangents' names for the ways of computing an empirical NTK (Novak et al. 2022).
+    """neural-tangents' names for the ways of computing an empirical NTK (Novak et al. 2022,
+    "Fast finite width neural tangent kernel", ICML); all give the same kernel.
 
-    Each gives the same kernel; widekit computes all of them as a Jacobian contraction
-    (so they differ here in nothing but the name).
+    JACOBIAN_CONTRACTION (1): ``J(x1) J(x2)^T`` from the Jacobians in every parameter (§3.1).
+    NTK_VECTOR_PRODUCTS (2): the NTK as the linear map ``v -> J(x1) J(x2)^T v`` (a VJP at ``x2``
+      then a JVP at ``x1``), applied to every basis vector of ``f(x2)``'s outputs (§3.2).
+    STRUCTURED_DERIVATIVES (3): weights entering through one matrix product or convolution are
+      contracted from the cotangents of that product and its input, without their Jacobians (§4;
+      `kernels.structured_ntk`); other parameters by their Jacobians.
+    AUTO (0): whichever of 1, 2, 3 `kernels.structured_ntk.estimated_flops` estimates cheapest
+      for these networks and input shapes (ties go to the lower number).
     """
     AUTO = 0
     JACOBIAN_CONTRACTION = 1
@@ -34,29 +43,68 @@ class NtkImplementation(enum.IntEnum):
 
 
 IMPLEMENTATIONS = (None,) + tuple(int(v) for v in NtkImplementation)
+_LETTERS = "abcdefgh"  # output axes; `kernels.structured_ntk` uses letters after these
 
 
-def _check_options(where: str, diagonal_axes, vmap_axes, implementation) -> None:
-    """Options that change only how neural-tangents computes a kernel, not the kernel, are checked here.
-
-    ``vmap_axes`` and ``implementation`` are performance hints there: any valid value gives the
-    same kernel, which is computed here by Jacobian contraction (``implementation=1``).
-    """
-    if tuple(diagonal_axes) != ():
-        raise argument_error(where, "diagonal_axes", "() (only full kernels are computed)", diagonal_axes)
-    if getattr(implementation, "value", implementation) not in IMPLEMENTATIONS:  # an int or an enum member
+def _parse_implementation(where, implementation) -> int:
+    """An int or `NtkImplementation` member (``None``: Jacobian contraction) as an int 0-3."""
+    value = getattr(implementation, "value", implementation)
+    if isinstance(value, bool) or value not in IMPLEMENTATIONS:
         raise argument_error(where, "implementation", f"one of {IMPLEMENTATIONS[1:]} (or None)", implementation)
-    if vmap_axes is not None and not isinstance(vmap_axes, (int, tuple, list, dict)):
-        raise argument_error(where, "vmap_axes", "None, an int or a pytree of ints", vmap_axes, TypeError)
+    return 1 if value is None else int(value)
+
+
+def _parse_vmap_axes(where, vmap_axes) -> bool:
+    """Whether ``f`` is certified to act on each example alone along the batch axis 0.
+
+    As in neural-tangents, ``vmap_axes`` promises that ``f(params, x)`` stacks ``f`` of single
+    examples; every implementation then works on one example (pair) at a time under ``jax.vmap``.
+    ``0`` or ``(0, 0, None)`` (inputs, outputs, keyword arguments; ``{}`` for the last also) are
+    supported; other axes are refused.
+    """
+    if vmap_axes is None:
+        return False
+    if isinstance(vmap_axes, int) and not isinstance(vmap_axes, bool) and vmap_axes == 0:
+        return True
+    if (isinstance(vmap_axes, (tuple, list)) and len(vmap_axes) == 3 and vmap_axes[0] == 0 and vmap_axes[1] == 0
+            and vmap_axes[2] in (None, {})):
+        return True
+    raise argument_error(where, "vmap_axes", "None, 0 or (0, 0, None) (examples along the batch axis 0, "
+                         "keyword arguments shared)", vmap_axes)
 
 
 def _check_private_rules(where, _j_rules, _s_rules, _fwd):
-    """neural-tangents' private switches of structured derivatives: accepted at their defaults only."""
+    """neural-tangents' private switches of structured derivatives: accepted at their defaults only
+    (widekit's rules are always on, and the order of each contraction is chosen by FLOPs)."""
     for name, value, default in (("_j_rules", _j_rules, True), ("_s_rules", _s_rules, True),
                                  ("_fwd", _fwd, None)):
         if value is not default:
-            raise argument_error(where, name, f"{default} (widekit has no structured-derivative rules "
-                                 "to switch)", value)
+            raise argument_error(where, name, f"{default} (widekit's structured-derivative rules cannot be "
+                                 "switched)", value)
+
+
+def _output_axes(where, ndim, trace_axes, diagonal_axes):
+    """(traced, diagonal) output axes as sorted non-negative ints, checked."""
+    if ndim > len(_LETTERS):
+        raise ValueError(f"{where}: outputs of more than {len(_LETTERS)} axes are not supported; received {ndim}")
+    traced = tuple(sorted({a % ndim for a in trace_axes}))
+    diagonal = tuple(sorted({a % ndim for a in diagonal_axes}))
+    if 0 in traced:
+        raise argument_error(where, "trace_axes", "output axes other than the batch axis 0", tuple(trace_axes))
+    if set(traced) & set(diagonal):
+        raise argument_error(where, "diagonal_axes", f"axes not in trace_axes={tuple(trace_axes)}",
+                             tuple(diagonal_axes))
+    return traced, diagonal
+
+
+def _output_letters(ndim, traced, diagonal):
+    """einsum letters (U1, U2, out) of two outputs' axes and their kernel: a traced axis shares one
+    letter (summed), a diagonal one shares it and keeps it once, every other axis is kept as a
+    pair in neural-tangents' interleaved order ``(N1, N2, S1, S'1, ...)``."""
+    u1 = _LETTERS[:ndim]
+    u2 = "".join(c if i in traced or i in diagonal else c.upper() for i, c in enumerate(u1))
+    out = "".join(c if i in diagonal else c + c.upper() for i, c in enumerate(u1) if i not in traced)
+    return u1, u2, out
 
 
 def empirical_kernel_fn(f, trace_axes=(-1,), diagonal_axes=(), vmap_axes=None, implementation=None,
@@ -65,76 +113,71 @@ def empirical_kernel_fn(f, trace_axes=(-1,), diagonal_axes=(), vmap_axes=None, i
 
     Args:
       f: an ``apply_fn``.
-      trace_axes: output axes averaged over (default the channel axis); the others are
-        kept as pairs, interleaved: ``(N1, N2, S_1, S'_1, ...)`` as the closed forms.
-      diagonal_axes: only ``()`` is supported (refused otherwise).
-      vmap_axes, implementation: neural-tangents' performance hints; checked, and the
-        kernel (the same for every valid value) is computed by Jacobian contraction.
+      trace_axes: output axes averaged over (default the channel axis); not the batch axis.
+      diagonal_axes: output axes of which only the diagonal pairs are kept (axis 0: the kernel
+        of each example with itself, which needs as many ``x2`` as ``x1``). The kernel's axes are
+        the outputs' other axes in order, each a pair ``(S1, S'1)`` or one diagonal axis, as in
+        neural-tangents.
+      vmap_axes: ``None``, or ``0`` / ``(0, 0, None)``: a promise that ``f`` acts on each example
+        alone, which lets every implementation work one example (pair) at a time.
+      implementation: `NtkImplementation` or its int, 0 (AUTO) to 3 (structured derivatives); all
+        give the same NTK; ``None`` means 1.
       _j_rules, _s_rules, _fwd: neural-tangents' private switches, accepted at their defaults
         (True, True, None) and refused otherwise.
-      batch_size: examples of ``x1`` and of ``x2`` per chunk of the Jacobian
-        contraction, which bounds memory to ``2 * batch_size * outputs * parameters``.
-        ``None`` does all at once.
+      batch_size: examples of ``x1`` and of ``x2`` per chunk (without ``vmap_axes``), which bounds
+        memory to ``2 * batch_size * outputs * parameters``. ``None`` does all at once.
 
     Returns:
       ``kernel_fn(x1, x2=None, get=None, params=None, **apply_fn_kwargs)``; for an ``f`` whose
       output is a list of arrays (a network ending in branches), a list of results, one per
       branch, as neural-tangents returns them.
     """
-    _check_options("empirical_kernel_fn", diagonal_axes, vmap_axes, implementation)
-    _check_private_rules("empirical_kernel_fn", _j_rules, _s_rules, _fwd)
+    where = "empirical_kernel_fn"
+    method = _parse_implementation(where, implementation)
+    per_example = _parse_vmap_axes(where, vmap_axes)
+    _check_private_rules(where, _j_rules, _s_rules, _fwd)
+    trace_axes, diagonal_axes = tuple(trace_axes), tuple(diagonal_axes)
     if batch_size is not None:
-        positive_int("empirical_kernel_fn", "batch_size", batch_size)
+        positive_int(where, "batch_size", batch_size)
 
-    def output_axes(ndim):
-        traced = tuple(sorted(a % ndim for a in trace_axes))
-        if 0 in traced:
-            raise ValueError("empirical_kernel_fn: trace_axes must not include the batch axis 0")
-        kept = tuple(a for a in range(1, ndim) if a not in traced)
-        return traced, kept
-
-    def pair(a, b, ndim):
-        """a: (N1, *out, extra), b: (N2, *out, extra) -> (N1, N2, k_1, k'_1, ...) averaged over traced.
-
-        Kept output axes pair up in neural-tangents' interleaved order, as closed forms do.
-        """
-        traced, kept = output_axes(ndim)
-        letters = "abcdefgh"
-        la = ["x"] + [letters[i] for i in range(ndim - 1)] + ["z"]
-        lb = ["y"] + [letters[i] if (i + 1) in traced else letters[i].upper() for i in range(ndim - 1)] + ["z"]
-        out = ["x", "y"] + [c for i in kept for c in (letters[i - 1], letters[i - 1].upper())]
-        size = 1
-        for t in traced:
-            size *= a.shape[t]
-        return jnp.einsum(f"{''.join(la)},{''.join(lb)}->{''.join(out)}", a, b) / size
-
-    def ntk_of(params, x1, x2, kwargs, f=f):
-        def jacobian(x):
-            j = jax.jacrev(lambda p: f(p, x, **kwargs))(params)
-            return [leaf.reshape(leaf.shape[:ndim] + (-1,)) for leaf in jax.tree.leaves(j)]
-
-        def chunks(x):
-            if batch_size is None or x.shape[0] <= batch_size:
-                return [x]
-            return [x[s:s + batch_size] for s in range(0, x.shape[0], batch_size)]
-
-        ndim = jax.eval_shape(lambda x: f(params, x, **kwargs), x1).ndim
-        rows = []
-        for a in chunks(x1):
-            ja = jacobian(a)
-            cols = [sum(pair(l1, l2, ndim) for l1, l2 in zip(ja, jacobian(b))) for b in chunks(x2)]
-            rows.append(jnp.concatenate(cols, axis=1))
-        return jnp.concatenate(rows, axis=0)
+    def blocks(block, x1, x2, diagonal_batch):
+        """``block(xa, xb)`` (the kernel of two batches) over all of ``x1 x x2``: per example pair
+        under ``vmap``, by chunks of ``batch_size``, or at once."""
+        if per_example:
+            def one(a, b):
+                return block(a[None], b[None])
+            if diagonal_batch:
+                return jax.vmap(one)(x1, x2)[:, 0]
+            return jax.vmap(lambda a: jax.vmap(lambda b: one(a, b))(x2))(x1)[:, :, 0, 0]
+        if batch_size is None or max(x1.shape[0], x2.shape[0]) <= batch_size:
+            return block(x1, x2)
+        starts1, starts2 = range(0, x1.shape[0], batch_size), range(0, x2.shape[0], batch_size)
+        if diagonal_batch:
+            return jnp.concatenate([block(x1[s:s + batch_size], x2[s:s + batch_size]) for s in starts1], axis=0)
+        return jnp.concatenate([jnp.concatenate([block(x1[s:s + batch_size], x2[t:t + batch_size])
+                                                 for t in starts2], axis=1) for s in starts1], axis=0)
 
     def one_output(f, params, x1, x2, names, kwargs) -> dict:
         x2_ = x1 if x2 is None else x2
+        ndim = jax.eval_shape(lambda x: f(params, x, **kwargs), x1).ndim
+        traced, diagonal = _output_axes("empirical kernel_fn", ndim, trace_axes, diagonal_axes)
+        if 0 in diagonal and x1.shape[0] != x2_.shape[0]:
+            raise argument_error("empirical kernel_fn", "x2", f"{x1.shape[0]} examples as x1 (diagonal_axes "
+                                 "holds the batch axis 0)", x2_.shape)
+        letters = _output_letters(ndim, traced, diagonal)
+        n1, n2 = (x1.shape[0], x2_.shape[0]) if per_example else (1, 1)
+        counts = (n1, n2, n1 if 0 in diagonal else n1 * n2)
+
+        def h(p, x):
+            return f(p, x, **kwargs)
+
         out = {}
         if "nngp" in names:
-            f1 = f(params, x1, **kwargs)
-            f2 = f1 if x2 is None else f(params, x2_, **kwargs)
-            out["nngp"] = pair(f1[..., None], f2[..., None], f1.ndim)
+            out["nngp"] = blocks(lambda a, b: _pair(h(params, a)[..., None], h(params, b)[..., None], letters),
+                                 x1, x2_, 0 in diagonal)
         if "ntk" in names:
-            out["ntk"] = ntk_of(params, x1, x2_, kwargs, f)
+            out["ntk"] = blocks(lambda a, b: _ntk_block(method, h, params, a, b, letters, counts),
+                                x1, x2_, 0 in diagonal)
         return out
 
     def values(params, x1, x2, names, kwargs):
@@ -166,6 +209,62 @@ def empirical_kernel_fn(f, trace_axes=(-1,), diagonal_axes=(), vmap_axes=None, i
 
     kernel_fn.values = values
     return kernel_fn
+
+
+def _pair(a, b, letters):
+    """``sum_p a[U1, p] b[U2, p]`` arranged by ``letters`` (`_output_letters`), averaged over the
+    traced axes. a: (*Y1, P), b: (*Y2, P)."""
+    u1, u2, out = letters
+    return jnp.einsum(f"{u1}p,{u2}p->{out}", a, b) / _traced_size(a.shape, letters)
+
+
+def _traced_size(shape, letters):
+    u1, _, out = letters
+    return math.prod(n for c, n in zip(u1, shape) if c not in out)
+
+
+def _ntk_block(method, h, params, xa, xb, letters, counts):
+    """The NTK of the batches ``xa``, ``xb`` of ``h(params, x)`` by implementation ``method`` (0-3)."""
+    if method in (0, 3):
+        leaves, tree = jax.tree.flatten(params)
+
+        def flat(ls, x):
+            return h(jax.tree.unflatten(tree, ls), x)
+
+        closed_a, closed_b = structured_ntk.trace(flat, leaves, xa), structured_ntk.trace(flat, leaves, xb)
+        rules_a, rules_b = structured_ntk.agreed_rules(closed_a, closed_b, len(leaves))
+        if method == 0:
+            flops = structured_ntk.estimated_flops(closed_a, closed_b, rules_a, rules_b, letters, counts)
+            method = min(flops, key=lambda m: (flops[m], m))
+        if method == 3:
+            side_a = structured_ntk.factors(closed_a, leaves, xa, rules_a)
+            side_b = structured_ntk.factors(closed_b, leaves, xb, rules_b)
+            shape_a = closed_a.jaxpr.outvars[0].aval.shape
+            return structured_ntk.contract(side_a, side_b, letters, counts, _traced_size(shape_a, letters))
+    if method == 2:
+        return _ntk_vector_products_block(h, params, xa, xb, letters)
+
+    def jacobian(x):
+        j = jax.jacrev(lambda p: h(p, x))(params)
+        return [leaf.reshape(leaf.shape[:len(letters[0])] + (-1,)) for leaf in jax.tree.leaves(j)]
+    return sum(_pair(a, b, letters) for a, b in zip(jacobian(xa), jacobian(xb)))
+
+
+def _ntk_vector_products_block(h, params, xa, xb, letters):
+    """``Theta v = J(xa) (J(xb)^T v)`` for every basis vector ``v`` of ``h(xb)``'s outputs (Novak et
+    al. 2022, §3.2): a VJP at ``xb`` (once) and a JVP at ``xa`` per vector, then the traced and
+    diagonal axes taken from the full block."""
+    fb, vjp = jax.vjp(lambda p: h(p, xb), params)
+    shape_a = jax.eval_shape(lambda p: h(p, xa), params).shape
+
+    def column(v):
+        tangent, = vjp(v.reshape(fb.shape))
+        return jax.jvp(lambda p: h(p, xa), (params,), (tangent,))[1]
+
+    columns = jax.vmap(column)(jnp.eye(fb.size, dtype=fb.dtype))  # (|Yb|, *Ya)
+    u1, u2, out = letters
+    full = columns.reshape(fb.shape + shape_a)
+    return jnp.einsum(f"{u2}{u1}->{out}", full) / _traced_size(shape_a, letters)
 
 
 def empirical_ntk_fn(f, trace_axes=(-1,), diagonal_axes=(), vmap_axes=None,

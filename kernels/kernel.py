@@ -56,6 +56,10 @@ class Kernel:
       mean2: the same for the second batch, or ``None`` when it is the first.
       x1_is_x2: whether the second batch is the first (``x2=None``), as neural-tangents'
         field of that name; set on the kernels `kernel_fn` returns (static).
+      pattern1: the graph of each example of the first batch that `kernels.stax.graph.Aggregate`
+        aggregates over (``kernel_fn``'s ``pattern``), batch first; ``None`` without one. Other
+        rules pass it on with `replace`.
+      pattern2: the same for the second batch, or ``None`` when it is the first.
       selves: during a block-by-block evaluation, the self covariances recorded for the
         leaf layers and where this kernel stands in the network (`kernels.stax.blocks.Selves`);
         ``None`` otherwise. Rules pass it on with `replace` and never read it.
@@ -71,6 +75,8 @@ class Kernel:
     own_weights: bool = dataclasses.field(metadata=dict(static=True), default=False)
     mean1: Optional[jax.Array] = None
     mean2: Optional[jax.Array] = None
+    pattern1: Optional[Any] = None
+    pattern2: Optional[Any] = None
     selves: Optional[Any] = None
     x1_is_x2: bool = dataclasses.field(metadata=dict(static=True), default=False)
 

@@ -6,6 +6,7 @@ from kernels.stax.elementwise import (ABRelu, Abs, Cos, Elementwise, Elementwise
                                       Relu, Sigmoid_like, Sign, Sin)
 from kernels.stax.extra import (AggregateImplementation, AttentionMechanism, Dropout, ExpNormalized, Gabor,
                                 ImageResize, Index, Padding, PositionalEmbedding, Slice)
+from kernels.stax.graph import Aggregate, DotGeneral
 from kernels.stax.layer import KernelFn, Layer
 from kernels.stax.linear import (AvgPool, Conv, Dense, Flatten, GlobalAvgPool, GlobalSumPool, Identity,
                                  LayerNorm, SumPool)
@@ -19,4 +20,5 @@ __all__ = [
     # neural-tangents 0.6.5 names added later (kernels/stax/extra.py)
     "AggregateImplementation", "AttentionMechanism", "Dropout", "ExpNormalized", "Gabor", "ImageResize",
     "Index", "Padding", "PositionalEmbedding", "Slice",
+    "Aggregate", "DotGeneral",  # kernels/stax/graph.py
 ]

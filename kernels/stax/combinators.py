@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from kernels.kernel import Kernel
-from kernels.stax.layer import KernelFn, Layer, any_requirement, describe, guarded_apply, leaf
+from kernels.stax.layer import (KernelFn, Layer, any_requirement, describe, guarded_apply, keywords_for, keywords_of,
+                                leaf)
 
 
 def serial(*layers) -> Layer:
@@ -30,7 +31,7 @@ def serial(*layers) -> Layer:
 
     def apply_fn(params, x, **kwargs):
         for layer, p, kw in zip(layers, params, _split_rng(kwargs, len(layers))):
-            x = layer.apply_fn(p, x, **kw)
+            x = layer.apply_fn(p, x, **keywords_for(layer, kw))
         return x
 
     def rule(k):
@@ -43,7 +44,8 @@ def serial(*layers) -> Layer:
             out = layer.kernel_fn.needs_full(out)
         return out
 
-    return Layer(init_fn, guarded_apply(name, apply_fn), KernelFn(name, rule, needs_full))
+    keywords = keywords_of(layers)
+    return Layer(init_fn, guarded_apply(name, apply_fn, keywords), KernelFn(name, rule, needs_full, keywords=keywords))
 
 
 def _split_rng(kwargs: dict, n: int) -> list:
@@ -82,7 +84,7 @@ def parallel(*layers) -> Layer:
 
     def apply_fn(params, inputs, **kwargs):
         _check(inputs, "inputs")
-        return [layer.apply_fn(p, x, **kw)
+        return [layer.apply_fn(p, x, **keywords_for(layer, kw))
                 for layer, p, x, kw in zip(layers, params, inputs, _split_rng(kwargs, len(layers)))]
 
     def rule(ks):
@@ -93,7 +95,8 @@ def parallel(*layers) -> Layer:
         outs = out if isinstance(out, tuple) else (out,) * len(layers)
         return tuple(layer.kernel_fn.needs_full(o) for layer, o in zip(layers, outs))
 
-    return Layer(init_fn, guarded_apply(name, apply_fn), KernelFn(name, rule, needs_full))
+    keywords = keywords_of(layers)
+    return Layer(init_fn, guarded_apply(name, apply_fn, keywords), KernelFn(name, rule, needs_full, keywords=keywords))
 
 
 def FanOut(num: int) -> Layer:

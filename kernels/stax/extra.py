@@ -59,7 +59,7 @@ class AttentionMechanism(enum.StrEnum):
 
 
 class AggregateImplementation(enum.StrEnum):
-    """neural-tangents' graph `Aggregate` implementations (the layer itself is not implemented here)."""
+    """The implementations of the graph layer `kernels.stax.graph.Aggregate`: a dense adjacency tensor or a list of edges."""
     DENSE = "DENSE"
     SPARSE = "SPARSE"
 

@@ -62,15 +62,19 @@ class KernelFn:
       needs_full: output requirement -> input requirement (see module docstring).
       requires: what a leaf layer's rule needs of its input (`Requires`); ``None`` for
         networks and combinators, whose parts declare their own.
+      keywords: the keywords beyond `APPLY_KEYWORDS` that ``apply_fn`` and ``kernel_fn`` take
+        because some layer of the network needs them (``("pattern",)`` with an `Aggregate`);
+        a network without such a layer refuses them by name.
     """
 
     name: str
     rule: Callable[[Any], Any]
     needs_full: Callable[[Requirement], Requirement] = keep_requirement
     requires: "Requires" = None
+    keywords: tuple = ()
 
     def __call__(self, x1, x2=None, get=None, *, block_size=None, diagonal_batch=True, diagonal_spatial=False,
-                 mask_constant=None, **kwargs):
+                 mask_constant=None, pattern=None, **kwargs):
         """Kernels of the network's outputs on ``x1`` and ``x2``.
 
         Args:
@@ -90,6 +94,11 @@ class KernelFn:
             neural-tangents does); position pairs are still computed where a layer
             (pooling, attention) needs them, then the diagonal is taken.
           mask_constant: only ``None``: masked inputs are not implemented and refused.
+          pattern: the graphs of a network with an `Aggregate` layer, ``(pattern1, pattern2)``
+            with the graphs of ``x1``'s and ``x2``'s examples, batch first (``pattern2`` may be
+            ``None`` when ``x2`` is); ``None`` or ``(None, None)``: no aggregation. Refused by
+            networks without an `Aggregate`. Such a kernel is evaluated in one piece (pass
+            ``block_size`` ``None`` or ``0``); `kernels.batch` tiles it, slicing the patterns.
 
         Returns:
           Arrays ``(N1, N2)`` for a flat output; spatial outputs keep position pairs
@@ -99,7 +108,7 @@ class KernelFn:
         """
         where = f"{self.name}: kernel_fn"
         reject_unexpected(where, kwargs, ("x1", "x2", "get", "block_size", "diagonal_batch", "diagonal_spatial",
-                                          "mask_constant"))
+                                          "mask_constant") + self.keywords)
         if diagonal_batch is not True:
             raise NotImplementedError(f"{where}: argument `diagonal_batch` must be True (each example's own "
                                       f"covariance in cov1/cov2); received {diagonal_batch!r}")
@@ -108,12 +117,14 @@ class KernelFn:
         refuse_mask_constant(where, mask_constant)
         request = parse_get(get, GET_NAMES, where)
         x1, x2 = _check_inputs(x1, x2)
+        patterns = check_pattern_keyword(where, self.keywords, pattern, x1, x2, block_size)
         dtype = x1.dtype
         full = x1.ndim > 2 and any_requirement(self.needs_full(not diagonal_spatial))
         n2 = x1.shape[0] if x2 is None else x2.shape[0]
-        b = blocks.plan(x1.shape[0], n2, blocks.pair_elements(x1, full), block_size, jax.default_backend())
+        b = 0 if patterns is not None else \
+            blocks.plan(x1.shape[0], n2, blocks.pair_elements(x1, full), block_size, jax.default_backend())
         out = self._evaluate(x1.astype(_compute_dtype(dtype)), None if x2 is None else x2.astype(_compute_dtype(dtype)),
-                             full, request.names, b)
+                             full, request.names, b, patterns)
         _check_finite_output(self, x1, x2, full, request.names, out)
 
         def result(path, k):
@@ -123,12 +134,15 @@ class KernelFn:
             return request.pack({n: getattr(k, n) for n in request.names}, whole=k)
         return map_branches(result, out)
 
-    def _forward(self, x1, x2, full: bool, names: tuple, b: int):
+    def _forward(self, x1, x2, full: bool, names: tuple, b: int, patterns=None):
         """The `Kernel` of the network's output, or a list of them for a network ending in branches."""
         if b:  # already in neural-tangents' layout, the one kernels.tiling mirrors in
             out = blocks.evaluate(self.rule, x1, x2, full, b)
         else:
-            out = self.rule(input_kernel(x1, x2, full))
+            k = input_kernel(x1, x2, full)
+            if patterns is not None:
+                k = k.replace(pattern1=patterns[0], pattern2=patterns[1])
+            out = self.rule(k)
 
         def public(path, k):
             if b:
@@ -141,6 +155,7 @@ class KernelFn:
                 cov1=nt(k.cov1, 1) if "cov1" in names else None,
                 cov2=(nt(k.cov2_or_cov1, 1) if "cov2" in names else None),
                 mean1=None, mean2=None,  # internal: what LayerNorm reads, not a result
+                pattern1=None, pattern2=None,  # inputs, not results
                 x1_is_x2=x2 is None,
             )
         return map_branches(public, out)
@@ -334,12 +349,17 @@ def check_requirements(name: str, requires: Requires, k: Kernel) -> None:
                          "infinite width; use a built-in activation or ElementwiseNumerical before it")
 
 
-def leaf(name: str, init_fn, apply_fn, rule, needs_full=keep_requirement, requires: Requires = Requires()) -> Layer:
-    """A layer with no sub-layers; its rule runs only on inputs that meet ``requires``."""
+def leaf(name: str, init_fn, apply_fn, rule, needs_full=keep_requirement, requires: Requires = Requires(),
+         keywords: tuple = ()) -> Layer:
+    """A layer with no sub-layers; its rule runs only on inputs that meet ``requires``.
+
+    ``keywords``: what its ``apply_fn`` and ``kernel_fn`` take beyond `APPLY_KEYWORDS` (`KernelFn.keywords`).
+    """
     def requiring(k):
         check_requirements(name, requires, k)
         return rule(k)
-    return Layer(init_fn, guarded_apply(name, apply_fn), KernelFn(name, checked(name, requiring), needs_full, requires))
+    return Layer(init_fn, guarded_apply(name, apply_fn, keywords),
+                 KernelFn(name, checked(name, requiring), needs_full, requires, tuple(keywords)))
 
 
 # The keywords every apply_fn takes, as in neural-tangents: ``rng`` (randomness for stochastic
@@ -348,15 +368,72 @@ def leaf(name: str, init_fn, apply_fn, rule, needs_full=keep_requirement, requir
 APPLY_KEYWORDS = ("rng", "mask_constant")
 
 
-def check_apply_keywords(name: str, kwargs: dict) -> None:
+def check_apply_keywords(name: str, kwargs: dict, keywords: tuple = ()) -> None:
     """Refuses, by name, an ``apply_fn`` keyword the layer does not implement.
 
     neural-tangents accepts and silently ignores unknown keywords; here a masked input
-    (``mask_constant``) would otherwise be computed as if unmasked, a wrong number.
+    (``mask_constant``) would otherwise be computed as if unmasked, a wrong number, and a
+    graph (``pattern``) given to a network without an `Aggregate` would aggregate nothing.
+    ``keywords``: what the layer or network takes beyond `APPLY_KEYWORDS` (`KernelFn.keywords`).
     """
     refuse_mask_constant(f"{name}: apply_fn", kwargs.get("mask_constant"))
-    reject_unexpected(f"{name}: apply_fn", {k: v for k, v in kwargs.items() if k not in APPLY_KEYWORDS},
-                      ("params", "inputs") + APPLY_KEYWORDS)
+    accepted = APPLY_KEYWORDS + tuple(keywords)
+    unexpected = {k: v for k, v in kwargs.items() if k not in accepted}
+    if "pattern" in unexpected:
+        raise TypeError(f"{name}: apply_fn: unexpected keyword argument pattern: it is the graph of an Aggregate "
+                        "layer, and this network has none")
+    reject_unexpected(f"{name}: apply_fn", unexpected, ("params", "inputs") + accepted)
+
+
+def keywords_of(layers) -> tuple:
+    """The `KernelFn.keywords` a network of ``layers`` takes: those of any of them."""
+    return tuple(sorted({w for layer in layers for w in layer.kernel_fn.keywords}))
+
+
+def keywords_for(layer, kwargs: dict) -> dict:
+    """``kwargs`` without the keywords beyond `APPLY_KEYWORDS` that ``layer`` does not take: a network
+    passes ``pattern`` only to its parts that have an `Aggregate`."""
+    return {k: v for k, v in kwargs.items() if k in APPLY_KEYWORDS or k in layer.kernel_fn.keywords}
+
+
+def check_pattern_keyword(where: str, keywords: tuple, pattern, x1, x2, block_size):
+    """``kernel_fn``'s ``pattern`` as ``(pattern1, pattern2)`` (``pattern2`` ``None`` when ``x2`` is),
+    or ``None`` for no aggregation; refused by name by a network without an `Aggregate`.
+
+    The graphs' shapes are checked by the `Aggregate` layer, which knows its axes; here their
+    number and batch sizes (leading axes ``N1``, ``N2``, where they are arrays).
+    """
+    if pattern is None:
+        return None
+    if "pattern" not in keywords:
+        raise TypeError(f"{where}: unexpected keyword argument pattern: it is the graph of an Aggregate layer, "
+                        "and this network has none")
+    if not (isinstance(pattern, (tuple, list)) and len(pattern) == 2):
+        raise argument_error(where, "pattern", "None or a pair (pattern1, pattern2) of the graphs of x1's and "
+                             "x2's examples", f"{type(pattern).__name__}", TypeError)
+    p1, p2 = pattern
+    if p1 is None and p2 is None:
+        return None
+    if p1 is None or (p2 is None and x2 is not None):
+        raise argument_error(where, "pattern", "a pair of graphs, both given (pattern2 may be None only "
+                             "when x2 is None)", f"pattern1={'None' if p1 is None else 'given'}, "
+                             f"pattern2={'None' if p2 is None else 'given'}")
+    for label, p, x in (("pattern1", p1, x1), ("pattern2", p2, x2)):
+        if p is not None and x is not None and hasattr(p, "shape") and (p.ndim == 0 or p.shape[0] != x.shape[0]):
+            raise argument_error(where, "pattern", f"graphs batch first: {label} with leading axis "
+                                 f"{x.shape[0]} (the examples of x{label[-1]})", f"{label} of shape {p.shape}")
+    if x2 is None and p2 is not None:
+        same = p2 is p1 or (_is_concrete(p1) and _is_concrete(p2) and np.shape(p1) == np.shape(p2)
+                            and np.array_equal(np.asarray(p1), np.asarray(p2)))
+        if not same:
+            raise argument_error(where, "pattern", "(pattern1, None) or (pattern1, pattern1) when x2 is None",
+                                 "a pattern2 different from pattern1")
+        p2 = None
+    if block_size not in (None, 0):
+        raise NotImplementedError(f"{where}: argument `block_size` must be None or 0 with a `pattern` (graph "
+                                  f"kernels are evaluated in one piece); received block_size={block_size!r}. "
+                                  "Tile them with kernels.batch, which slices the patterns")
+    return p1, p2
 
 
 def refuse_mask_constant(where: str, mask_constant) -> None:
@@ -368,10 +445,10 @@ def refuse_mask_constant(where: str, mask_constant) -> None:
                                   "Remove the masked entries from the inputs instead")
 
 
-def guarded_apply(name: str, apply_fn: Callable) -> Callable:
+def guarded_apply(name: str, apply_fn: Callable, keywords: tuple = ()) -> Callable:
     """``apply_fn`` that checks its keywords (`check_apply_keywords`) before running."""
     def apply(params, inputs, **kwargs):
-        check_apply_keywords(name, kwargs)
+        check_apply_keywords(name, kwargs, keywords)
         return apply_fn(params, inputs, **kwargs)
     return apply
 

@@ -1,0 +1,352 @@
+"""Linear maps of positions by constants: `DotGeneral` and the graph layer `Aggregate`.
+
+Both layers map each example's positions linearly, ``Y[n, o, c] = sum_p M_n[o, p] X[n, p, c]``,
+the same map for every channel ``c`` and no weights of their own (``M_n`` is a constant for
+`DotGeneral`, the graph of example ``n`` for `Aggregate`). Channels stay independent, so the
+channel-averaged covariances map as
+
+    ``K'[n1, n2] = M_{n1} K[n1, n2] M_{n2}^T``  (positions ``o, o'``; Du et al. 2019, "Graph
+    Neural Tangent Kernel", eq. 4 for the aggregation),
+
+and the NTK the same way (no parameters are added). A Gaussian field stays Gaussian and the
+channel means map by ``M_n``. `linear_kernel` computes this with the layer's own position map
+applied twice, treating the other side's examples and positions as channels, so the kernel
+and the finite network share one definition of ``M``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from kernels.checks import argument_error, default_layout
+from kernels.kernel import HIGHEST, Kernel
+from kernels.stax.extra import AggregateImplementation
+from kernels.stax.layer import describe, keep_requirement, leaf, needs_pairs, spatial_description
+
+__all__ = ["Aggregate", "DotGeneral", "linear_kernel"]
+
+# A position map: (N, *S, R) -> (N, *O, R), linear in the positions, the same for each of the R columns.
+PositionMap = Callable[[jax.Array], jax.Array]
+
+
+def linear_kernel(k: Kernel, map1: PositionMap, map2: PositionMap) -> Kernel:
+    """``k`` through a linear map of positions: ``M_1 K M_2^T`` (module docstring).
+
+    ``map1`` maps the first batch's examples, ``map2`` the second's (``map1`` again for
+    ``cov2`` when ``x2`` is ``None``). ``k`` keeps position pairs or has no positions;
+    the result keeps position pairs if it has positions.
+    """
+    d = k.spatial_ndim
+
+    def pair(a, left, right):  # (N1, N2, *S, *S') -> (N1, N2, *O, *O')
+        n1, n2 = a.shape[:2]
+        spatial = a.shape[2:2 + d]
+        z = jnp.moveaxis(a, 1, 1 + d).reshape((n1,) + spatial + (-1,))
+        z = left(z)  # (N1, *O, N2 * P)
+        e = z.ndim - 2
+        out_spatial = z.shape[1:1 + e]
+        z = z.reshape((n1,) + out_spatial + (n2,) + spatial)
+        z = jnp.transpose(z, (e + 1,) + tuple(range(e + 2, e + 2 + d)) + (0,) + tuple(range(1, e + 1)))
+        z = right(z.reshape((n2,) + spatial + (-1,)))  # (N2, *O', N1 * Q)
+        z = z.reshape((n2,) + out_spatial + (n1,) + out_spatial)
+        return jnp.transpose(z, (e + 1, 0) + tuple(range(e + 2, 2 * e + 2)) + tuple(range(1, e + 1)))
+
+    def self_cov(c, m):  # (N, *S, *S') -> (N, *O, *O'), one example's map on both sides
+        n = c.shape[0]
+        spatial = c.shape[1:1 + d]
+        z = m(c.reshape((n,) + spatial + (-1,)))  # (N, *O, P)
+        e = z.ndim - 2
+        out_spatial = z.shape[1:1 + e]
+        z = z.reshape((n,) + out_spatial + spatial)
+        z = jnp.transpose(z, (0,) + tuple(range(e + 1, e + 1 + d)) + tuple(range(1, e + 1)))
+        z = m(z.reshape((n,) + spatial + (-1,)))  # (N, *O', Q)
+        z = z.reshape((n,) + out_spatial + out_spatial)
+        return jnp.transpose(z, (0,) + tuple(range(e + 1, 2 * e + 1)) + tuple(range(1, e + 1)))
+
+    def mean(m, f):
+        return None if m is None else f(m[..., None])[..., 0]
+
+    out = k.replace(nngp=pair(k.nngp, map1, map2), ntk=pair(k.ntk, map1, map2), cov1=self_cov(k.cov1, map1),
+                    cov2=None if k.cov2 is None else self_cov(k.cov2, map2),
+                    mean1=mean(k.mean1, map1), mean2=mean(k.mean2, map2))
+    return out.replace(full=out.nngp.ndim > 2)
+
+
+# ----------------------------------------------------------------------------- DotGeneral
+
+def _dimension_numbers(name: str, dimension_numbers) -> tuple:
+    """``((lhs_contracting, rhs_contracting), (lhs_batch, rhs_batch))`` as tuples of ints, else an error."""
+    try:
+        (lc, rc), (lb, rb) = dimension_numbers
+        out = tuple(tuple(tuple(int(i) for i in axes) for axes in pair) for pair in ((lc, rc), (lb, rb)))
+        bad = any(isinstance(i, bool) or int(i) != i for pair in dimension_numbers for axes in pair for i in axes)
+    except (TypeError, ValueError):
+        bad = True
+    if bad or len(out[0][0]) != len(out[0][1]) or len(out[1][0]) != len(out[1][1]):
+        raise argument_error(name, "dimension_numbers", "((lhs_contracting, rhs_contracting), (lhs_batch, "
+                             "rhs_batch)), tuples of ints of equal lengths in each pair", dimension_numbers, TypeError)
+    return out
+
+
+def DotGeneral(*, lhs=None, rhs=None, dimension_numbers=(((), ()), ((), ())), precision=None, batch_axis: int = 0,
+               channel_axis: int = -1):
+    """``lax.dot_general`` of the inputs with a constant (neural-tangents' ``DotGeneral``).
+
+    ``apply_fn`` is ``lax.dot_general(inputs, rhs, dimension_numbers, precision)`` when ``rhs`` is
+    given, ``lax.dot_general(lhs, inputs, ...)`` when ``lhs`` is (neither: the identity), with
+    the inputs' batch and channel axes moved back to the front and the end where the constant's
+    free axes displace them (neural-tangents returns ``lax.dot_general``'s own order there, in
+    which the next layer would read another axis as the channels; its docstring shows the
+    order returned here). The remaining axes, in ``lax.dot_general``'s order, are the outputs'
+    positions.
+
+    Kernel: a linear map of positions by a constant (`linear_kernel`): ``K' = M K M^T``, the NTK
+    alike. Contracting the channel axis is refused (it is infinitely wide), so are the batch
+    axis in ``dimension_numbers`` (a per-example constant: the kernel's examples would not be
+    independent of the tiling) and a layout other than batch first, channels last.
+
+    Args:
+      lhs: a constant (array or number) on the left of the inputs, or ``None``.
+      rhs: a constant on the right of the inputs, or ``None``; at most one of the two.
+      dimension_numbers: ``((lhs_contracting, rhs_contracting), (lhs_batch, rhs_batch))`` as in
+        ``lax.dot_general``, axes of the inputs counted with the batch and channel axes.
+      precision: ``lax.dot_general``'s precision for ``apply_fn``; ``kernel_fn`` is computed at
+        ``HIGHEST`` (the package's rule for kernels).
+      batch_axis, channel_axis: only ``0`` and ``-1``.
+    """
+    name = describe("DotGeneral", lhs=None if lhs is None else np.shape(lhs),
+                    rhs=None if rhs is None else np.shape(rhs), dimension_numbers=dimension_numbers)
+    default_layout(name, batch_axis=(batch_axis, 0), channel_axis=(channel_axis, -1))
+    if lhs is not None and rhs is not None:
+        raise ValueError(f"{name}: at most one of the constants `lhs` and `rhs` can be given (the other factor "
+                         "is the layer's inputs); received both")
+    numbers = _dimension_numbers(name, dimension_numbers)
+    is_lhs = rhs is None
+    constant = lhs if is_lhs else rhs
+    if constant is not None:
+        constant = np.asarray(constant) if not isinstance(constant, jax.Array) else constant
+        if not (jnp.issubdtype(constant.dtype, jnp.number) or constant.dtype == bool):
+            raise argument_error(name, "lhs" if is_lhs else "rhs", "a numeric array or number",
+                                 f"dtype {constant.dtype}", TypeError)
+    (lc, rc), (lb, rb) = numbers
+    input_contract, input_batch = (rc, rb) if is_lhs else (lc, lb)
+
+    def check_axes(ndim: int) -> None:
+        axes = [a % ndim if -ndim <= a < ndim else a for a in input_contract + input_batch]
+        if any(not 0 <= a < ndim for a in axes):
+            raise argument_error(name, "dimension_numbers", f"axes of the inputs within their rank {ndim}",
+                                 dimension_numbers)
+        if ndim - 1 in axes:
+            raise ValueError(f"{name}: argument `dimension_numbers` contracts or batches the channel axis "
+                             f"({ndim - 1}), which is infinitely wide in kernel_fn; received {dimension_numbers}")
+        if 0 in axes:
+            raise NotImplementedError(f"{name}: argument `dimension_numbers` names the batch axis 0 (a constant "
+                                      f"per example, or a sum over examples); received {dimension_numbers}. "
+                                      "Multiply the inputs by that constant before the network instead")
+
+    def raw(x, dot_precision):
+        c = constant.astype(x.dtype)
+        args = (c, x) if is_lhs else (x, c)
+        return lax.dot_general(*args, numbers, precision=dot_precision)
+
+    def position_map(x, dot_precision=precision):
+        """``x`` ``(N, *S, C)`` -> ``(N, *O, C)``: `raw`, its batch and channel axes put back."""
+        if constant is None:
+            return x
+        check_axes(x.ndim)
+        y = raw(x, dot_precision)
+        batch_out, channel_out = _axis_after_dot(x.ndim, constant.ndim, numbers, is_lhs)
+        return jnp.moveaxis(y, (batch_out, channel_out), (0, -1))
+
+    def init_fn(rng, input_shape):
+        try:
+            out = jax.eval_shape(position_map, jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32))
+        except TypeError as error:
+            raise argument_error(name, "dimension_numbers", f"axes that lax.dot_general accepts for inputs of "
+                                 f"shape {tuple(input_shape)}", f"{dimension_numbers} ({error})") from None
+        return out.shape, ()
+
+    def apply_fn(params, x, **kwargs):
+        return position_map(x)
+
+    def rule(k: Kernel) -> Kernel:
+        if constant is None:
+            return k
+        if not k.full and k.spatial_ndim > 0:  # only a scalar keeps equal positions apart (needs_full)
+            c = jnp.asarray(constant, k.nngp.dtype)
+            return k.replace(nngp=c * c * k.nngp, ntk=c * c * k.ntk, cov1=c * c * k.cov1,
+                             cov2=None if k.cov2 is None else c * c * k.cov2).map_means(lambda m: c * m)
+        check_axes(k.spatial_ndim + 2)
+        m = lambda z: position_map(z, HIGHEST)
+        try:
+            jax.eval_shape(m, jax.ShapeDtypeStruct(k.nngp.shape[:1] + k.spatial_shape + (1,), k.nngp.dtype))
+        except TypeError as error:
+            raise argument_error(name, "dimension_numbers", f"axes that lax.dot_general accepts for inputs "
+                                 f"{spatial_description(k)}", f"{dimension_numbers} ({error})") from None
+        return linear_kernel(k, m, m)
+
+    scalar = constant is None or np.ndim(constant) == 0  # a scalar has no axes to contract
+    return leaf(name, init_fn, apply_fn, rule, keep_requirement if scalar else needs_pairs)
+
+
+def _axis_after_dot(ndim: int, other_ndim: int, numbers: tuple, is_lhs: bool) -> tuple:
+    """Where the inputs' batch axis (0) and channel axis (``ndim - 1``) land in ``lax.dot_general``'s
+    output: its batch axes first, then the left operand's free axes, then the right's."""
+    (lc, rc), (lb, rb) = numbers
+    if is_lhs:
+        other_c, other_b, in_c, in_b = lc, lb, rc, rb
+    else:
+        in_c, in_b, other_c, other_b = lc, lb, rc, rb
+    in_c = [a % ndim for a in in_c]
+    in_b = [a % ndim for a in in_b]
+    other_free = other_ndim - len(other_c) - len(other_b)
+    in_free = [a for a in range(ndim) if a not in in_c and a not in in_b]
+    offset = len(in_b) + (other_free if is_lhs else 0)
+    return tuple(offset + in_free.index(a) for a in (0, ndim - 1))
+
+
+# ----------------------------------------------------------------------------- Aggregate
+
+def dense_as_given(pattern):
+    """``Aggregate``'s default ``to_dense``: the pattern is already the dense adjacency tensor."""
+    return pattern
+
+
+def Aggregate(aggregate_axis=None, batch_axis: int = 0, channel_axis: int = -1,
+              to_dense: Optional[Callable] = dense_as_given,
+              implementation: str = AggregateImplementation.DENSE.value):
+    """Graph aggregation (neural-tangents' ``Aggregate``; Du et al. 2019, "Graph Neural Tangent Kernel").
+
+    Each vertex (a position along ``aggregate_axis``) is replaced by the weighted sum of its
+    predecessors, ``Y[n, j] = sum_i A_n[i, j] X[n, i]``, for every channel and every position
+    along the other spatial axes; ``apply_fn(params, x, pattern=...)`` takes the graphs, one per
+    example (``pattern=None``: the identity), and ``kernel_fn(x1, x2, get, pattern=(pattern1,
+    pattern2))`` those of both batches.
+
+    Kernel (`linear_kernel`): ``K'[n1, n2] = A_{n1}^T K[n1, n2] A_{n2}`` over the aggregated
+    positions (Du et al. 2019, eq. 4), the NTK alike, ``cov1``/``cov2`` with each example's own
+    graph on both sides; the layer needs position pairs.
+
+    Args:
+      aggregate_axis: the spatial axes of the vertices (an int or a tuple, axes of the inputs
+        counted with the batch axis 0 and channel axis -1); ``None``: every spatial axis.
+      batch_axis, channel_axis: only ``0`` and ``-1``.
+      to_dense: ``DENSE`` only: maps the given ``pattern`` to the dense tensor
+        ``(N, *G, *G)`` (``G`` the aggregated axes' sizes), called in every ``apply_fn`` and
+        ``kernel_fn``; the default takes it as given.
+      implementation: ``"DENSE"`` (``pattern[n, i..., j...]`` the weight of the edge from
+        vertex ``i`` to ``j``) or ``"SPARSE"`` (integer ``pattern`` ``(N, n_edges, K, 2)`` of
+        edges' tail and head coordinates, or ``(N, n_edges, 2)`` for ``K = 1`` axis, each edge of
+        weight one; an edge with a negative head coordinate is padding and ignored; a negative
+        tail coordinate reads the last vertex, and coordinates past the end wrap, as in
+        neural-tangents); `AggregateImplementation` members work too.
+    """
+    name = describe("Aggregate", aggregate_axis=aggregate_axis, implementation=str(implementation))
+    default_layout(name, batch_axis=(batch_axis, 0), channel_axis=(channel_axis, -1))
+    try:
+        implementation = AggregateImplementation(implementation)
+    except ValueError:
+        raise argument_error(name, "implementation", f"one of {[m.value for m in AggregateImplementation]}",
+                             implementation) from None
+    if to_dense is None:
+        to_dense = dense_as_given
+    if not callable(to_dense):
+        raise argument_error(name, "to_dense", "a function or None", to_dense, TypeError)
+    if implementation == AggregateImplementation.SPARSE and to_dense is not dense_as_given:
+        raise ValueError(f"{name}: argument `to_dense` applies to implementation='DENSE' only; with 'SPARSE' the "
+                         "pattern is a list of edges. Remove to_dense or use DENSE")
+    if aggregate_axis is not None:
+        items = aggregate_axis if isinstance(aggregate_axis, (tuple, list)) else (aggregate_axis,)
+        if not items or any(isinstance(a, bool) or not isinstance(a, (int, np.integer)) for a in items):
+            raise argument_error(name, "aggregate_axis", "None, an int or a non-empty tuple of ints",
+                                 aggregate_axis, TypeError)
+
+    def axes_of(ndim: int) -> tuple:
+        """The aggregated axes of inputs of rank ``ndim``, checked."""
+        if aggregate_axis is None:
+            axes = tuple(range(1, ndim - 1))
+        else:
+            items = aggregate_axis if isinstance(aggregate_axis, (tuple, list)) else (aggregate_axis,)
+            if any(not -ndim <= int(a) < ndim for a in items):
+                raise argument_error(name, "aggregate_axis", f"axes of inputs of rank {ndim}", aggregate_axis)
+            axes = tuple(int(a) % ndim for a in items)
+        if len(set(axes)) != len(axes) or any(a in (0, ndim - 1) for a in axes):
+            raise argument_error(name, "aggregate_axis", f"distinct spatial axes (1 to {ndim - 2}), not the batch "
+                                 "axis 0 or the channel axis", aggregate_axis)
+        if not axes:
+            raise ValueError(f"{name}: its inputs need spatial axes (the graph's vertices); got inputs of rank "
+                             f"{ndim}")
+        return axes
+
+    def vertex_map(pattern, shape: tuple) -> PositionMap:
+        """The aggregation of inputs of ``shape`` (``(N, *S, R)``) by ``pattern``, checked, as a position map."""
+        axes = axes_of(len(shape))
+        n, grid = shape[0], tuple(shape[a] for a in axes)
+        vertices = math.prod(grid)
+        if implementation == AggregateImplementation.DENSE:
+            adjacency = to_dense(pattern)
+            want = (n,) + grid + grid
+            if not hasattr(adjacency, "shape") or tuple(adjacency.shape) != want:
+                got = getattr(adjacency, "shape", type(adjacency).__name__)
+                raise argument_error(name, "pattern", f"the dense adjacency (N, *G, *G) = {want} for inputs of "
+                                     f"shape {shape[:-1] + ('C',)} (after to_dense)", f"shape {got}")
+            adjacency = jnp.asarray(adjacency).reshape(n, vertices, vertices)
+
+            def combine(x, precision):  # x: (N, V, ...) -> sum_v A[n, v, w] x[n, v, ...]
+                return jnp.einsum("nv...,nvw->nw...", x, adjacency.astype(x.dtype), precision=precision)
+        else:
+            tails, heads = _edges(name, pattern, n, len(axes))
+            tails, heads = _vertex_index(tails, grid), _vertex_index(heads, grid)
+
+            def combine(x, precision):
+                def one(t, h, v):
+                    return jax.ops.segment_sum(v[t], h, num_segments=vertices)
+                return jax.vmap(one)(tails, heads, x)
+
+        def position_map(x, precision=None):
+            moved = jnp.moveaxis(x, axes, tuple(range(1, len(axes) + 1)))
+            rest = moved.shape[1 + len(axes):]
+            out = combine(moved.reshape((n, vertices) + rest), precision).reshape(moved.shape)
+            return jnp.moveaxis(out, tuple(range(1, len(axes) + 1)), axes)
+        return position_map
+
+    def apply_fn(params, x, pattern=None, **kwargs):
+        if pattern is None:
+            return x
+        return vertex_map(pattern, x.shape)(x)
+
+    def rule(k: Kernel) -> Kernel:
+        if k.pattern1 is None:
+            return k
+        # (N, *S, 1): Kernel.shape1 reads the public layout's interleaved position axes, not the rule's
+        map1 = vertex_map(k.pattern1, k.nngp.shape[:1] + k.spatial_shape + (1,))
+        map2 = map1 if k.pattern2 is None else vertex_map(k.pattern2, k.nngp.shape[1:2] + k.spatial_shape + (1,))
+        return linear_kernel(k, lambda z: map1(z, HIGHEST), lambda z: map2(z, HIGHEST))
+
+    return leaf(name, lambda rng, input_shape: (tuple(input_shape), ()), apply_fn, rule, needs_pairs,
+                keywords=("pattern",))
+
+
+def _edges(name: str, pattern, n: int, k: int) -> tuple:
+    """Tails and heads ``(N, n_edges, K)`` of a SPARSE ``pattern``, checked."""
+    pattern = jnp.asarray(pattern) if not isinstance(pattern, jax.Array) else pattern
+    want = f"an integer array (N, n_edges, {k}, 2)" + (" or (N, n_edges, 2)" if k == 1 else "") + f" with N = {n}"
+    if not jnp.issubdtype(pattern.dtype, jnp.integer):
+        raise argument_error(name, "pattern", want + " (implementation='SPARSE')", f"dtype {pattern.dtype}", TypeError)
+    if k == 1 and pattern.ndim == 3:
+        pattern = pattern[:, :, None, :]
+    if pattern.ndim != 4 or pattern.shape[0] != n or pattern.shape[2] != k or pattern.shape[3] != 2:
+        raise argument_error(name, "pattern", want + " (implementation='SPARSE')", f"shape {pattern.shape}")
+    return pattern[..., 0], pattern[..., 1]
+
+
+def _vertex_index(coordinates, grid: tuple):
+    """``(N, E, K)`` coordinates -> ``(N, E)`` flat vertex indices; -1 where any coordinate is negative
+    (a head of -1 is dropped by ``segment_sum``; a tail of -1 reads the last vertex), past the end wrapping."""
+    flat = jnp.ravel_multi_index(tuple(jnp.moveaxis(coordinates, -1, 0)), grid, mode="wrap")
+    return jnp.where(jnp.all(coordinates >= 0, axis=-1), flat, -1)
