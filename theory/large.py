@@ -33,13 +33,24 @@ conventions, README "Conventions") by one of three methods:
   preconditioned by `(N/M) K_MM^2 + shift K_MM = T^T A^T A T`, `T = chol(K_MM)`,
   `A = chol((N/M) T T^T + shift I)`. The `N x M` block is computed once (into a
   tile store under `path` when given). At `M = N` it is the exact solution.
-* ``"random_features"``: kernel regression with the Monte Carlo kernel of a
-  finite network, `K ~ Phi Phi^T` with `Phi` the outputs of `n_samples`
-  networks drawn by `init_fn` at finite width, scaled by `1/sqrt(n_samples *
-  outputs)` (Lee et al. 2018, "Deep neural networks as Gaussian processes",
-  §2.2: the NNGP is the covariance of a random network's outputs; Rahimi &
-  Recht 2007 for regression in random features). Its error in `K` falls like
-  `width^{-1/2}`. Solved exactly in the feature space by one SVD of `Phi`.
+* ``"random_features"``: kernel regression with `K ~ Phi Phi^T` (Rahimi & Recht
+  2007), solved exactly in feature space: `Phi` is either `features=`, a
+  `kernels.features.FeatureMap` (the sketched arc-cosine NNGP/NTK features of a
+  ReLU MLP after Zandieh et al. 2021, or a finite network's outputs or Jacobians),
+  or the outputs of `n_samples` networks drawn by `network=(init_fn, apply_fn)`,
+  scaled by `1/sqrt(n_samples * outputs)` (Lee et al. 2018, "Deep neural networks
+  as Gaussian processes", §2.2: the NNGP is the covariance of a random network's
+  outputs). Its error in `K` falls like `features^{-1/2}`. The `F x F` Gram is
+  accumulated over row blocks (the N x F matrix is never held) and solved by
+  one Cholesky (`t=None`, positive ridge) or eigendecomposition.
+
+With ``method="cg"``, ``preconditioner="random_features"`` replaces the Nyström
+preconditioner by `P = Phi Phi^T + shift I` from `features` (Avron, Clarkson &
+Woodruff 2017, "Faster kernel ridge regression using sketching and
+preconditioning", SIAM J. Matrix Anal. Appl. 38), applied by the Woodbury
+identity. It helps only when the features' error is small against the ridge:
+measured on a 240-point test problem, 1,025 features cut 157 iterations to 36,
+while 65 or 257 features made it worse than no preconditioner (701, 172).
 
 `residual` is that of the linear system the method solved, recomputed from the
 returned coefficients (not the recursion's estimate): `||K~ alpha - y|| / ||y||`
@@ -69,11 +80,12 @@ import scipy.linalg
 import kernels
 from kernels import tiling
 from kernels.fingerprint import FingerprintError, array_digest, fingerprint as network_fingerprint
+from kernels.features import FeatureMap, network_features
 from kernels.files import atomic_write
 from theory import arguments, krylov, spectral
 from theory.regression import NonFiniteResult
 
-__all__ = ["Regression", "kernel_regression", "ConvergenceWarning", "METHODS"]
+__all__ = ["Regression", "kernel_regression", "ConvergenceWarning", "METHODS", "PRECONDITIONERS"]
 
 METHODS = ("cg", "nystrom", "random_features")
 DEFAULT_MEMORY_BYTES = 2**30
@@ -363,7 +375,8 @@ def _kernel_identity(where, kernel_fn, given):
 def kernel_regression(kernel_fn, x_train, y_train, x_test, get="nngp", diag_reg=0.0, diag_reg_absolute_scale=False,
                       t=None, learning_rate=1.0, method="cg", n_centers=None, tol=1e-8, path=None, *,
                       checkpoint=None, checkpoint_every=10, max_iterations=1000, memory_bytes=DEFAULT_MEMORY_BYTES,
-                      seed=0, progress=True, fingerprint=None, network=None, n_samples=1):
+                      seed=0, progress=True, fingerprint=None, network=None, n_samples=1, features=None,
+                      preconditioner=None):
     """Kernel regression / GP posterior mean / gradient flow without the N x N kernel (module docstring).
 
     Args:
@@ -394,8 +407,17 @@ def kernel_regression(kernel_fn, x_train, y_train, x_test, get="nngp", diag_reg=
       progress: show `tqdm` progress bars.
       fingerprint: a string naming the network, recorded instead of the
         fingerprint of `kernel_fn` (for a `kernel_fn` that cannot be fingerprinted).
-      network: `(init_fn, apply_fn)` of the finite network, for ``method="random_features"``.
+      network: `(init_fn, apply_fn)` of the finite network, for ``method="random_features"``
+        (its outputs: the NNGP).
       n_samples: random features: networks drawn (features = all their outputs).
+      features: a `kernels.features.FeatureMap` estimating the kernel of `get`
+        (`relu_mlp_feature_map`: sketched NNGP/NTK features of a ReLU MLP;
+        `network_feature_map`: a finite network's outputs or Jacobians): the features of
+        ``method="random_features"`` (instead of `network`), or of the CG preconditioner.
+      preconditioner: ``method="cg"`` only: "nystrom" (the default: randomly pivoted
+        Cholesky of rank `n_centers`) or "random_features" (`P = Phi Phi^T + shift I` from
+        `features` on the training inputs, applied by Woodbury; needs `diag_reg > 0`; holds
+        `Phi`, N x F float64, beside the kernel blocks).
 
     Returns:
       `Regression(predictions, residual, iterations)`.
@@ -414,6 +436,12 @@ def kernel_regression(kernel_fn, x_train, y_train, x_test, get="nngp", diag_reg=
     if path is not None and not isinstance(path, (str, os.PathLike)):
         raise arguments.argument_error(where, "path", "None or a folder name", path, TypeError)
     n = problem.x_train.shape[0]
+    if preconditioner is not None and method != "cg":
+        raise arguments.argument_error(where, "preconditioner", f"None with method={method!r} (only CG takes "
+                                       "one)", preconditioner)
+    if features is not None and method == "nystrom":
+        raise arguments.argument_error(where, "features", "None with method='nystrom' (features serve "
+                                       "method='random_features' and CG's preconditioner)", "a feature map")
     if method != "random_features":
         if network is not None:
             raise arguments.argument_error(where, "network", f"None with method={method!r} (only random features "
@@ -427,9 +455,12 @@ def kernel_regression(kernel_fn, x_train, y_train, x_test, get="nngp", diag_reg=
                 raise arguments.argument_error(where, name, f"{default} with method={method!r} (only CG saves "
                                                "iterates; give path to keep the kernel block)", value)
     if method == "cg":
-        if n_centers is None:
-            n_centers = min(n, DEFAULT_PRECONDITIONER_RANK, max(0, memory_bytes // (4 * 8 * n)))
-        n_centers = arguments.integer(where, "n_centers", n_centers, low=0)
+        if _check_preconditioner(where, preconditioner, features, n_centers, problem) == "random_features":
+            preconditioner = features
+        else:
+            if n_centers is None:
+                n_centers = min(n, DEFAULT_PRECONDITIONER_RANK, max(0, memory_bytes // (4 * 8 * n)))
+            preconditioner = arguments.integer(where, "n_centers", n_centers, low=0)
         checkpoint_every = arguments.integer(where, "checkpoint_every", checkpoint_every, low=1)
         if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
             raise arguments.argument_error(where, "checkpoint", "None or a file name", checkpoint, TypeError)
@@ -439,7 +470,7 @@ def kernel_regression(kernel_fn, x_train, y_train, x_test, get="nngp", diag_reg=
         if problem.times is not None and checkpoint is not None:
             raise arguments.argument_error(where, "checkpoint", "None with a finite t (Lanczos bases are not "
                                            "checkpointed; path keeps the kernel's tiles)", checkpoint)
-        mean = _solve_cg(where, kernel_fn, problem, n_centers, path, checkpoint, checkpoint_every, max_iterations,
+        mean = _solve_cg(where, kernel_fn, problem, preconditioner, path, checkpoint, checkpoint_every, max_iterations,
                          memory_bytes, seed, progress, fingerprint)
     elif method == "nystrom":
         if n_centers is None:
@@ -455,8 +486,42 @@ def kernel_regression(kernel_fn, x_train, y_train, x_test, get="nngp", diag_reg=
         mean = _solve_nystrom(where, kernel_fn, problem, n_centers, path, max_iterations, memory_bytes, seed,
                               progress, fingerprint)
     else:
-        mean = _solve_random_features(where, kernel_fn, problem, network, n_samples, n_centers, path, seed)
+        for name, value in (("n_centers", n_centers), ("path", path)):
+            if value is not None:
+                raise arguments.argument_error(where, name, "None with method='random_features' (the features are "
+                                               "drawn, not stored)", value)
+        source = _feature_source(where, problem, network, n_samples, features, seed)
+        mean = _solve_random_features(where, problem, source, memory_bytes)
     return _finish(problem, *mean)
+
+
+PRECONDITIONERS = ("nystrom", "random_features")
+
+
+def _check_preconditioner(where, preconditioner, features, n_centers, problem):
+    """The CG preconditioner's name ("nystrom" for None), with what it needs checked."""
+    preconditioner = "nystrom" if preconditioner is None else preconditioner
+    if not isinstance(preconditioner, str) or preconditioner not in PRECONDITIONERS:
+        raise arguments.argument_error(where, "preconditioner", f"None or one of {PRECONDITIONERS}", preconditioner)
+    if preconditioner == "nystrom":
+        if features is not None:
+            raise arguments.argument_error(where, "features", "None with method='cg' unless "
+                                           "preconditioner='random_features'", "a feature map")
+        return preconditioner
+    if features is None:
+        raise arguments.argument_error(where, "features", "a kernels.features.FeatureMap with "
+                                       "preconditioner='random_features'", None)
+    _check_features(where, features, problem.get)
+    if n_centers is not None:
+        raise arguments.argument_error(where, "n_centers", "None with preconditioner='random_features' (its rank "
+                                       "is the feature map's)", n_centers)
+    if problem.diag_reg <= 0:
+        raise arguments.argument_error(where, "diag_reg", "positive with preconditioner='random_features' "
+                                       "(P = Phi Phi^T + shift I is singular without a ridge)", problem.diag_reg)
+    if problem.times is not None:
+        raise arguments.argument_error(where, "preconditioner", "None with a finite t (Lanczos takes no "
+                                       "preconditioner)", preconditioner)
+    return preconditioner
 
 
 class _Problem(NamedTuple):
@@ -547,8 +612,9 @@ def _kernel_source(kernel_fn, problem, rows, store_path, progress, fingerprint):
     return kernel
 
 
-def _solve_cg(where, kernel_fn, problem, rank, path, checkpoint, every, max_iterations, memory_bytes, seed,
+def _solve_cg(where, kernel_fn, problem, preconditioner, path, checkpoint, every, max_iterations, memory_bytes, seed,
               progress, fingerprint):
+    """CG / Lanczos on the tiled kernel; `preconditioner`: the Nyström rank (int) or a `FeatureMap`."""
     n, c = problem.y.shape
     rows = _block_rows(where, memory_bytes, n)
     store_path = None if path is None else os.path.join(os.fspath(path), f"kernel-{problem.get}")
@@ -570,10 +636,15 @@ def _solve_cg(where, kernel_fn, problem, rank, path, checkpoint, every, max_iter
         else:
             identity = _kernel_identity(where, kernel_fn, fingerprint)
         saver.key = _problem_key(identity, problem.x_train, problem.y, problem.get, problem.diag_reg,
-                                 problem.absolute, rank, seed)
+                                 problem.absolute, getattr(preconditioner, "description", preconditioner), seed)
     alpha, done = saver.load(n, c)
-    factor = randomly_pivoted_cholesky(kernel, rank, np.random.default_rng(seed))
-    precondition = nystrom_preconditioner(factor, shift)
+    if isinstance(preconditioner, FeatureMap):
+        phi = np.concatenate([block for _, _, block, _ in feature_blocks(preconditioner, problem.originals[0],
+                                                                          memory_bytes)])
+        precondition = woodbury_preconditioner(phi, shift)
+    else:
+        factor = randomly_pivoted_cholesky(kernel, preconditioner, np.random.default_rng(seed))
+        precondition = nystrom_preconditioner(factor, shift)
     bar = _bar(progress, max_iterations, "kernel_regression CG", "it")
     if bar is not None:
         bar.update(done)
@@ -586,7 +657,8 @@ def _solve_cg(where, kernel_fn, problem, rank, path, checkpoint, every, max_iter
 
     try:
         alpha, residual, iterations = conjugate_gradients(apply_a, precondition, problem.y, alpha, problem.tol,
-                                                          max_iterations, done, on_iteration, f"kernel_fn's {problem.get}")
+                                                          max_iterations, done, on_iteration,
+                                                          f"kernel_fn's {problem.get}")
     finally:
         if bar is not None:
             bar.close()
@@ -745,65 +817,127 @@ def _jittered_cholesky(k):
 
 # ----------------------------------------------------------------------------- random features
 
-def _solve_random_features(where, kernel_fn, problem, network, n_samples, n_centers, path, seed):
-    """Regression with `K ~ Phi Phi^T`, exactly in feature space from one SVD `Phi = U diag(s) V^T`.
-
-    With `K~ = Phi Phi^T + shift I` and the flow gain `g` (`theory.spectral`),
-    `Phi^T g(K~) y = V diag(s g(s^2 + shift)) U^T y` because `Phi^T` annihilates
-    the complement of `U`; predictions are `Phi_x` times that (`g(l) = 1/l` at
-    `t = None`, the pseudo-inverse where `s = 0` and `shift = 0`).
-    """
+def _feature_source(where, problem, network, n_samples, features, seed):
+    """The feature function `x -> Phi` of ``method="random_features"``: `features`, or `network`'s outputs."""
+    if features is not None:
+        if network is not None:
+            raise arguments.argument_error(where, "network", "None when features is given (one source of "
+                                           "features)", "an argument")
+        if n_samples != 1:
+            raise arguments.argument_error(where, "n_samples", "1 when features is given (the feature map "
+                                           "fixes its own size)", n_samples)
+        return _check_features(where, features, problem.get)
     if network is None:
-        raise arguments.argument_error(where, "network", "(init_fn, apply_fn) of the finite network for "
-                                       "method='random_features'", None)
+        raise arguments.argument_error(where, "network", "(init_fn, apply_fn) of the finite network (or "
+                                       "features=, a kernels.features.FeatureMap) for method='random_features'",
+                                       None)
     if not (isinstance(network, (tuple, list)) and len(network) == 2 and all(callable(f) for f in network)):
         raise arguments.argument_error(where, "network", "a pair (init_fn, apply_fn)", type(network).__name__,
                                        TypeError)
     n_samples = arguments.integer(where, "n_samples", n_samples, low=1)
-    for name, value in (("n_centers", n_centers), ("path", path)):
-        if value is not None:
-            raise arguments.argument_error(where, name, "None with method='random_features' (the features are "
-                                           "drawn, not stored)", value)
     if problem.get != "nngp":
-        raise arguments.argument_error(where, "get", "'nngp' with method='random_features' (a random network's "
-                                       "outputs estimate the NNGP)", problem.get)
-    features = random_features(network, problem.originals[0], n_samples, seed)
-    dtype = features.dtype
-    phi = np.asarray(features, np.float64)
-    n = phi.shape[0]
-    shift = _shift(problem, float(np.sum(phi**2)), n)
-    u, s, vt = scipy.linalg.svd(phi, full_matrices=False)
-    lam = s**2 + shift
-    live = lam > 0
-    projected = u.T @ problem.y  # (r, C)
-    if problem.times is None:
-        gains = np.where(live, 1.0 / np.where(live, lam, 1.0), 0.0)[None]
-    else:
-        gains = spectral.flow_gain(lam, problem.times.reshape(-1) * problem.time_scale)
-    weights = vt.T @ ((s * gains)[:, :, None] * projected[None])  # (T, F, C)
-    w_inf = vt.T @ ((s * np.where(live, 1.0 / np.where(live, lam, 1.0), 0.0))[:, None] * projected)
-    rhs = phi.T @ problem.y
-    res = phi.T @ (phi @ w_inf) + shift * w_inf - rhs
+        raise arguments.argument_error(where, "get", "'nngp' with network= (a random network's outputs estimate "
+                                       "the NNGP; for the NTK pass features=kernels.features."
+                                       "network_feature_map(..., get='ntk') or relu_mlp_feature_map)", problem.get)
+    return lambda x: random_features(network, x, n_samples, seed)
+
+
+def _check_features(where, features, get):
+    if not isinstance(features, FeatureMap):
+        raise arguments.argument_error(where, "features", "None or a kernels.features.FeatureMap (e.g. "
+                                       "relu_mlp_feature_map(...))", type(features).__name__, TypeError)
+    if features.get != get:
+        raise arguments.argument_error(where, "features", f"a FeatureMap of the kernel regressed with, "
+                                       f"get={get!r}", f"a FeatureMap of get={features.get!r}")
+    return features
+
+
+def feature_blocks(feature_fn, x, memory_bytes, first_rows=256):
+    """`(r0, r1, Phi[r0:r1])` as float64, row block by row block; a block of F features is ~memory_bytes / 3."""
+    n = x.shape[0]
+    r0, rows = 0, min(n, first_rows)
+    while r0 < n:
+        r1 = min(n, r0 + rows)
+        block = feature_fn(x[r0:r1])
+        dtype = np.dtype(block.dtype)
+        block = np.asarray(block, np.float64)
+        if block.ndim != 2 or block.shape[0] != r1 - r0:
+            raise ValueError(f"kernel_regression: the feature map gave shape {block.shape} for {r1 - r0} inputs; "
+                             "expected (inputs, features)")
+        if not np.all(np.isfinite(block)):
+            raise FloatingPointError("kernel_regression: the random features are not finite")
+        yield r0, r1, block, dtype
+        r0, rows = r1, max(1, int(memory_bytes // (3 * 8 * block.shape[1])))
+
+
+def _solve_random_features(where, problem, source, memory_bytes):
+    """Regression with `K ~ Phi Phi^T`, exactly in feature space, never holding `Phi` of the training set.
+
+    The `F x F` Gram `Phi^T Phi` and `Phi^T y` are accumulated row block by row block.
+    With `K~ = Phi Phi^T + shift I` and the flow gain `g` (`theory.spectral`),
+    `Phi^T g(K~) y = g(Phi^T Phi + shift) Phi^T y` (push-through: `Phi^T` maps the
+    eigenvectors of `Phi Phi^T` onto those of `Phi^T Phi`); predictions are `Phi_x` times
+    that. At `t = None` with `shift > 0` it is one Cholesky solve (Rahimi & Recht 2007:
+    ridge regression in the features); otherwise an eigendecomposition of the Gram, with
+    directions below `F eps` of its largest eigenvalue dropped (the pseudo-inverse at `shift = 0`).
+    """
+    y = problem.y
+    gram = rhs = dtype = None
+    for r0, r1, phi, dtype in feature_blocks(source, problem.originals[0], memory_bytes):
+        if gram is None:
+            gram, rhs = np.zeros((phi.shape[1],) * 2), np.zeros((phi.shape[1], y.shape[1]))
+        gram += phi.T @ phi
+        rhs += phi.T @ y[r0:r1]
+    n, f = y.shape[0], gram.shape[0]
+    shift = _shift(problem, float(np.trace(gram)), n)
+    weights = None
+    if problem.times is None and shift > 0:
+        try:
+            weights = scipy.linalg.cho_solve(scipy.linalg.cho_factor(gram + shift * np.eye(f)), rhs)[None]
+            w_inf = weights[0]
+        except np.linalg.LinAlgError:
+            weights = None
+    if weights is None:
+        evals, evecs = scipy.linalg.eigh(gram)
+        live = evals > f * np.finfo(np.float64).eps * max(float(evals[-1]), 0.0)
+        lam = np.where(live, evals, 0.0) + shift
+        projected = evecs.T @ rhs  # (F, C)
+        inverse = np.where(live, 1.0 / np.where(live, lam, 1.0), 0.0)
+        w_inf = evecs @ (inverse[:, None] * projected)
+        if problem.times is None:
+            weights = w_inf[None]
+        else:
+            gains = np.where(live, spectral.flow_gain(lam, problem.times.reshape(-1) * problem.time_scale), 0.0)
+            weights = np.einsum("fg,tg,gc->tfc", evecs, gains, projected)
+    res = gram @ w_inf + shift * w_inf - rhs
     rhs_norm = float(np.linalg.norm(rhs))
     residual = float(np.linalg.norm(res)) / (rhs_norm if rhs_norm > 0 else 1.0)
-    x_test = problem.originals[1]
-    phi_test = phi if x_test is None else np.asarray(random_features(network, x_test, n_samples, seed), np.float64)
-    return np.einsum("mf,tfc->tmc", phi_test, weights), residual, 0, dtype
+    x_test = problem.originals[0] if problem.originals[1] is None else problem.originals[1]
+    predictions = np.empty((weights.shape[0], x_test.shape[0], y.shape[1]))
+    for r0, r1, phi, _ in feature_blocks(source, x_test, memory_bytes):
+        predictions[:, r0:r1] = np.einsum("mf,tfc->tmc", phi, weights)
+    return predictions, residual, 0, dtype
+
+
+def woodbury_preconditioner(phi, shift):
+    """`v -> P^{-1} v` for `P = Phi Phi^T + shift I` (random features as a KRR preconditioner).
+
+    Avron, Clarkson & Woodruff 2017 ("Faster kernel ridge regression using sketching and
+    preconditioning", SIAM J. Matrix Anal. Appl. 38, §4): with `Phi Phi^T ~ K` the
+    preconditioned matrix `P^{-1} (K + shift I)` is close to the identity. By the Woodbury
+    identity `P^{-1} = (I - Phi (shift I + Phi^T Phi)^{-1} Phi^T) / shift`: one `F x F`
+    Cholesky factor, two `N x F` products per application. Needs `shift > 0`.
+    """
+    inner = scipy.linalg.cho_factor(phi.T @ phi + shift * np.eye(phi.shape[1]))
+    return lambda v: (v - phi @ scipy.linalg.cho_solve(inner, phi.T @ v)) / shift
 
 
 def random_features(network, x, n_samples, seed):
     """`Phi (N, n_samples * K)`: the `K` outputs of `n_samples` networks drawn by `init_fn`, over `sqrt(n_samples K)`.
 
-    `Phi Phi^T` is the Monte Carlo estimate of the NNGP (Lee et al. 2018, §2.2:
-    each output unit of a random network is a draw of the GP); with a readout
-    at least as wide as the hidden layers its error falls like `width^{-1/2}`.
-    Networks are drawn from `jax.random.split(jax.random.PRNGKey(seed), n_samples)`.
+    `kernels.features.network_features` with `jax.random.PRNGKey(seed)` (Lee et al. 2018,
+    §2.2: each output unit of a random network is a draw of the GP); its error falls like
+    `width^{-1/2}`.
     """
     init_fn, apply_fn = network
-    blocks = []
-    for key in jax.random.split(jax.random.PRNGKey(seed), n_samples):
-        _, params = init_fn(key, np.shape(x))
-        out = np.asarray(apply_fn(params, x))
-        blocks.append(out.reshape(out.shape[0], -1))
-    phi = np.concatenate(blocks, axis=1)
-    return phi / np.sqrt(phi.shape[1]).astype(phi.dtype)
+    return network_features(init_fn, apply_fn, x, n_samples, jax.random.PRNGKey(seed), "nngp")

@@ -1,7 +1,7 @@
 """Matrix-free NNGP regression (`theory.large`) against the direct solve, on MNIST-sized inputs.
 
     python experiments/benchmarks/large_regression.py [--sizes 2000,5000] [--centres 250,1000,2500]
-        [--noise 0.05] [--json out.json]
+        [--features 512,2048] [--noise 0.05] [--json out.json]
 
 Network: 3 hidden ReLU layers (`kernels.stax` Dense(W_std=sqrt 2, b_std=0.05), Relu) and a
 Dense readout; its NNGP in float64 (`jax_enable_x64`, set here for this process only).
@@ -19,7 +19,10 @@ Every job runs in a fresh subprocess so that its peak resident memory
 * `cg`: `kernel_regression(method="cg")` with tiles on the fly (N <= 1,000 here) or streamed
   from a `kernels.batch` tile store in a temporary folder (larger N: the kernel is computed
   once, each CG iteration reads it);
-* `nystrom-M`: `kernel_regression(method="nystrom", n_centers=M)`.
+* `nystrom-M`: `kernel_regression(method="nystrom", n_centers=M)`;
+* `rf-M` (for each M in `--features`, none by default): `kernel_regression(method="random_features",
+  features=kernels.features.relu_mlp_feature_map(3, M, PRNGKey(0), sqrt 2, 0.05, get="nngp"))`, the
+  sketched arc-cosine NNGP features of the same MLP (M + 1 features), solved in feature space.
 
 Printed per size: wall time, peak RSS, residual, iterations, and the relative difference
 `||f - f_direct|| / ||f_direct||` of the test predictions.
@@ -36,6 +39,7 @@ import time
 import numpy as np
 
 ON_THE_FLY_MAX = 1000
+W_STD, B_STD = float(np.sqrt(2.0)), 0.05
 N_CLEAN = 4500
 
 
@@ -55,14 +59,15 @@ def network():
 
     layers = []
     for _ in range(3):
-        layers += [stax.Dense(512, W_std=np.sqrt(2.0), b_std=0.05), stax.Relu()]
-    return stax.serial(*layers, stax.Dense(10, W_std=np.sqrt(2.0), b_std=0.05))[2]
+        layers += [stax.Dense(512, W_std=W_STD, b_std=B_STD), stax.Relu()]
+    return stax.serial(*layers, stax.Dense(10, W_std=W_STD, b_std=B_STD))[2]
 
 
 def worker(job, n, noise, out):
     import jax
 
     jax.config.update("jax_enable_x64", True)
+    from kernels import features
     from theory import large, predict
 
     x, y, x_test = data(n, noise)
@@ -79,6 +84,10 @@ def worker(job, n, noise, out):
             if job == "cg":
                 kwargs["path"] = None if n <= ON_THE_FLY_MAX else folder
                 record["kernel"] = "on the fly" if n <= ON_THE_FLY_MAX else "tile store"
+            elif job.startswith("rf-"):
+                kwargs.update(method="random_features", features=features.relu_mlp_feature_map(
+                    3, int(job.split("-")[1]), jax.random.PRNGKey(0), W_std=W_STD, b_std=B_STD, get="nngp"))
+                kernel_fn = None
             else:
                 kwargs.update(method="nystrom", n_centers=int(job.split("-")[1]))
             result = large.kernel_regression(kernel_fn, x, y, x_test, **kwargs)
@@ -106,6 +115,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="2000,5000")
     parser.add_argument("--centres", default="250,1000,2500")
+    parser.add_argument("--features", default="", help="comma-separated feature counts M: jobs rf-M")
     parser.add_argument("--noise", type=float, default=0.05)
     parser.add_argument("--jobs", help="comma-separated jobs to run instead of direct, cg and nystrom-M for "
                         "every centre count (e.g. nystrom-5000 at an N whose direct solve does not fit)")
@@ -119,7 +129,8 @@ def main():
         return
     rows = []
     for n in sizes:
-        jobs = ["direct", "cg"] + [f"nystrom-{m}" for m in map(int, args.centres.split(",")) if m <= n]
+        jobs = ["direct", "cg"] + [f"nystrom-{m}" for m in map(int, args.centres.split(",")) if m <= n] + \
+            [f"rf-{m}" for m in map(int, filter(None, args.features.split(",")))]
         if args.jobs:
             jobs = args.jobs.split(",")
         records = {job: run(job, n, args.noise) for job in jobs}
