@@ -96,6 +96,22 @@ class Kernel:
     def _spatial(self) -> tuple:
         return tuple(self.nngp.shape[2::2]) if self.full else tuple(self.nngp.shape[2:])
 
+    # neural-tangents' fields that a custom layer's rule may read (`kernels.stax.custom`); widekit's
+    # layout fixes them: each example's own covariance, batch first, channels last, never reversed.
+    diagonal_batch = True
+    batch_axis = 0
+    is_reversed = False
+    mask1 = mask2 = None
+
+    @property
+    def diagonal_spatial(self) -> bool:
+        """Whether only equal positions are kept (neural-tangents' field of that name)."""
+        return not self.full and self.nngp.ndim > 2
+
+    @property
+    def channel_axis(self) -> int:
+        return self.nngp.ndim // 2 if self.full else self.nngp.ndim - 1
+
     @property
     def spatial_ndim(self) -> int:
         extra = self.nngp.ndim - 2

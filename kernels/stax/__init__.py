@@ -1,6 +1,7 @@
 """Layers and combinators with neural-tangents' names: each returns ``(init_fn, apply_fn, kernel_fn)``."""
 from kernels.stax.attention import GlobalSelfAttention
 from kernels.stax.combinators import FanInConcat, FanInProd, FanInSum, FanOut, parallel, repeat, serial
+from kernels.stax.custom import Bool, Diagonal, MaskedArray, layer, requires, supports_masking, unmask_fn
 from kernels.stax.elementwise import (ABRelu, Abs, Cos, Elementwise, ElementwiseNumerical, Erf, Exp, Gaussian,
                                       Gelu, Hermite, LeakyRelu, Monomial, Polynomial, RectifiedMonomial, Rbf,
                                       Relu, Sigmoid_like, Sign, Sin)
@@ -21,4 +22,5 @@ __all__ = [
     "AggregateImplementation", "AttentionMechanism", "Dropout", "ExpNormalized", "Gabor", "ImageResize",
     "Index", "Padding", "PositionalEmbedding", "Slice",
     "Aggregate", "DotGeneral",  # kernels/stax/graph.py
+    "Bool", "Diagonal", "MaskedArray", "layer", "requires", "supports_masking", "unmask_fn",  # custom.py
 ]

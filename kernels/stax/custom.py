@@ -1,0 +1,168 @@
+"""neural-tangents' tools for writing one's own layer, as adapters onto widekit's layers.
+
+A neural-tangents user writes a layer as a function returning ``(init_fn, apply_fn, kernel_fn)``
+with ``kernel_fn: Kernel -> Kernel``, decorates it with `layer`, and declares what the rule needs of
+its input with `requires` (`Bool`, `Diagonal`). Here:
+
+* `layer` turns such a function into a widekit leaf layer (`kernels.stax.layer.leaf`): its
+  ``kernel_fn`` takes inputs or is composed by `serial`/`parallel`, checks its keywords, names the
+  layer in errors, and joins the block-by-block evaluation and `kernels.batch`.
+* The rule receives a `Kernel` with neural-tangents' public layout: ``nngp``/``ntk`` of shape
+  ``(N1, N2)`` for flat outputs, ``(N1, N2, S_1, S'_1, S_2, S'_2, ...)`` with position pairs (or
+  ``(N1, N2, *S)`` when only equal positions are kept, ``Kernel.diagonal_spatial``), and ``cov1``/
+  ``cov2`` each example's covariance with itself; it returns one by ``k.replace(nngp=..., ...)``.
+  widekit converts the layout on the way in and out. The rule's output channel means are unknown,
+  so a `LayerNorm` after a custom layer refuses by name.
+* `requires` reads ``diagonal_spatial`` (``False``, ``True`` or a `Diagonal`) to decide which
+  position covariances the rule needs: ``False`` or ``Diagonal(input=Bool.NO)`` (the default of an
+  undecorated rule, as in neural-tangents) keeps every pair of positions; ``Diagonal()`` lets the
+  rule run on equal positions only when nothing after it needs pairs (a pointwise layer);
+  ``Diagonal(input=Bool.MAYBE, output=Bool.YES)`` or ``True`` marks a readout that only sees equal
+  positions (as `Flatten`). ``diagonal_batch`` may only be ``True`` (widekit keeps each example's
+  own covariance), ``batch_axis`` only 0 and ``channel_axis`` only -1 (widekit's layout); any other
+  requirement is refused by name rather than ignored.
+* Masking is not implemented in widekit (``mask_constant`` is refused by every ``kernel_fn`` and
+  ``apply_fn``), so `supports_masking` and `unmask_fn` change nothing (no input is ever masked),
+  and constructing a `MaskedArray` is refused.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+
+import jax.numpy as jnp
+
+from kernels.checks import argument_error
+from kernels.stax import layer as layer_module
+
+_REQUIRES = "_widekit_requires"
+
+
+class Bool(enum.IntEnum):
+    """Three-valued logic of neural-tangents' `Diagonal`: ``NO < MAYBE < YES``; ``&`` is the minimum."""
+
+    NO = 0
+    MAYBE = 1
+    YES = 2
+
+    def __and__(self, other):
+        return Bool(min(int(self), int(other)))
+
+    __rand__ = __and__
+
+
+@dataclasses.dataclass(frozen=True)
+class Diagonal:
+    """Whether a rule's input (``input``) and the network's outputs from it on (``output``) may hold
+    equal positions only (neural-tangents' meaning; see the module docstring for how widekit uses it)."""
+
+    input: Bool = Bool.YES
+    output: Bool = Bool.NO
+
+    def __and__(self, other: "Diagonal") -> "Diagonal":
+        return Diagonal(self.input & other.input, self.output & other.output)
+
+
+def requires(**static_reqs):
+    """Declares what a custom rule needs of its input kernel (see the module docstring).
+
+    Returns a decorator for the rule; the requirements are checked when `layer` builds the layer.
+    """
+    def decorate(kernel_fn):
+        setattr(kernel_fn, _REQUIRES, dict(static_reqs))
+        return kernel_fn
+    return decorate
+
+
+def _needs_full(name: str, reqs: dict):
+    """The requirement map (`kernels.stax.layer`) that ``reqs`` declare, refusing what widekit cannot honour."""
+    for key, value in reqs.items():
+        if key == "diagonal_batch" and value not in (True, None):
+            raise argument_error(f"{name}: requires", "diagonal_batch", "True (each example's own covariance, "
+                                 "the only batch layout widekit keeps)", value)
+        if key == "batch_axis" and value not in (0, None):
+            raise argument_error(f"{name}: requires", "batch_axis", "0 (widekit's batch-first layout)", value)
+        if key == "channel_axis" and value not in (-1, None):
+            raise argument_error(f"{name}: requires", "channel_axis", "-1 (widekit's channels-last layout)", value)
+        if key not in ("diagonal_batch", "diagonal_spatial", "batch_axis", "channel_axis"):
+            raise argument_error(f"{name}: requires", key, "one of diagonal_batch, diagonal_spatial, "
+                                 "batch_axis, channel_axis", reqs[key], TypeError)
+    spatial = reqs.get("diagonal_spatial", False)
+    if spatial is None or spatial is False:
+        return layer_module.needs_pairs
+    if spatial is True:
+        return layer_module.needs_diagonal
+    if not isinstance(spatial, Diagonal):
+        raise argument_error(f"{name}: requires", "diagonal_spatial", "True, False or a stax.Diagonal", spatial,
+                             TypeError)
+    if spatial.input == Bool.NO:
+        return layer_module.needs_pairs
+    return layer_module.needs_diagonal if spatial.output == Bool.YES else layer_module.keep_requirement
+
+
+def _interleave(array, batch_ndim: int, d: int):
+    """widekit's ``(B..., S_1..S_d, S'_1..S'_d)`` -> neural-tangents' ``(B..., S_1, S'_1, ...)``."""
+    order = list(range(batch_ndim))
+    for i in range(d):
+        order += [batch_ndim + i, batch_ndim + d + i]
+    return jnp.transpose(array, order)
+
+
+def _deinterleave(array, batch_ndim: int):
+    """The inverse of `_interleave`, reading ``d`` off the array's rank."""
+    d = (array.ndim - batch_ndim) // 2
+    order = list(range(batch_ndim)) + [batch_ndim + 2 * i for i in range(d)] + [batch_ndim + 2 * i + 1
+                                                                                  for i in range(d)]
+    return jnp.transpose(array, order)
+
+
+def _relayout(k, convert):
+    ranks = {"nngp": 2, "ntk": 2, "cov1": 1, "cov2": 1}
+    return k.replace(**{f: None if getattr(k, f) is None else convert(getattr(k, f), b) for f, b in ranks.items()})
+
+
+def layer(layer_fn):
+    """Makes a neural-tangents-style layer function (returning ``init_fn, apply_fn, kernel_fn`` with
+    ``kernel_fn: Kernel -> Kernel``) a widekit layer; see the module docstring."""
+    @functools.wraps(layer_fn)
+    def build(*args, **kwargs):
+        init_fn, apply_fn, rule = layer_fn(*args, **kwargs)
+        name = layer_module.describe(layer_fn.__name__)
+        needs_full = _needs_full(name, getattr(rule, _REQUIRES, {}))
+
+        def adapted(k):
+            d = k.spatial_ndim
+            paired = k.full and d > 0
+            view = _relayout(k, lambda a, b: _interleave(a, b, d)) if paired else k
+            out = rule(view)
+            if not hasattr(out, "nngp") or not hasattr(out, "replace"):
+                raise TypeError(f"{name}: its kernel_fn must return a Kernel (k.replace(nngp=..., ntk=...)); "
+                                f"it returned {type(out).__name__}")
+            if paired:
+                out = _relayout(out, _deinterleave)
+            return out.replace(mean1=None, mean2=None)  # a custom rule's channel means are unknown
+
+        return layer_module.leaf(name, init_fn, apply_fn, adapted, needs_full)
+    return build
+
+
+def supports_masking(remask_kernel: bool):
+    """neural-tangents' masking decorator. widekit has no masked inputs (``mask_constant`` is refused by
+    name everywhere), so the layer is returned unchanged."""
+    if not isinstance(remask_kernel, bool):
+        raise argument_error("supports_masking", "remask_kernel", "True or False", remask_kernel, TypeError)
+    return lambda layer_fn: layer_fn
+
+
+def unmask_fn(fn):
+    """neural-tangents strips masks from the inputs of ``fn``; widekit's inputs are never masked."""
+    return fn
+
+
+class MaskedArray:
+    """neural-tangents' masked input; refused: widekit does not implement masking."""
+
+    def __init__(self, *args, **kwargs):
+        raise NotImplementedError("MaskedArray: masked inputs are not supported by widekit (mask_constant is "
+                                  "refused by kernel_fn and apply_fn); remove the masked entries instead")

@@ -1,0 +1,140 @@
+"""neural-tangents' custom-layer tools (`stax.layer`, `requires`, `Diagonal`, ...) as adapters.
+
+Truth: the built-in layers (themselves checked against neural-tangents and finite networks) and the
+public kernel of the network before the custom layer, read at known positions.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from widekit import stax
+
+
+@stax.layer
+def MyDense(out_dim, W_std=1.0, b_std=0.0):
+    """A Dense layer written as a neural-tangents user would (NTK parameterization)."""
+    def init_fn(rng, input_shape):
+        k1, k2 = jax.random.split(rng)
+        return input_shape[:-1] + (out_dim,), (jax.random.normal(k1, (input_shape[-1], out_dim)),
+                                               jax.random.normal(k2, (out_dim,)))
+
+    def apply_fn(params, x, **kwargs):
+        w, b = params
+        return W_std * x @ w / np.sqrt(x.shape[-1]) + b_std * b
+
+    @stax.requires(diagonal_spatial=stax.Diagonal())
+    def kernel_fn(k, **kwargs):
+        nngp = W_std ** 2 * k.nngp + b_std ** 2
+        return k.replace(nngp=nngp, ntk=nngp + W_std ** 2 * k.ntk, cov1=W_std ** 2 * k.cov1 + b_std ** 2,
+                         cov2=None if k.cov2 is None else W_std ** 2 * k.cov2 + b_std ** 2, is_gaussian=True)
+
+    return init_fn, apply_fn, kernel_fn
+
+
+@stax.layer
+def ReadPosition(h, w):
+    """Reads one position of an image: needs the position pairs in neural-tangents' layout."""
+    def init_fn(rng, input_shape):
+        return (input_shape[0], input_shape[-1]), ()
+
+    def apply_fn(params, x, **kwargs):
+        return x[:, h, w, :]
+
+    def kernel_fn(k):  # no `requires`: position pairs, as neural-tangents' default
+        assert k.nngp.ndim == 6 and not k.diagonal_spatial
+        return k.replace(nngp=k.nngp[:, :, h, h, w, w], ntk=k.ntk[:, :, h, h, w, w], cov1=k.cov1[:, h, h, w, w],
+                         cov2=None if k.cov2 is None else k.cov2[:, h, h, w, w])
+
+    return init_fn, apply_fn, kernel_fn
+
+
+def images(n=3, seed=0):
+    return jnp.asarray(np.random.default_rng(seed).standard_normal((n, 3, 4, 2)))
+
+
+def test_custom_dense_equals_the_built_in_dense_in_an_mlp():
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((4, 5)))
+    ours = stax.serial(MyDense(8, 1.3, 0.2), stax.Relu(), MyDense(1, 0.9, 0.1))
+    built_in = stax.serial(stax.Dense(8, 1.3, 0.2), stax.Relu(), stax.Dense(1, 0.9, 0.1))
+    for get in ("nngp", "ntk"):
+        np.testing.assert_allclose(ours.kernel_fn(x, x[:2], get), built_in.kernel_fn(x, x[:2], get), rtol=1e-12)
+    _, params = ours.init_fn(jax.random.PRNGKey(0), x.shape)
+    assert ours.apply_fn(params, x).shape == (4, 1)
+
+
+def test_a_pointwise_custom_layer_keeps_a_flatten_cnn_on_equal_positions():
+    """`Diagonal()` lets the rule run on equal positions only; the result equals the built-in Dense's."""
+    x = images()
+    ours = stax.serial(stax.Conv(4, (2, 2), padding="SAME"), stax.Relu(), MyDense(4, 1.1, 0.3), stax.Relu(),
+                       stax.Flatten(), stax.Dense(1))
+    built_in = stax.serial(stax.Conv(4, (2, 2), padding="SAME"), stax.Relu(), stax.Dense(4, 1.1, 0.3), stax.Relu(),
+                           stax.Flatten(), stax.Dense(1))
+    np.testing.assert_allclose(ours.kernel_fn(x, None, "ntk"), built_in.kernel_fn(x, None, "ntk"), rtol=1e-12)
+
+
+def test_the_rule_sees_neural_tangents_position_pair_layout():
+    """Reading position (h, w) = (0, 2) of a 3 x 4 image equals the public kernel there; in widekit's
+    internal (S, S') order the same indices would read another pair of positions."""
+    x, x2 = images(), images(2, seed=3)
+    body = [stax.Conv(3, (2, 2), padding="SAME"), stax.Relu(), stax.Conv(3, (3, 2), padding="SAME")]
+    full = stax.serial(*body).kernel_fn(x, x2, ("nngp", "ntk"))
+    read = stax.serial(*body, ReadPosition(0, 2)).kernel_fn(x, x2, ("nngp", "ntk"))
+    np.testing.assert_allclose(read.nngp, full.nngp[:, :, 0, 0, 2, 2], rtol=1e-12)
+    np.testing.assert_allclose(read.ntk, full.ntk[:, :, 0, 0, 2, 2], rtol=1e-12)
+    assert not np.allclose(read.nngp, full.nngp[:, :, 0, 2, 0, 2], rtol=1e-3)  # the wrong layout differs
+    # and the kernel of x with itself, in blocks of one example, is the same
+    whole = stax.serial(*body, ReadPosition(0, 2)).kernel_fn(x, None, "nngp")
+    blocked = stax.serial(*body, ReadPosition(0, 2)).kernel_fn(x, None, "nngp", block_size=1)
+    np.testing.assert_allclose(blocked, whole, rtol=1e-12)
+    np.testing.assert_allclose(whole, stax.serial(*body).kernel_fn(x, None, "nngp")[:, :, 0, 0, 2, 2], rtol=1e-12)
+
+
+def test_custom_layer_apply_fn_runs_in_a_network_and_keywords_are_checked():
+    net = stax.serial(stax.Conv(3, (2, 2), padding="SAME"), ReadPosition(1, 3), MyDense(2))
+    _, params = net.init_fn(jax.random.PRNGKey(0), images().shape)
+    assert net.apply_fn(params, images()).shape == (3, 2)
+    with pytest.raises(NotImplementedError, match="mask_constant"):
+        net.apply_fn(params, images(), mask_constant=0.0)
+    with pytest.raises(TypeError, match="colour"):
+        net.apply_fn(params, images(), colour=1)
+
+
+def test_requirements_widekit_cannot_honour_are_refused_by_name():
+    for reqs, argument in ((dict(diagonal_batch=False), "diagonal_batch"), (dict(batch_axis=1), "batch_axis"),
+                           (dict(channel_axis=1), "channel_axis"), (dict(diagonal_spatial="yes"), "diagonal_spatial"),
+                           (dict(colour=1), "colour")):
+        @stax.layer
+        def Bad():
+            return (lambda rng, s: (s, ())), (lambda p, x, **kw: x), stax.requires(**reqs)(lambda k: k)
+        with pytest.raises((ValueError, TypeError), match=f"Bad.*{argument}"):
+            Bad()
+
+
+def test_a_rule_that_returns_no_kernel_is_refused_by_name():
+    @stax.layer
+    def Broken():
+        return (lambda rng, s: (s, ())), (lambda p, x, **kw: x), (lambda k: k.nngp)
+    with pytest.raises(TypeError, match="Broken.*must return a Kernel"):
+        stax.serial(stax.Dense(2), Broken()).kernel_fn(jnp.ones((2, 3)), None, "nngp")
+
+
+def test_masking_tools_change_nothing_or_refuse():
+    assert stax.unmask_fn(len) is len
+    assert stax.supports_masking(remask_kernel=True)(MyDense) is MyDense
+    with pytest.raises(TypeError, match="remask_kernel"):
+        stax.supports_masking(remask_kernel="no")
+    with pytest.raises(NotImplementedError, match="MaskedArray"):
+        stax.MaskedArray(jnp.ones(3), jnp.zeros(3, bool))
+
+
+def test_bool_and_diagonal_logic():
+    assert stax.Bool.YES & stax.Bool.MAYBE == stax.Bool.MAYBE
+    assert stax.Diagonal() & stax.Diagonal(stax.Bool.NO, stax.Bool.YES) == stax.Diagonal(stax.Bool.NO, stax.Bool.NO)
+
+
+def test_kernel_reports_neural_tangents_layout_fields():
+    k = stax.serial(stax.Conv(2, (2, 2), padding="SAME"), stax.GlobalAvgPool()).kernel_fn(images(), None)
+    assert (k.diagonal_batch, k.batch_axis, k.channel_axis, k.is_reversed, k.mask1) == (True, 0, 1, False, None)
+    k = stax.Conv(2, (2, 2), padding="SAME").kernel_fn(images(), None, diagonal_spatial=True)
+    assert k.diagonal_spatial and k.channel_axis == 3 and k.shape1 == (3, 3, 4, 2)
