@@ -6,7 +6,8 @@ Two constructions:
   `relu_ntk_features`): the random-features construction of Zandieh, Han,
   Avron, Shoham, Kim & Shin 2021 ("Scaling neural tangent kernels via
   sketching and random features", NeurIPS 34, arXiv:2106.07880, the "NTK
-  random features" construction of their §4), written for the kernel that
+  random features" construction: arc-cosine random features of orders 0 and 1 composed
+  layer by layer, the tensor product sketched by TensorSRHT), written for the kernel that
   `kernels.stax` gives `serial(Dense(W_std, b_std), Relu(), ..., Dense(W_std,
   b_std))` in the "ntk" parameterization, with biases and per-layer `W_std`,
   `b_std`. With `depth` hidden ReLU layers the recursion (Lee et al. 2018, eq. 4;
@@ -29,7 +30,7 @@ Two constructions:
 
   with `S` a TensorSRHT sketch of the tensor product (`tensor_srht`; Ahle, Kapralov,
   Knudsen, Pagh, Velingker, Woodruff & Zandieh 2020, "Oblivious sketching of
-  high-degree polynomial kernels", SODA, §1.3 / Zandieh et al. 2021, §2), an
+  high-degree polynomial kernels", SODA; as used by Zandieh et al. 2021), an
   unbiased estimate of `<psi, psi'> <a_0, a_0'>` in `m` columns instead of
   `dim(psi) m`. Every piece is unbiased given the layer below; composition adds a
   bias of order `1/m`, so the relative error of `Phi Phi^T` falls like `m^{-1/2}`
@@ -134,8 +135,8 @@ def _hadamard(x):
 def tensor_srht(a, b, n_features, rng):
     """TensorSRHT of the row-wise tensor products: `S(a_i (x) b_i)`, `(N, m)`, unbiased for `<a_i,a_j><b_i,b_j>`.
 
-    `S(a (x) b) = (P_1 H D_1 a) * (P_2 H D_2 b) / sqrt(m)` (Ahle et al. 2020, §1.3; Zandieh et
-    al. 2021, §2): `D_1, D_2` independent Rademacher diagonals, `H` the +-1 Hadamard
+    `S(a (x) b) = (P_1 H D_1 a) * (P_2 H D_2 b) / sqrt(m)` (Ahle et al. 2020; Zandieh et al.
+    2021): `D_1, D_2` independent Rademacher diagonals, `H` the +-1 Hadamard
     matrix (each factor zero-padded to a power of 2), `P_1, P_2` independent uniform
     samples of `m` coordinates (with replacement). For any fixed coordinates,
     `E_D[(H D a)_k (H D c)_k] = <a, c>` since `H_kj^2 = 1`; the two factors are

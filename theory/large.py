@@ -923,7 +923,7 @@ def woodbury_preconditioner(phi, shift):
     """`v -> P^{-1} v` for `P = Phi Phi^T + shift I` (random features as a KRR preconditioner).
 
     Avron, Clarkson & Woodruff 2017 ("Faster kernel ridge regression using sketching and
-    preconditioning", SIAM J. Matrix Anal. Appl. 38, §4): with `Phi Phi^T ~ K` the
+    preconditioning", SIAM J. Matrix Anal. Appl. 38): with `Phi Phi^T ~ K` the
     preconditioned matrix `P^{-1} (K + shift I)` is close to the identity. By the Woodbury
     identity `P^{-1} = (I - Phi (shift I + Phi^T Phi)^{-1} Phi^T) / shift`: one `F x F`
     Cholesky factor, two `N x F` products per application. Needs `shift > 0`.
