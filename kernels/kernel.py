@@ -249,3 +249,12 @@ def to_neural_tangents_layout(array: jax.Array, batch_ndim: int, full: bool, d: 
     for i in range(d):
         order += [batch_ndim + i, batch_ndim + d + i]
     return jnp.transpose(array, order)
+
+
+def from_neural_tangents_layout(array: jax.Array, batch_ndim: int) -> jax.Array:
+    """The inverse of `to_neural_tangents_layout` for position pairs: ``(B..., S_1, S'_1, ...)`` ->
+    ``(B..., S_1..S_d, S'_1..S'_d)``, ``d`` read off the array's rank."""
+    d = (array.ndim - batch_ndim) // 2
+    order = list(range(batch_ndim)) + [batch_ndim + 2 * i for i in range(d)] \
+        + [batch_ndim + 2 * i + 1 for i in range(d)]
+    return jnp.transpose(array, order)

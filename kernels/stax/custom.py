@@ -31,9 +31,8 @@ import dataclasses
 import enum
 import functools
 
-import jax.numpy as jnp
-
 from kernels.checks import argument_error
+from kernels.kernel import from_neural_tangents_layout, to_neural_tangents_layout
 from kernels.stax import layer as layer_module
 
 _REQUIRES = "_widekit_requires"
@@ -101,22 +100,6 @@ def _needs_full(name: str, reqs: dict):
     return layer_module.needs_diagonal if spatial.output == Bool.YES else layer_module.keep_requirement
 
 
-def _interleave(array, batch_ndim: int, d: int):
-    """widekit's ``(B..., S_1..S_d, S'_1..S'_d)`` -> neural-tangents' ``(B..., S_1, S'_1, ...)``."""
-    order = list(range(batch_ndim))
-    for i in range(d):
-        order += [batch_ndim + i, batch_ndim + d + i]
-    return jnp.transpose(array, order)
-
-
-def _deinterleave(array, batch_ndim: int):
-    """The inverse of `_interleave`, reading ``d`` off the array's rank."""
-    d = (array.ndim - batch_ndim) // 2
-    order = list(range(batch_ndim)) + [batch_ndim + 2 * i for i in range(d)] + [batch_ndim + 2 * i + 1
-                                                                                  for i in range(d)]
-    return jnp.transpose(array, order)
-
-
 def _relayout(k, convert):
     ranks = {"nngp": 2, "ntk": 2, "cov1": 1, "cov2": 1}
     return k.replace(**{f: None if getattr(k, f) is None else convert(getattr(k, f), b) for f, b in ranks.items()})
@@ -134,13 +117,13 @@ def layer(layer_fn):
         def adapted(k):
             d = k.spatial_ndim
             paired = k.full and d > 0
-            view = _relayout(k, lambda a, b: _interleave(a, b, d)) if paired else k
+            view = _relayout(k, lambda a, b: to_neural_tangents_layout(a, b, True, d)) if paired else k
             out = rule(view)
             if not hasattr(out, "nngp") or not hasattr(out, "replace"):
                 raise TypeError(f"{name}: its kernel_fn must return a Kernel (k.replace(nngp=..., ntk=...)); "
                                 f"it returned {type(out).__name__}")
             if paired:
-                out = _relayout(out, _deinterleave)
+                out = _relayout(out, from_neural_tangents_layout)
             return out.replace(mean1=None, mean2=None)  # a custom rule's channel means are unknown
 
         return layer_module.leaf(name, init_fn, apply_fn, adapted, needs_full)

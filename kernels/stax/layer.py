@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from kernels.checks import FLOAT_DTYPES, argument_error, check_examples, parse_get, reject_unexpected
-from kernels.kernel import Kernel, branch_items, branch_label, input_kernel, map_branches, to_neural_tangents_layout
+from kernels.kernel import (Kernel, branch_items, branch_label, from_neural_tangents_layout, input_kernel,
+                            map_branches, to_neural_tangents_layout)
 from kernels.stax import blocks
 
 GET_NAMES = ("nngp", "ntk", "cov1", "cov2")
@@ -78,7 +79,9 @@ class KernelFn:
         """Kernels of the network's outputs on ``x1`` and ``x2``.
 
         Args:
-          x1: ``(N1, *S, C)`` inputs, batch first, channels last.
+          x1: ``(N1, *S, C)`` inputs, batch first, channels last; or the `Kernel` that another
+            network's ``kernel_fn(..., get=None)`` returned, to apply this network to that
+            network's outputs (neural-tangents' ``kernel_fn(Kernel)``; ``x2`` is then ``None``).
           x2: ``(N2, *S, C)`` or ``None`` (then ``x2 = x1``).
           get: ``None`` for the `Kernel`; a name (``"nngp"``, ``"ntk"``, ``"cov1"``,
             ``"cov2"``) for one array; a tuple of names for a named tuple of arrays.
@@ -116,6 +119,8 @@ class KernelFn:
             raise argument_error(where, "diagonal_spatial", "True or False", diagonal_spatial, TypeError)
         refuse_mask_constant(where, mask_constant)
         request = parse_get(get, GET_NAMES, where)
+        if isinstance(x1, Kernel):
+            return self._on_kernel(where, x1, x2, request, block_size, diagonal_spatial, pattern)
         x1, x2 = _check_inputs(x1, x2)
         patterns = check_pattern_keyword(where, self.keywords, pattern, x1, x2, block_size)
         dtype = x1.dtype
@@ -144,25 +149,55 @@ class KernelFn:
                 k = k.replace(pattern1=patterns[0], pattern2=patterns[1])
             out = self.rule(k)
 
-        def public(path, k):
-            if b:
-                nt = lambda a, batch_ndim: a
-            else:
-                nt = functools.partial(to_neural_tangents_layout, full=k.full, d=k.spatial_ndim)
-            return k.replace(
-                nngp=nt(k.nngp, 2) if "nngp" in names else None,
-                ntk=nt(k.ntk, 2) if "ntk" in names else None,
-                cov1=nt(k.cov1, 1) if "cov1" in names else None,
-                cov2=(nt(k.cov2_or_cov1, 1) if "cov2" in names else None),
-                mean1=None, mean2=None,  # internal: what LayerNorm reads, not a result
-                pattern1=None, pattern2=None,  # inputs, not results
-                x1_is_x2=x2 is None,
-            )
-        return map_branches(public, out)
+        return map_branches(lambda path, k: _public(k, names, x2 is None, interleave=not b), out)
+
+    def _on_kernel(self, where, k, x2, request, block_size, diagonal_spatial, pattern):
+        """``kernel_fn(Kernel)``: the network applied to the outputs of another network, whose public
+        `Kernel` (``get=None``) is ``k``, as neural-tangents does."""
+        for argument, value, allowed in (("x2", x2, (None,)), ("block_size", block_size, (None, 0)),
+                                         ("pattern", pattern, (None,))):
+            if value not in allowed:
+                raise argument_error(where, argument, f"{' or '.join(map(repr, allowed))} when x1 is a Kernel "
+                                     "(its pairs of examples are already chosen)", value)
+        missing = [f for f in ("nngp", "ntk", "cov1") if getattr(k, f) is None]
+        if missing:
+            raise argument_error(where, "x1", "a Kernel with nngp, ntk and cov1 (kernel_fn(..., get=None) "
+                                 "returns one)", f"a Kernel without {', '.join(missing)}")
+        d = k.spatial_ndim
+        if k.full and d:  # neural-tangents' interleaved position pairs -> (S, S')
+            k = k.map_all(lambda a: from_neural_tangents_layout(a, a.ndim - 2 * d))
+        if d and not k.full and any_requirement(self.needs_full(not diagonal_spatial)):
+            raise ValueError(f"{where}: this network mixes positions (pooling, attention, a readout that is not "
+                             "Flatten) and needs the covariances of every pair of positions, but the given "
+                             "Kernel keeps only equal positions; compute it without diagonal_spatial=True")
+        k = k.replace(cov2=None if k.x1_is_x2 else k.cov2, selves=None)
+        out = map_branches(lambda path, o: _public(o, request.names, k.x1_is_x2, interleave=True), self.rule(k))
+
+        def result(path, o):
+            if diagonal_spatial and o.full:
+                o = _spatial_diagonal(o, request.names)
+            return request.pack({n: getattr(o, n) for n in request.names}, whole=o)
+        return map_branches(result, out)
 
     @functools.cached_property
     def _evaluate(self):
         return jax.jit(self._forward, static_argnames=("full", "names", "b"))
+
+
+def _public(k: Kernel, names: tuple, x1_is_x2: bool, interleave: bool) -> Kernel:
+    """A network's output kernel as `kernel_fn` returns it: the asked-for arrays, position pairs in
+    neural-tangents' order (unless already there: ``interleave=False``), internal fields cleared."""
+    nt = functools.partial(to_neural_tangents_layout, full=k.full, d=k.spatial_ndim) if interleave \
+        else (lambda a, batch_ndim: a)
+    return k.replace(
+        nngp=nt(k.nngp, 2) if "nngp" in names else None,
+        ntk=nt(k.ntk, 2) if "ntk" in names else None,
+        cov1=nt(k.cov1, 1) if "cov1" in names else None,
+        cov2=(nt(k.cov2_or_cov1, 1) if "cov2" in names else None),
+        mean1=None, mean2=None,  # internal: what LayerNorm reads, not a result
+        pattern1=None, pattern2=None,  # inputs, not results
+        x1_is_x2=x1_is_x2,
+    )
 
 
 def _spatial_diagonal(k: Kernel, names: tuple) -> Kernel:

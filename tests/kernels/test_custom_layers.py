@@ -138,3 +138,37 @@ def test_kernel_reports_neural_tangents_layout_fields():
     assert (k.diagonal_batch, k.batch_axis, k.channel_axis, k.is_reversed, k.mask1) == (True, 0, 1, False, None)
     k = stax.Conv(2, (2, 2), padding="SAME").kernel_fn(images(), None, diagonal_spatial=True)
     assert k.diagonal_spatial and k.channel_axis == 3 and k.shape1 == (3, 3, 4, 2)
+
+
+def test_kernel_fn_of_a_kernel_continues_the_network():
+    """kernel_fn(Kernel): the second half of a network applied to the first half's public Kernel equals
+    the whole network, for an MLP, a pooled CNN (position pairs round-trip through neural-tangents'
+    layout) and the kernel of two batches."""
+    x, x2 = images(), images(2, seed=4)
+    first = [stax.Conv(3, (2, 2), padding="SAME"), stax.Relu(), stax.Conv(3, (3, 2), padding="SAME")]
+    second = [stax.Relu(), stax.Conv(2, (2, 2), padding="SAME"), stax.AvgPool((2, 2), padding="SAME"), stax.Erf(),
+              stax.GlobalAvgPool(), stax.Dense(1)]
+    for a, b in ((x, None), (x, x2)):
+        whole = stax.serial(*first, *second).kernel_fn(a, b)
+        half = stax.serial(*second).kernel_fn(stax.serial(*first).kernel_fn(a, b))
+        for f in ("nngp", "ntk", "cov1", "cov2"):
+            np.testing.assert_allclose(getattr(half, f), getattr(whole, f), rtol=1e-12)
+        assert half.x1_is_x2 == (b is None)
+    flat = np.random.default_rng(2).standard_normal((4, 3))
+    k = stax.serial(stax.Dense(5), stax.Relu()).kernel_fn(flat, None)
+    np.testing.assert_allclose(stax.Dense(2, 1.5, 0.1).kernel_fn(k, get="ntk"),
+                               stax.serial(stax.Dense(5), stax.Relu(), stax.Dense(2, 1.5, 0.1)).kernel_fn(flat, None, "ntk"),
+                               rtol=1e-12)
+
+
+def test_kernel_fn_of_a_kernel_refuses_what_it_cannot_use():
+    x = images()
+    diagonal = stax.Conv(2, (2, 2), padding="SAME").kernel_fn(x, None, diagonal_spatial=True)
+    with pytest.raises(ValueError, match="every pair of positions"):
+        stax.GlobalAvgPool().kernel_fn(diagonal)
+    assert stax.Flatten().kernel_fn(diagonal, get="nngp").shape == (3, 3)  # Flatten needs equal positions only
+    k = stax.Conv(2, (2, 2), padding="SAME").kernel_fn(x)
+    with pytest.raises(ValueError, match="`x2`"):
+        stax.Relu().kernel_fn(k, x)
+    with pytest.raises(ValueError, match="without ntk"):
+        stax.Relu().kernel_fn(k.replace(ntk=None))

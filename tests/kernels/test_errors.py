@@ -45,8 +45,8 @@ def test_non_finite_inputs(bad):
 def test_unknown_names():
     with pytest.raises(ValueError, match=r"GlobalSelfAttention.*attention_mechanism='TANH'"):
         stax.GlobalSelfAttention(4, 4, 4, 1, attention_mechanism="TANH")
-    with pytest.raises(ValueError, match=r"only attention_mechanism='IDENTITY'"):
-        stax.GlobalSelfAttention(4, 4, 4, 1, linear_scaling=False, attention_mechanism="SOFTMAX")
+    with pytest.raises(ValueError, match=r"argument `n_samples`"):  # only the sampled kernels take it
+        stax.GlobalSelfAttention(4, 4, 4, 1, n_samples=8)
     with pytest.raises(ValueError, match=r"Conv\(.*padding='FULL'; expected one of"):
         stax.Conv(4, (3,), padding="FULL")
     with pytest.raises(ValueError, match=r"AvgPool\(.*padding='REFLECT'"):
@@ -95,8 +95,10 @@ def test_integer_inputs_and_unexpected_keywords():
     _, _, kernel_fn = stax.Dense(4)
     with pytest.raises(TypeError, match="argument `x1` must be an array of dtype float16/bfloat16/float32/float64"):
         kernel_fn(np.ones((2, 3), dtype=np.int32))
-    with pytest.raises(TypeError, match=r"kernel_fn: unexpected keyword argument\(s\) pattern"):
-        kernel_fn(x(2, 3), pattern=None)
+    with pytest.raises(TypeError, match=r"kernel_fn: unexpected keyword argument\(s\) colour"):
+        kernel_fn(x(2, 3), colour=None)
+    with pytest.raises(TypeError, match=r"kernel_fn: unexpected keyword argument pattern: .* has none"):
+        kernel_fn(x(2, 3), pattern=(x(2, 2), None))
 
 
 def test_non_finite_kernel_inside_a_branch_names_the_layer():
