@@ -1,6 +1,7 @@
 """Layers and combinators with neural-tangents' names: each returns ``(init_fn, apply_fn, kernel_fn)``."""
 from kernels.stax.attention import GlobalSelfAttention
 from kernels.stax.combinators import FanInConcat, FanInProd, FanInSum, FanOut, parallel, repeat, serial
+from kernels.stax.conv_more import ConvLocal, ConvTranspose
 from kernels.stax.custom import Bool, Diagonal, MaskedArray, layer, requires, supports_masking, unmask_fn
 from kernels.stax.elementwise import (ABRelu, Abs, Cos, Elementwise, ElementwiseNumerical, Erf, Exp, Gaussian,
                                       Gelu, Hermite, LeakyRelu, Monomial, Polynomial, RectifiedMonomial, Rbf,
@@ -22,5 +23,6 @@ __all__ = [
     "AggregateImplementation", "AttentionMechanism", "Dropout", "ExpNormalized", "Gabor", "ImageResize",
     "Index", "Padding", "PositionalEmbedding", "Slice",
     "Aggregate", "DotGeneral",  # kernels/stax/graph.py
+    "ConvLocal", "ConvTranspose",  # kernels/stax/conv_more.py
     "Bool", "Diagonal", "MaskedArray", "layer", "requires", "supports_masking", "unmask_fn",  # custom.py
 ]
