@@ -60,6 +60,9 @@ class Kernel:
         aggregates over (``kernel_fn``'s ``pattern``), batch first; ``None`` without one. Other
         rules pass it on with `replace`.
       pattern2: the same for the second batch, or ``None`` when it is the first.
+      mask1: which positions of each example of the first batch are masked (``kernel_fn``'s
+        ``mask_constant``), booleans ``(N1, *S)``; ``None`` without masking (`kernels.stax.masking`).
+      mask2: the same for the second batch, or ``None`` when it is the first.
       selves: during a block-by-block evaluation, the self covariances recorded for the
         leaf layers and where this kernel stands in the network (`kernels.stax.blocks.Selves`);
         ``None`` otherwise. Rules pass it on with `replace` and never read it.
@@ -77,6 +80,8 @@ class Kernel:
     mean2: Optional[jax.Array] = None
     pattern1: Optional[Any] = None
     pattern2: Optional[Any] = None
+    mask1: Optional[jax.Array] = None
+    mask2: Optional[jax.Array] = None
     selves: Optional[Any] = None
     x1_is_x2: bool = dataclasses.field(metadata=dict(static=True), default=False)
 
@@ -101,7 +106,6 @@ class Kernel:
     diagonal_batch = True
     batch_axis = 0
     is_reversed = False
-    mask1 = mask2 = None
 
     @property
     def diagonal_spatial(self) -> bool:

@@ -49,6 +49,7 @@ import numpy as np
 from kernels.checks import argument_error, default_layout, finite_real, positive_int
 from kernels.kernel import HIGHEST, Kernel
 from kernels.stax.attention_sampled import logit_draws, sampled_kernels, sampling_arguments
+from kernels.stax import masking
 from kernels.stax.layer import Requires, describe, leaf, needs_pairs
 
 MECHANISMS = ("SOFTMAX", "IDENTITY", "ABS", "RELU")
@@ -289,14 +290,25 @@ def GlobalSelfAttention(n_chan_out: int, n_chan_key: int, n_chan_val: int, n_hea
             z = jnp.concatenate([flat, jnp.broadcast_to(e, flat.shape[:2] + e.shape[-1:])], -1)
         return z, (z if val_pos_emb else flat)
 
-    def apply_fn(params, x, **kwargs):
+    def masked_logits(logits, key_mask):
+        """Masked keys (``key_mask``: ``(..., P)`` booleans, broadcast against the logits' last axis)
+        get no weight: logit `masking.MASKED_LOGIT` under softmax, zero under the other mechanisms
+        (their weight is the mechanism of the logit), as in neural-tangents."""
+        fill = masking.MASKED_LOGIT if attention_mechanism == "SOFTMAX" else 0.
+        return jnp.where(key_mask, jnp.asarray(fill, logits.dtype), logits)
+
+    def apply_fn(params, x, mask=None, **kwargs):
         queries, keys, values, out, bias, embedding = params
         n, spatial_shape = x.shape[0], x.shape[1:-1]
         z, y = embed(x.reshape(n, -1, x.shape[-1]), embedding, spatial_shape)
+        if mask is not None:  # masked positions' embeddings are zero too, as in neural-tangents
+            z, y = (jnp.where(mask.reshape(n, -1, 1), jnp.zeros((), a.dtype), a) for a in (z, y))
         k = jnp.einsum("npc,hcd->nhpd", z, keys)
         q = k if queries is None else jnp.einsum("npc,hcd->nhpd", z, queries)
         scale = n_chan_key if linear_scaling else math.sqrt(n_chan_key)
         logits = qk * jnp.einsum("nhpd,nhqd->nhpq", q, k) / (z.shape[-1] * scale)
+        if mask is not None:
+            logits = masked_logits(logits, mask.reshape(n, 1, 1, -1))
         heads = jnp.einsum("nhpq,nqc,hcv->nphv", mechanism(logits), y, values)
         heads = heads.reshape(n, y.shape[1], n_heads * n_chan_val)
         f = ov * heads @ out / math.sqrt(n_heads * n_chan_val * y.shape[-1])
@@ -315,6 +327,10 @@ def GlobalSelfAttention(n_chan_out: int, n_chan_key: int, n_chan_val: int, n_hea
         def unflat(a):
             return None if a is None else a.reshape(a.shape[:-2] + shape + shape)
 
+        if k.mask1 is not None and (embedded or sampled):
+            raise NotImplementedError(f"{name}: kernel_fn: masked inputs (argument `mask_constant`) are supported "
+                                      "only without positional embeddings and with linear_scaling=True or the "
+                                      "IDENTITY mechanism")
         x = dict(nngp=flat(k.nngp), ntk=flat(k.ntk), cov1=flat(k.cov1), cov2=flat(k.cov2))
         z = x  # what queries and keys see
         if embedded:
@@ -325,8 +341,13 @@ def GlobalSelfAttention(n_chan_out: int, n_chan_key: int, n_chan_val: int, n_hea
             z = {f: None if a is None else w_x * a + w_e * r for f, a in x.items()}
         y = z if val_pos_emb else x  # what values see
         if linear_scaling:
-            a1 = mechanism(qk * z["cov1"])
-            a2 = a1 if z["cov2"] is None else mechanism(qk * z["cov2"])
+            g1, g2 = qk * z["cov1"], None if z["cov2"] is None else qk * z["cov2"]
+            if k.mask1 is not None:  # (N, P, P) logits, keys last (Hron et al. 2020, eq. 9 with masked keys)
+                g1 = masked_logits(g1, k.mask1.reshape(k.mask1.shape[0], 1, -1))
+                if g2 is not None:
+                    g2 = masked_logits(g2, k.mask2.reshape(k.mask2.shape[0], 1, -1))
+            a1 = mechanism(g1)
+            a2 = a1 if g2 is None else mechanism(g2)
 
             def sandwich(m, left, right):
                 inner = jnp.einsum("...pq,...qr->...pr", left, m, precision=HIGHEST)
@@ -353,4 +374,5 @@ def GlobalSelfAttention(n_chan_out: int, n_chan_key: int, n_chan_val: int, n_hea
         return k.replace(**{f: unflat(a) for f, a in new.items()}, channels=n_chan_out,
                          is_gaussian=True, own_weights=True).with_zero_means()  # W_out has mean zero
 
-    return leaf(name, init_fn, apply_fn, rule, needs_pairs, Requires(spatial=True))
+    return leaf(name, init_fn, apply_fn, rule, needs_pairs, Requires(spatial=True),
+                masks=masking.Masking(apply_takes_mask=True))

@@ -11,8 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from kernels.kernel import Kernel
-from kernels.stax.layer import (KernelFn, Layer, any_requirement, describe, guarded_apply, keywords_for, keywords_of,
-                                leaf)
+from kernels.stax.layer import (PASS_MASKS, KernelFn, Layer, any_requirement, describe, guarded_apply, keywords_for,
+                                keywords_of, leaf)
 
 
 def serial(*layers) -> Layer:
@@ -45,7 +45,8 @@ def serial(*layers) -> Layer:
         return out
 
     keywords = keywords_of(layers)
-    return Layer(init_fn, guarded_apply(name, apply_fn, keywords), KernelFn(name, rule, needs_full, keywords=keywords))
+    return Layer(init_fn, guarded_apply(name, apply_fn, keywords, PASS_MASKS),
+                 KernelFn(name, rule, needs_full, keywords=keywords))
 
 
 def _split_rng(kwargs: dict, n: int) -> list:
@@ -96,7 +97,8 @@ def parallel(*layers) -> Layer:
         return tuple(layer.kernel_fn.needs_full(o) for layer, o in zip(layers, outs))
 
     keywords = keywords_of(layers)
-    return Layer(init_fn, guarded_apply(name, apply_fn, keywords), KernelFn(name, rule, needs_full, keywords=keywords))
+    return Layer(init_fn, guarded_apply(name, apply_fn, keywords, PASS_MASKS),
+                 KernelFn(name, rule, needs_full, keywords=keywords))
 
 
 def FanOut(num: int) -> Layer:

@@ -18,6 +18,7 @@ from jax.scipy.special import erf
 
 from kernels import duals
 from kernels.kernel import Kernel, position_variances
+from kernels.stax import masking
 from kernels.stax.layer import Requires, describe, leaf
 
 
@@ -57,7 +58,7 @@ def activation_rule(dual: duals.Dual, mean: Optional[duals.Mean]):
 def _activation(name: str, fn, dual: duals.Dual, mean: Optional[duals.Mean]):
     return leaf(name, lambda rng, input_shape: (input_shape, ()),
                 lambda params, x, **kwargs: fn(x), activation_rule(dual, mean),
-                requires=Requires(gaussian=True))
+                requires=Requires(gaussian=True), masks=masking.POINTWISE)
 
 
 def ABRelu(a: float, b: float, do_stabilize: bool = False):
@@ -274,7 +275,7 @@ def ElementwiseNumerical(fn, deg: int, df=None, *, tolerance: float = 1e-3):
         return out.replace(nngp=jnp.where(ok, out.nngp, jnp.nan), ntk=jnp.where(ok, out.ntk, jnp.nan))
 
     return leaf(name, lambda rng, input_shape: (input_shape, ()), lambda params, x, **kwargs: fn(x),
-                checked_rule, requires=Requires(gaussian=True))
+                checked_rule, requires=Requires(gaussian=True), masks=masking.POINTWISE)
 
 
 def _too_small(name: str, deg: int, error: float, variance: float, tolerance: float) -> str:

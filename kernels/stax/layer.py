@@ -21,7 +21,7 @@ import numpy as np
 from kernels.checks import FLOAT_DTYPES, argument_error, check_examples, parse_get, reject_unexpected
 from kernels.kernel import (Kernel, branch_items, branch_label, from_neural_tangents_layout, input_kernel,
                             map_branches, to_neural_tangents_layout)
-from kernels.stax import blocks
+from kernels.stax import blocks, masking
 
 GET_NAMES = ("nngp", "ntk", "cov1", "cov2")
 
@@ -96,7 +96,11 @@ class KernelFn:
           diagonal_spatial: ``True`` returns only equal positions, ``(N1, N2, *S)`` (as
             neural-tangents does); position pairs are still computed where a layer
             (pooling, attention) needs them, then the diagonal is taken.
-          mask_constant: only ``None``: masked inputs are not implemented and refused.
+          mask_constant: ``None``, or a number (NaN allowed): input entries equal to it are masked
+            (`kernels.stax.masking`: a position whose channels all are is excluded from pooling,
+            attention and normalization, and the kernels there are zero), as neural-tangents does.
+            A layer that does not support masks refuses them by name. Masked kernels are evaluated
+            in one piece (``block_size`` ``None`` or ``0``); `kernels.batch` tiles them.
           pattern: the graphs of a network with an `Aggregate` layer, ``(pattern1, pattern2)``
             with the graphs of ``x1``'s and ``x2``'s examples, batch first (``pattern2`` may be
             ``None`` when ``x2`` is); ``None`` or ``(None, None)``: no aggregation. Refused by
@@ -117,19 +121,26 @@ class KernelFn:
                                       f"covariance in cov1/cov2); received {diagonal_batch!r}")
         if not isinstance(diagonal_spatial, (bool, np.bool_)):
             raise argument_error(where, "diagonal_spatial", "True or False", diagonal_spatial, TypeError)
-        refuse_mask_constant(where, mask_constant)
+        masking.check_mask_constant(where, mask_constant)
         request = parse_get(get, GET_NAMES, where)
         if isinstance(x1, Kernel):
+            if mask_constant is not None:
+                raise argument_error(where, "mask_constant", "None when x1 is a Kernel (its masks, if any, "
+                                     "travel in the Kernel)", mask_constant)
             return self._on_kernel(where, x1, x2, request, block_size, diagonal_spatial, pattern)
-        x1, x2 = _check_inputs(x1, x2)
+        x1, x2, masks = _check_inputs(x1, x2, mask_constant)
         patterns = check_pattern_keyword(where, self.keywords, pattern, x1, x2, block_size)
+        if masks is not None and block_size not in (None, 0):
+            raise NotImplementedError(f"{where}: argument `block_size` must be None or 0 with a `mask_constant` "
+                                      f"(masked kernels are evaluated in one piece); received "
+                                      f"block_size={block_size!r}. Tile them with kernels.batch")
         dtype = x1.dtype
         full = x1.ndim > 2 and any_requirement(self.needs_full(not diagonal_spatial))
         n2 = x1.shape[0] if x2 is None else x2.shape[0]
-        b = 0 if patterns is not None else \
+        b = 0 if patterns is not None or masks is not None else \
             blocks.plan(x1.shape[0], n2, blocks.pair_elements(x1, full), block_size, jax.default_backend())
         out = self._evaluate(x1.astype(_compute_dtype(dtype)), None if x2 is None else x2.astype(_compute_dtype(dtype)),
-                             full, request.names, b, patterns)
+                             full, request.names, b, patterns, masks)
         _check_finite_output(self, x1, x2, full, request.names, out)
 
         def result(path, k):
@@ -139,14 +150,19 @@ class KernelFn:
             return request.pack({n: getattr(k, n) for n in request.names}, whole=k)
         return map_branches(result, out)
 
-    def _forward(self, x1, x2, full: bool, names: tuple, b: int, patterns=None):
-        """The `Kernel` of the network's output, or a list of them for a network ending in branches."""
+    def _forward(self, x1, x2, full: bool, names: tuple, b: int, patterns=None, masks=None):
+        """The `Kernel` of the network's output, or a list of them for a network ending in branches.
+
+        ``masks``: ``(mask1, mask2)`` position masks of ``x1``, ``x2`` (already zeroed there), or ``None``.
+        """
         if b:  # already in neural-tangents' layout, the one kernels.tiling mirrors in
             out = blocks.evaluate(self.rule, x1, x2, full, b)
         else:
             k = input_kernel(x1, x2, full)
             if patterns is not None:
                 k = k.replace(pattern1=patterns[0], pattern2=patterns[1])
+            if masks is not None:
+                k = k.replace(mask1=masks[0], mask2=masks[1])
             out = self.rule(k)
 
         return map_branches(lambda path, k: _public(k, names, x2 is None, interleave=not b), out)
@@ -196,6 +212,7 @@ def _public(k: Kernel, names: tuple, x1_is_x2: bool, interleave: bool) -> Kernel
         cov2=(nt(k.cov2_or_cov1, 1) if "cov2" in names else None),
         mean1=None, mean2=None,  # internal: what LayerNorm reads, not a result
         pattern1=None, pattern2=None,  # inputs, not results
+        mask1=None, mask2=None,  # the outputs are zero at masked positions already
         x1_is_x2=x1_is_x2,
     )
 
@@ -240,11 +257,13 @@ def _narrow(name: str, out: Kernel, names: tuple, dtype) -> Kernel:
     return out.replace(**cast)
 
 
-def _check_inputs(x1, x2):
-    """``x1``, ``x2`` as JAX arrays of one dtype, checked: a float dtype of `FLOAT_DTYPES`, batch
-    first with a channel axis, no empty axis, the same shape but the batch axis, and (on
-    concrete values; a user's ``jit`` skips this) no NaN or infinite values."""
-    arrays = []
+def _check_inputs(x1, x2, mask_constant=None):
+    """``(x1, x2, masks)``: ``x1``, ``x2`` as JAX arrays of one dtype, checked: a float dtype of
+    `FLOAT_DTYPES`, batch first with a channel axis, no empty axis, the same shape but the batch
+    axis, and (on concrete values; a user's ``jit`` skips this) no NaN or infinite values once the
+    entries equal to ``mask_constant`` are zeroed (`kernels.stax.masking.input_mask`); ``masks``
+    the position masks ``(mask1, mask2)`` (``mask2`` ``None`` when ``x2`` is), or ``None``."""
+    arrays, masks = [], []
     for label, x in (("x1", x1), ("x2", x2)):
         if x is None:
             arrays.append(None)
@@ -260,6 +279,9 @@ def _check_inputs(x1, x2):
         if 0 in x.shape:
             raise argument_error("kernel_fn", label, "non-empty along every axis (examples, positions "
                                  "and channels)", f"shape {x.shape}")
+        if mask_constant is not None:
+            x, mask = masking.input_mask(jnp.asarray(x), mask_constant)
+            masks.append(mask)
         # NumPy, not jnp: a concrete array captured inside a user's jit would trace.
         if _is_concrete(x):
             values = check_examples("kernel_fn", label, np.asarray(x))
@@ -273,6 +295,7 @@ def _check_inputs(x1, x2):
                                      f"values up to {largest:.3g} (dtype {x.dtype}, shape {x.shape})")
         arrays.append(jnp.asarray(x))
     x1, x2 = arrays
+    masks = None if mask_constant is None else (masks[0], masks[1] if len(masks) > 1 else None)
     if x2 is not None:
         if x1.shape[1:] != x2.shape[1:]:
             raise ValueError(f"kernel_fn: x1 and x2 must agree in every axis but the batch axis; "
@@ -280,7 +303,7 @@ def _check_inputs(x1, x2):
         if x1.dtype != x2.dtype:  # the wider of the two, as NumPy would
             common = jnp.promote_types(x1.dtype, x2.dtype)
             x1, x2 = x1.astype(common), x2.astype(common)
-    return x1, x2
+    return x1, x2, masks
 
 
 def _check_finite_output(kernel_fn: KernelFn, x1, x2, full, names, out):
@@ -385,33 +408,39 @@ def check_requirements(name: str, requires: Requires, k: Kernel) -> None:
 
 
 def leaf(name: str, init_fn, apply_fn, rule, needs_full=keep_requirement, requires: Requires = Requires(),
-         keywords: tuple = ()) -> Layer:
+         keywords: tuple = (), masks: Optional[masking.Masking] = None) -> Layer:
     """A layer with no sub-layers; its rule runs only on inputs that meet ``requires``.
 
     ``keywords``: what its ``apply_fn`` and ``kernel_fn`` take beyond `APPLY_KEYWORDS` (`KernelFn.keywords`).
+    ``masks``: how it treats masked inputs (`kernels.stax.masking.Masking`); ``None``: it refuses
+    them, naming itself and ``mask_constant``.
     """
     def requiring(k):
+        if masking.is_masked(k):
+            if masks is None:
+                raise masking.refuse(f"{name}: kernel_fn")
+            check_requirements(name, requires, k)
+            return masking.through(masks, rule, k)
         check_requirements(name, requires, k)
         return rule(k)
-    return Layer(init_fn, guarded_apply(name, apply_fn, keywords),
+    return Layer(init_fn, guarded_apply(name, apply_fn, keywords, masks),
                  KernelFn(name, checked(name, requiring), needs_full, requires, tuple(keywords)))
 
 
 # The keywords every apply_fn takes, as in neural-tangents: ``rng`` (randomness for stochastic
 # layers such as Dropout; deterministic layers need none, so it does not change their output)
-# and ``mask_constant`` (only ``None``, no masking: masking is not implemented).
+# and ``mask_constant`` (input entries equal to it are masked: `kernels.stax.masking`).
 APPLY_KEYWORDS = ("rng", "mask_constant")
 
 
 def check_apply_keywords(name: str, kwargs: dict, keywords: tuple = ()) -> None:
     """Refuses, by name, an ``apply_fn`` keyword the layer does not implement.
 
-    neural-tangents accepts and silently ignores unknown keywords; here a masked input
-    (``mask_constant``) would otherwise be computed as if unmasked, a wrong number, and a
-    graph (``pattern``) given to a network without an `Aggregate` would aggregate nothing.
+    neural-tangents accepts and silently ignores unknown keywords; here a graph (``pattern``)
+    given to a network without an `Aggregate` would aggregate nothing.
     ``keywords``: what the layer or network takes beyond `APPLY_KEYWORDS` (`KernelFn.keywords`).
     """
-    refuse_mask_constant(f"{name}: apply_fn", kwargs.get("mask_constant"))
+    masking.check_mask_constant(f"{name}: apply_fn", kwargs.get("mask_constant"))
     accepted = APPLY_KEYWORDS + tuple(keywords)
     unexpected = {k: v for k, v in kwargs.items() if k not in accepted}
     if "pattern" in unexpected:
@@ -471,20 +500,32 @@ def check_pattern_keyword(where: str, keywords: tuple, pattern, x1, x2, block_si
     return p1, p2
 
 
-def refuse_mask_constant(where: str, mask_constant) -> None:
-    """Masked inputs are not implemented: ``mask_constant`` other than ``None`` is refused by name,
-    in ``kernel_fn`` and ``apply_fn`` alike, rather than computed as if unmasked."""
-    if mask_constant is not None:
-        raise NotImplementedError(f"{where}: argument `mask_constant` (masked inputs) is not supported; "
-                                  f"received mask_constant={mask_constant!r}. "
-                                  "Remove the masked entries from the inputs instead")
+# `guarded_apply`'s ``masks`` for combinators (serial, parallel): their parts take `Masked` inputs themselves.
+PASS_MASKS = "parts"
 
 
-def guarded_apply(name: str, apply_fn: Callable, keywords: tuple = ()) -> Callable:
-    """``apply_fn`` that checks its keywords (`check_apply_keywords`) before running."""
+def guarded_apply(name: str, apply_fn: Callable, keywords: tuple = (), masks=None) -> Callable:
+    """``apply_fn`` that checks its keywords (`check_apply_keywords`) before running, and handles
+    ``mask_constant`` (`kernels.stax.masking`).
+
+    ``masks``: a leaf's `Masking` (``None``: masked inputs refused by name), or `PASS_MASKS` for a
+    combinator. Called by the user with ``mask_constant``, the inputs are masked, the layer runs on
+    `Masked` values, and its outputs come back as arrays zero at masked positions (neural-tangents'
+    ``unmask_fn(apply_fn)``); called by a combinator with `Masked` inputs, it returns `Masked`.
+    """
     def apply(params, inputs, **kwargs):
         check_apply_keywords(name, kwargs, keywords)
-        return apply_fn(params, inputs, **kwargs)
+        mask_constant = kwargs.pop("mask_constant", None)
+        outermost = mask_constant is not None and not masking.carries_masks(inputs)
+        if outermost:
+            inputs = masking.mask_inputs(inputs, mask_constant)
+        if not masking.carries_masks(inputs):
+            return apply_fn(params, inputs, **kwargs)
+        if masks == PASS_MASKS:
+            out = apply_fn(params, inputs, **kwargs)
+        else:
+            out = masking.apply_leaf(name, masks, apply_fn, params, inputs, kwargs)
+        return masking.unmask(out) if outermost else out
     return apply
 
 

@@ -18,6 +18,7 @@ from jax import lax
 from kernels import spatial
 from kernels.checks import argument_error, default_layout, finite_real, positive_int
 from kernels.kernel import Kernel, position_variances
+from kernels.stax import masking
 from kernels.stax.layer import (Requires, describe, keep_requirement, leaf, needs_diagonal, needs_pairs,
                                 spatial_description)
 
@@ -204,7 +205,7 @@ def Dense(out_dim: int, W_std: float = 1., b_std=None, batch_axis: int = 0, chan
     def rule(k: Kernel) -> Kernel:
         return _affine_rule(k, lambda a: a, k.channels / s_in, W_std, b_std, parameterization, width)
 
-    return leaf(name, init_fn, apply_fn, rule)
+    return leaf(name, init_fn, apply_fn, rule, masks=masking.POINTWISE)
 
 
 def _abc_dense(name, parameterization, out_dim, W_std, b_std, role, a, b):
@@ -388,16 +389,34 @@ def _global_pool(layer_name, average):
     def init_fn(rng, input_shape):
         return (input_shape[0], input_shape[-1]), ()
 
-    def apply_fn(params, x, **kwargs):
+    def apply_fn(params, x, mask=None, **kwargs):
         axes = tuple(range(1, x.ndim - 1))
+        if mask is not None and average:  # x is zero at masked positions: the mean of the others
+            return x.sum(axes) / masking.unmasked_count(mask)[:, None].astype(x.dtype)
         return x.mean(axes) if average else x.sum(axes)
 
     def rule(k: Kernel) -> Kernel:
         d = k.spatial_ndim
+        if k.mask1 is not None and average:
+            # Masked positions carry zeros (kernels.stax.masking.through): sum, then divide by the
+            # unmasked positions of each example (neural-tangents' masked mean_and_var).
+            n1 = masking.unmasked_count(k.mask1).astype(k.nngp.dtype)
+            n2 = n1 if k.mask2 is None else masking.unmasked_count(k.mask2).astype(k.nngp.dtype)
+            summed = k.map_all(lambda a: spatial.global_pool_positions(a, d, False)).replace(full=False)
+            return summed.replace(nngp=summed.nngp / (n1[:, None] * n2[None]), ntk=summed.ntk / (n1[:, None] * n2[None]),
+                                  cov1=summed.cov1 / n1 ** 2, cov2=None if k.cov2 is None else summed.cov2 / n2 ** 2,
+                                  mean1=None if k.mean1 is None else _sum_positions(k.mean1) / n1,
+                                  mean2=None if k.mean2 is None else _sum_positions(k.mean2) / n2)
         pooled = k.map_all(lambda a: spatial.global_pool_positions(a, d, average)).replace(full=False)
         return pooled.map_means(lambda m: apply_fn((), m[..., None])[..., 0])
 
-    return leaf(name, init_fn, apply_fn, rule, needs_pairs, Requires(spatial=True))
+    return leaf(name, init_fn, apply_fn, rule, needs_pairs, Requires(spatial=True),
+                masks=masking.Masking(masking.all_positions, apply_takes_mask=True))
+
+
+def _sum_positions(m):
+    """``(N, *S) -> (N,)``."""
+    return m.reshape(m.shape[0], -1).sum(-1)
 
 
 def GlobalAvgPool(batch_axis: int = 0, channel_axis: int = -1):
@@ -435,13 +454,15 @@ def Flatten(batch_axis: int = 0, batch_axis_out: int = 0):
         flat = flat.map_means(lambda m: m.reshape(m.shape[0], -1).mean(-1))
         return flat.replace(full=False, channels=k.channels * math.prod(k.spatial_shape), is_gaussian=False)
 
-    return leaf(name, init_fn, apply_fn, rule, needs_diagonal)
+    # Masked positions are zeros among the flat features: they count in the fan-in, as in
+    # neural-tangents' Flatten (it averages over every position).
+    return leaf(name, init_fn, apply_fn, rule, needs_diagonal, masks=masking.Masking(masking.all_positions))
 
 
 def Identity():
     """The identity: outputs equal inputs, and so do kernels."""
     return leaf("Identity()", lambda rng, input_shape: (input_shape, ()),
-                lambda params, x, **kwargs: x, lambda k: k)
+                lambda params, x, **kwargs: x, lambda k: k, masks=masking.POINTWISE)
 
 
 def LayerNorm(axis=-1, eps: float = 1e-12, batch_axis: int = 0, channel_axis: int = -1):
@@ -471,9 +492,17 @@ def LayerNorm(axis=-1, eps: float = 1e-12, batch_axis: int = 0, channel_axis: in
     def init_fn(rng, input_shape):
         return input_shape, ()
 
-    def apply_fn(params, x, **kwargs):
-        mean = x.mean(axes, keepdims=True)
-        var = ((x - mean) ** 2).mean(axes, keepdims=True)
+    def apply_fn(params, x, mask=None, **kwargs):
+        if mask is None:
+            mean = x.mean(axes, keepdims=True)
+            var = ((x - mean) ** 2).mean(axes, keepdims=True)
+            return (x - mean) / jnp.sqrt(var + eps)
+        # Statistics over the unmasked entries only (neural-tangents sums the squares of masked
+        # entries too, which changes finite networks by O(mean^2) and vanishes at infinite width).
+        w = jnp.broadcast_to((~mask)[..., None], x.shape).astype(x.dtype)
+        count = jnp.maximum(w.sum(axes, keepdims=True), 1)
+        mean = (w * x).sum(axes, keepdims=True) / count
+        var = (w * (x - mean) ** 2).sum(axes, keepdims=True) / count
         return (x - mean) / jnp.sqrt(var + eps)
 
     def rule(k: Kernel) -> Kernel:
@@ -485,16 +514,23 @@ def LayerNorm(axis=-1, eps: float = 1e-12, batch_axis: int = 0, channel_axis: in
                              f"inputs {spatial_description(k)}, never the batch axis")
         pooled_axes = tuple(a for a in resolved if a != ndim - 1)  # axes of (N, *S) per-position arrays
 
-        def over_axes(a):  # (N, *S): averaged over the normalized positions, broadcast back
-            return jnp.broadcast_to(a.mean(pooled_axes, keepdims=True), a.shape) if pooled_axes else a
+        def over_axes(a, mask):  # (N, *S): averaged over the normalized (unmasked) positions, broadcast back
+            if not pooled_axes:
+                return a
+            if mask is None:
+                return jnp.broadcast_to(a.mean(pooled_axes, keepdims=True), a.shape)
+            w = (~mask).astype(a.dtype)  # masked positions are excluded (kernels.stax.masking)
+            mean = (w * a).sum(pooled_axes, keepdims=True) / jnp.maximum(w.sum(pooled_axes, keepdims=True), 1)
+            return jnp.broadcast_to(mean, a.shape)
 
-        def normalizers(cov, m):
-            moment, mean = over_axes(position_variances(cov, k.full, d)), over_axes(m)
+        def normalizers(cov, m, mask):
+            moment, mean = over_axes(position_variances(cov, k.full, d), mask), over_axes(m, mask)
             scale = jnp.sqrt(moment - mean ** 2 + eps)
             return scale, (m - mean) / scale
 
-        s1, out_mean1 = normalizers(k.cov1, k.mean1)
-        s2, out_mean2 = normalizers(k.cov2_or_cov1, k.mean2_or_mean1)
+        mask2 = k.mask1 if k.mask2 is None else k.mask2
+        s1, out_mean1 = normalizers(k.cov1, k.mean1, k.mask1)
+        s2, out_mean2 = normalizers(k.cov2_or_cov1, k.mean2_or_mean1, mask2)
         shape = k.spatial_shape
 
         def left(v):
@@ -522,4 +558,5 @@ def LayerNorm(axis=-1, eps: float = 1e-12, batch_axis: int = 0, channel_axis: in
             cov2=None if k.cov2 is None else normalized(k.cov2, m2, m2, s2, s2, out_mean2, out_mean2, same),
             mean1=out_mean1, mean2=None if k.mean2 is None else out_mean2)
 
-    return leaf(name, init_fn, apply_fn, rule, keep_requirement, Requires(known_mean=True))
+    return leaf(name, init_fn, apply_fn, rule, keep_requirement, Requires(known_mean=True),
+                masks=masking.Masking(apply_takes_mask=True))
