@@ -28,11 +28,10 @@ def relative_error(ours, ref):
     return float(np.max(np.abs(np.asarray(ours) - ref)) / max(np.max(np.abs(ref)), 1e-300))
 
 
-def _names(data):
-    return json.loads(str(data["_cases"]))
-
-
-CASES = json.loads(str(np.load(DATA)["_cases"]))
+# The default suite checks two networks (the imdb-like one and plain pooling); the rest are `slow`.
+DEFAULT_CASES = ("seq_imdb_like", "seq_dense_relu_gap")
+CASES = [name if name in DEFAULT_CASES else pytest.param(name, marks=pytest.mark.slow)
+         for name in json.loads(str(np.load(DATA)["_cases"]))]
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -46,12 +45,13 @@ def test_kernels_match_neural_tangents(reference, name):
         assert relative_error(ours, reference[f"{name}/{key}"]) < 1e-6, key
 
 
-def test_a_rule_that_ignores_the_mask_fails_the_reference(reference):
+@pytest.mark.parametrize("name", ["seq_dense_relu_gap", pytest.param("seq_attention_softmax", marks=pytest.mark.slow),
+                                  pytest.param("seq_layernorm_positions", marks=pytest.mark.slow)])
+def test_a_rule_that_ignores_the_mask_fails_the_reference(reference, name):
     """The masked entries zeroed and then treated as data (no mask): far from neural-tangents."""
-    for name in ("seq_dense_relu_gap", "seq_attention_softmax", "seq_layernorm_positions"):
-        net = network_from_spec(str(reference[f"{name}/spec"]))
-        x1, x2 = (np.where(reference[f"{name}/{x}"] == PAD, 0., reference[f"{name}/{x}"]) for x in ("x1", "x2"))
-        assert relative_error(net.kernel_fn(x1, x2, "nngp"), reference[f"{name}/nngp"]) > 1e-2, name
+    net = network_from_spec(str(reference[f"{name}/spec"]))
+    x1, x2 = (np.where(reference[f"{name}/{x}"] == PAD, 0., reference[f"{name}/{x}"]) for x in ("x1", "x2"))
+    assert relative_error(net.kernel_fn(x1, x2, "nngp"), reference[f"{name}/nngp"]) > 1e-2
 
 
 def _params_from_reference(reference, name, n_layers):
@@ -62,7 +62,7 @@ def _params_from_reference(reference, name, n_layers):
     return tuple(params)
 
 
-@pytest.mark.parametrize("name", ["seq_dense_relu_gap", "seq_flatten"])
+@pytest.mark.parametrize("name", ["seq_dense_relu_gap", pytest.param("seq_flatten", marks=pytest.mark.slow)])
 def test_apply_fn_matches_neural_tangents_on_its_parameters(reference, name):
     spec = json.loads(str(reference[f"{name}/spec"]))
     net = network_from_spec(spec)
@@ -88,7 +88,7 @@ IMDB = stax.serial(stax.Dense(64, 1.2, 0.1), stax.Relu(), stax.GlobalSelfAttenti
 POOLED = stax.serial(stax.Dense(64, 1.3, 0.2), stax.Relu(), stax.GlobalAvgPool(), stax.Dense(1, 1.1, 0.05))
 
 
-@pytest.mark.parametrize("net", [IMDB, POOLED], ids=["attention", "pooling"])
+@pytest.mark.parametrize("net", [pytest.param(IMDB, marks=pytest.mark.slow), POOLED], ids=["attention", "pooling"])
 def test_finite_network_on_padded_inputs_equals_it_on_truncated_ones(net):
     x = _padded(1)
     _, params = net.init_fn(jax.random.PRNGKey(2), x.shape)
@@ -99,7 +99,7 @@ def test_finite_network_on_padded_inputs_equals_it_on_truncated_ones(net):
     assert np.max(np.abs(ignored - truncated)) > 1e-2
 
 
-@pytest.mark.parametrize("net", [IMDB, POOLED], ids=["attention", "pooling"])
+@pytest.mark.parametrize("net", [pytest.param(IMDB, marks=pytest.mark.slow), POOLED], ids=["attention", "pooling"])
 def test_kernel_of_padded_inputs_equals_that_of_truncated_ones(net):
     """Equal lengths pair up exactly (examples 0 and 3 both have 4 entries); every example with itself."""
     x = _padded(3)
@@ -133,6 +133,7 @@ def test_kernel_across_lengths_matches_wide_finite_networks_on_truncated_sequenc
     assert np.max(np.abs(mc - ignored)) / np.max(np.abs(exact)) > 0.1
 
 
+@pytest.mark.slow
 def test_nan_marks_masked_entries_and_kernels_batch_tiles_masked_inputs(reference):
     name = "seq_imdb_like"
     net = network_from_spec(str(reference[f"{name}/spec"]))
