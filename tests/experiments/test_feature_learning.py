@@ -2,8 +2,8 @@
 feature-change or best-learning-rate exponents, or a muP limit changed by 10%, fail.
 
 The tiny run costs about 45 s of CPU here (a dozen XLA compilations: one per width and
-parameterization for initialisation, training and the learning-rate sweep), past the default
-suite's budget, so the tests that need it are marked slow."""
+parameterization for initialisation, training and the learning-rate sweep); it runs in the default
+suite, as every experiment's tiny size does, and the default suite saves that time elsewhere."""
 import numpy as np
 import pytest
 
@@ -13,7 +13,6 @@ from experiments import registry
 from tests.experiments import saved_run
 
 
-pytestmark_run = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +22,6 @@ def run(tmp_path_factory):
     return made
 
 
-@pytestmark_run
 def test_the_true_theory_passes_every_entry(run):
     entries = run["record"]["agreement"]
     assert agreement_entries.failures(entries) == [], agreement_entries.table(entries)
@@ -31,14 +29,12 @@ def test_the_true_theory_passes_every_entry(run):
     assert results["limit_final_loss"] < 0.2 * results["limit_initial_loss"]  # the limit does learn
 
 
-@pytestmark_run
 def test_swapped_feature_change_exponents_fail(monkeypatch, run):
     monkeypatch.setattr(experiment, "feature_change_exponent", lambda p: {"ntk": 0.0, "mup": -0.5}[p])
     failed = agreement_entries.failures(saved_run.resummarized(experiment, run))
     assert {"feature_change_slope_ntk", "feature_change_slope_mup"} <= set(failed)
 
 
-@pytestmark_run
 @pytest.mark.parametrize("factor", [1.1, 0.9])
 def test_a_limit_changed_by_ten_percent_fails(monkeypatch, run, factor):
     original = experiment.limit
@@ -52,7 +48,6 @@ def test_a_limit_changed_by_ten_percent_fails(monkeypatch, run, factor):
     assert {"widest_matches_limit", "feature_change_mup_limit", "limit_distance_slope"} <= set(failed), failed
 
 
-@pytestmark_run
 def test_swapped_best_learning_rate_exponents_fail(monkeypatch, run):
     monkeypatch.setattr(experiment, "best_learning_rate_exponent", lambda p: {"mup": -1.0, "standard": 0.0}[p])
     failed = agreement_entries.failures(saved_run.resummarized(experiment, run))

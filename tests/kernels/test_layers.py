@@ -157,12 +157,20 @@ def closed_and_samples(case):
     return closed, {"nngp": np.asarray(nngp, np.float64), "ntk": np.asarray(ntk, np.float64)}
 
 
-# Rows too slow for the default suite, whose layers it checks otherwise (ImageResize_linear; Dense's s
-# against neural-tangents): with the slow checks.
-SLOW_ROWS = {"ImageResize_cubic", "Dense_standard_s"}
+# The rows the default suite runs (each about 5-10 s of CPU, mostly compiling): one per distinct piece
+# of kernel code (the activation wiring, each linear, pooling, normalization, merging and attention
+# rule, the standard parameterization, widekit's own mean corrections). Every other row runs with the
+# slow checks (`-m slow`); its layer is still checked in the default suite elsewhere: each activation's
+# dual map and its derivative against quadrature (tests/kernels/test_duals.py) and the networks
+# against neural-tangents' values (test_oracle.py, test_layers_nt2.py).
+DEFAULT_ROWS = {"Relu", "Erf", "Elementwise", "Dense_standard", "Conv_SAME", "Conv_VALID_strided", "Conv1D",
+                "Conv_standard", "AvgPool_normalize_edges", "GlobalAvgPool", "Flatten", "LayerNorm_after_Relu",
+                "LayerNorm_spatial_axes_after_Gelu", "LayerNorm_spatial_after_Erf_pooled", "FanInSum_relu_branches",
+                "FanInSum_relu_and_shared", "FanInConcat", "FanInProd", "Attention_SOFTMAX", "Attention_quadratic",
+                "Index", "ImageResize_linear", "Gabor"}
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow if c in SLOW_ROWS else ())
+@pytest.mark.parametrize("case", [pytest.param(c, marks=() if c in DEFAULT_ROWS else pytest.mark.slow)
                                   for c in sorted(CASES)])
 def test_closed_form_matches_finite_networks(case):
     closed, samples = closed_and_samples(case)
@@ -214,14 +222,14 @@ def _matrix(a, n):
     return a.reshape(size, size)
 
 
-# Rows whose layers' hygiene another row already checks (LayerNorm, FanInSum) and whose point
-# is the Monte Carlo agreement: their hygiene runs with the slow checks (about 5 s each).
-HYGIENE_ELSEWHERE = {"LayerNorm_after_Relu", "LayerNorm_after_Gelu", "LayerNorm_after_Erf",
-                     "LayerNorm_spatial_after_Relu", "LayerNorm_spatial_axes_after_Gelu",
-                     "LayerNorm_spatial_after_Erf_pooled", "FanInSum_relu_and_shared"}
+# Hygiene (jit, symmetry, positive semi-definiteness, dtype, blocks) is a property of the shared
+# machinery more than of one rule: the default suite checks it on one row of each kind of layout
+# (flat, per-position, position pairs, branches, attention, indexing); all rows with `-m slow`.
+HYGIENE_ROWS = {"Relu", "Dense_standard", "Conv_VALID_strided", "AvgPool", "Flatten", "LayerNorm_spatial",
+                "FanInConcat", "Attention_SOFTMAX", "Index", "repeat"}
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow if c in HYGIENE_ELSEWHERE | SLOW_ROWS else ())
+@pytest.mark.parametrize("case", [pytest.param(c, marks=() if c in HYGIENE_ROWS else pytest.mark.slow)
                                   for c in sorted(CASES)])
 def test_kernel_hygiene(case):
     (_, _, kernel_fn), shape = network(case)

@@ -20,6 +20,11 @@ FILES = [p for p in (DATA / "nt065_reference.npz", DATA / "nt_reference.npz") if
 # cnn2d_strided_circular_globalavgpool and mlp_relu_ntk (whose recursion runs 10 layers deep in the slow one).
 SLOW_CASES = {"mlp_relu_deep_critical", "mlp_gelu_deep", "cnn3d_circular_globalavgpool", "cnn2d_strided_avgpool",
               "cnn2d_circular_globalavgpool"}
+# Each activation under the standard parameterization: the parameterization is a property of Dense,
+# checked by default on mlp_relu_standard, cnn2d_standard_param and the mlp_standard_* networks; each
+# activation's own rule by default through its "_ntk" network.
+SLOW_CASES |= {f"mlp_{a}_standard" for a in ("erf", "gelu", "sin", "cos", "abrelu", "leakyrelu", "abs", "rbf",
+                                               "gaussian", "monomial2", "monomial3", "polynomial", "sigmoid_like")}
 
 
 def _cases():
