@@ -13,8 +13,6 @@ from experiments import registry
 from tests.experiments import saved_run
 
 
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     made = saved_run.run_and_read("feature-learning", experiment, tmp_path_factory.mktemp("feature-learning"))
