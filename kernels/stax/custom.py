@@ -21,9 +21,12 @@ its input with `requires` (`Bool`, `Diagonal`). Here:
   positions (as `Flatten`). ``diagonal_batch`` may only be ``True`` (widekit keeps each example's
   own covariance), ``batch_axis`` only 0 and ``channel_axis`` only -1 (widekit's layout); any other
   requirement is refused by name rather than ignored.
-* Masking is not implemented in widekit (``mask_constant`` is refused by every ``kernel_fn`` and
-  ``apply_fn``), so `supports_masking` and `unmask_fn` change nothing (no input is ever masked),
-  and constructing a `MaskedArray` is refused.
+* Masked inputs (``mask_constant``, `kernels.stax.masking`) are honoured by the built-in layers that
+  declare how; a custom layer declares nothing, so it refuses a masked input by name (its rule would
+  otherwise see masked positions as data). `supports_masking` is therefore accepted and changes
+  nothing, `unmask_fn` is the identity (``apply_fn`` already returns plain arrays, zero at masked
+  positions, as neural-tangents' ``unmask_fn(apply_fn)`` does), and constructing a `MaskedArray` is
+  refused: widekit's ``apply_fn`` takes plain arrays and ``mask_constant``.
 """
 from __future__ import annotations
 
@@ -131,21 +134,22 @@ def layer(layer_fn):
 
 
 def supports_masking(remask_kernel: bool):
-    """neural-tangents' masking decorator. widekit has no masked inputs (``mask_constant`` is refused by
-    name everywhere), so the layer is returned unchanged."""
+    """neural-tangents' masking decorator, accepted and changing nothing: a custom layer refuses masked
+    inputs by name (see the module docstring)."""
     if not isinstance(remask_kernel, bool):
         raise argument_error("supports_masking", "remask_kernel", "True or False", remask_kernel, TypeError)
     return lambda layer_fn: layer_fn
 
 
 def unmask_fn(fn):
-    """neural-tangents strips masks from the inputs of ``fn``; widekit's inputs are never masked."""
+    """neural-tangents strips masks from the outputs of ``fn``; widekit's ``apply_fn`` already returns
+    plain arrays, zero at masked positions."""
     return fn
 
 
 class MaskedArray:
-    """neural-tangents' masked input; refused: widekit does not implement masking."""
+    """neural-tangents' masked array; refused: widekit's ``apply_fn`` takes plain arrays and ``mask_constant``."""
 
     def __init__(self, *args, **kwargs):
-        raise NotImplementedError("MaskedArray: masked inputs are not supported by widekit (mask_constant is "
-                                  "refused by kernel_fn and apply_fn); remove the masked entries instead")
+        raise NotImplementedError("MaskedArray: widekit's apply_fn and kernel_fn take plain arrays with "
+                                  "mask_constant=c (entries equal to c are masked) instead")

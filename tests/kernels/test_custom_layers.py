@@ -120,12 +120,16 @@ def test_a_rule_that_returns_no_kernel_is_refused_by_name():
 
 
 def test_masking_tools_change_nothing_or_refuse():
+    """A custom layer declares no mask handling, so it refuses masked inputs by name."""
     assert stax.unmask_fn(len) is len
     assert stax.supports_masking(remask_kernel=True)(MyDense) is MyDense
     with pytest.raises(TypeError, match="remask_kernel"):
         stax.supports_masking(remask_kernel="no")
     with pytest.raises(NotImplementedError, match="MaskedArray"):
         stax.MaskedArray(jnp.ones(3), jnp.zeros(3, bool))
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((4, 5))).at[0, 3:].set(0.0)
+    with pytest.raises(NotImplementedError, match="MyDense.*mask_constant"):
+        stax.serial(stax.Dense(3), MyDense(2)).kernel_fn(x, None, "nngp", mask_constant=0.0)
 
 
 def test_bool_and_diagonal_logic():
