@@ -68,7 +68,9 @@ def ABRelu(a: float, b: float, do_stabilize: bool = False):
 
 
 def Relu(do_stabilize: bool = False):
-    """``max(x, 0)``."""
+    """``max(x, 0)``. ``do_stabilize`` (neural-tangents' rescaling of the covariances before the
+    arc-cosine) changes nothing here: the arc-cosine is always evaluated stably (exact at correlation
+    one, `kernels.duals`), whatever the flag."""
     return _activation("Relu()", jax.nn.relu, duals.abrelu_dual(0., 1.), duals.abrelu_mean(0., 1.))
 
 
@@ -202,12 +204,22 @@ def Elementwise(fn=None, nngp_fn=None, d_nngp_fn=None):
 
     Args:
       fn: the activation, for finite networks.
-      nngp_fn: ``(cov12, var1, var2) -> E[fn(u) fn(v)]``.
+      nngp_fn: ``(cov12, var1, var2) -> E[fn(u) fn(v)]``; ``None`` (with ``fn``) makes a layer for
+        finite networks only, whose ``kernel_fn`` raises an error naming ``nngp_fn``.
       d_nngp_fn: ``(cov12, var1, var2) -> E[fn'(u) fn'(v)]``; by default the
         derivative of ``nngp_fn`` in ``cov12`` (Price's theorem, Price 1958).
     """
     if nngp_fn is None:
-        raise ValueError("Elementwise: nngp_fn is required; use ElementwiseNumerical for a numerical dual")
+        if fn is None:
+            raise ValueError("Elementwise: give fn (the finite network's activation), nngp_fn (its dual), or both")
+        if d_nngp_fn is not None:
+            raise ValueError("Elementwise: d_nngp_fn was given without nngp_fn; give both, or nngp_fn alone")
+
+        def no_dual(cov12, var1, var2):
+            raise NotImplementedError("Elementwise(fn) without nngp_fn is a finite network only: its kernel_fn "
+                                      "needs nngp_fn (argument `nngp_fn`), or use ElementwiseNumerical(fn, deg) "
+                                      "for a numerical dual")
+        return _activation("Elementwise()", fn, no_dual, None)
     if d_nngp_fn is None:
         dual = duals.with_price_derivative(nngp_fn)
     else:

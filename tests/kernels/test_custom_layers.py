@@ -176,3 +176,14 @@ def test_kernel_fn_of_a_kernel_refuses_what_it_cannot_use():
         stax.Relu().kernel_fn(k, x)
     with pytest.raises(ValueError, match="without ntk"):
         stax.Relu().kernel_fn(k.replace(ntk=None))
+
+
+def test_elementwise_without_a_dual_is_a_finite_network_only():
+    net = stax.serial(stax.Dense(3), stax.Elementwise(jnp.tanh))
+    x = jnp.ones((2, 4))
+    _, params = net.init_fn(jax.random.PRNGKey(0), x.shape)
+    np.testing.assert_allclose(net.apply_fn(params, x), jnp.tanh(stax.Dense(3).apply_fn(params[0], x)), rtol=1e-12)
+    with pytest.raises(NotImplementedError, match="nngp_fn"):
+        net.kernel_fn(x, None, "nngp")
+    with pytest.raises(ValueError, match="Elementwise: give fn"):
+        stax.Elementwise()
