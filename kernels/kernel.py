@@ -63,6 +63,11 @@ class Kernel:
       mask1: which positions of each example of the first batch are masked (``kernel_fn``'s
         ``mask_constant``), booleans ``(N1, *S)``; ``None`` without masking (`kernels.stax.masking`).
       mask2: the same for the second batch, or ``None`` when it is the first.
+      odd_convolutions: whether an odd number of weight-sharing convolutions (`Conv`,
+        `ConvTranspose`) acted on position pairs since the input, merges taking the majority of
+        their branches: where neural-tangents' kernels have their spatial axes reversed (its
+        ``is_reversed``). widekit's arrays never are; ``kernel_fn(...,
+        neural_tangents_axis_order=True)`` reverses them on the way out (static).
       selves: during a block-by-block evaluation, the self covariances recorded for the
         leaf layers and where this kernel stands in the network (`kernels.stax.blocks.Selves`);
         ``None`` otherwise. Rules pass it on with `replace` and never read it.
@@ -84,6 +89,7 @@ class Kernel:
     mask2: Optional[jax.Array] = None
     selves: Optional[Any] = None
     x1_is_x2: bool = dataclasses.field(metadata=dict(static=True), default=False)
+    odd_convolutions: bool = dataclasses.field(metadata=dict(static=True), default=False)
 
     def replace(self, **changes) -> "Kernel":
         return dataclasses.replace(self, **changes)
@@ -252,6 +258,25 @@ def to_neural_tangents_layout(array: jax.Array, batch_ndim: int, full: bool, d: 
     order = list(range(batch_ndim))
     for i in range(d):
         order += [batch_ndim + i, batch_ndim + d + i]
+    return jnp.transpose(array, order)
+
+
+def flip_parity(k: "Kernel") -> "Kernel":
+    """`Kernel.odd_convolutions` after a weight-sharing convolution on ``k`` (on position pairs only)."""
+    return k.replace(odd_convolutions=not k.odd_convolutions) if k.full and k.spatial_ndim else k
+
+
+def majority_parity(ks) -> bool:
+    """`Kernel.odd_convolutions` of a merge of ``ks``: more than half of them odd (neural-tangents)."""
+    return 2 * sum(bool(k.odd_convolutions) for k in ks) > len(ks)
+
+
+def reverse_spatial(array: jax.Array, batch_ndim: int) -> jax.Array:
+    """Reverses the order of the position-pair axes of an interleaved array (``(B..., S_1, S'_1, ...)``)."""
+    d = (array.ndim - batch_ndim) // 2
+    order = list(range(batch_ndim))
+    for i in reversed(range(d)):
+        order += [batch_ndim + 2 * i, batch_ndim + 2 * i + 1]
     return jnp.transpose(array, order)
 
 

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kernels.kernel import Kernel
+from kernels.kernel import Kernel, majority_parity
 from kernels.stax.layer import (PASS_MASKS, KernelFn, Layer, any_requirement, describe, guarded_apply, keywords_for,
                                 keywords_of, leaf)
 
@@ -160,6 +160,7 @@ def FanInSum() -> Layer:
                     cov2 = None if cov2 is None else cov2 + _mean_product(a, b, pair=False, second=True)
         return first.replace(nngp=nngp, ntk=add("ntk"), cov1=cov1, cov2=cov2,
                              is_gaussian=all(k.is_gaussian for k in ks), own_weights=all(k.own_weights for k in ks),
+                             odd_convolutions=majority_parity(ks),
                              **_combined_means(ks, add))
     return _fan_in(name, lambda rng, shapes: (shapes[0], ()),
                    lambda params, xs, **kwargs: sum(xs[1:], xs[0]), combine)
@@ -209,6 +210,7 @@ def FanInProd() -> Layer:
         return first.replace(nngp=prod(nngps), ntk=ntk, cov1=prod(_fields(ks, "cov1")),
                              cov2=None if first.cov2 is None else prod(_fields(ks, "cov2")),
                              is_gaussian=first.is_gaussian and len(ks) == 1, own_weights=all(k.own_weights for k in ks),
+                             odd_convolutions=majority_parity(ks),
                              **_combined_means(ks, lambda f: prod(_fields(ks, f))))
 
     def apply_fn(params, xs, **kwargs):
@@ -244,7 +246,8 @@ def FanInConcat(axis: int = -1) -> Layer:
         return first.replace(nngp=mean("nngp"), ntk=mean("ntk"), cov1=mean("cov1"),
                              cov2=None if first.cov2 is None else mean("cov2"), channels=total,
                              is_gaussian=first.is_gaussian and len(ks) == 1,
-                             own_weights=all(k.own_weights for k in ks), **_combined_means(ks, mean))
+                             own_weights=all(k.own_weights for k in ks),
+                             odd_convolutions=majority_parity(ks), **_combined_means(ks, mean))
 
     def spatial_concat(ks, dim):
         if not all(k.is_gaussian for k in ks):
@@ -275,7 +278,8 @@ def FanInConcat(axis: int = -1) -> Layer:
         return first.replace(nngp=combine(_fields(ks, "nngp")), ntk=combine(_fields(ks, "ntk")),
                              cov1=combine(_fields(ks, "cov1")),
                              cov2=None if first.cov2 is None else combine(_fields(ks, "cov2")),
-                             own_weights=all(k.own_weights for k in ks), **_combined_means(ks, concatenate_means))
+                             own_weights=all(k.own_weights for k in ks),
+                             odd_convolutions=majority_parity(ks), **_combined_means(ks, concatenate_means))
 
     def rule(ks):
         if isinstance(ks, Kernel) or len(ks) < 1:

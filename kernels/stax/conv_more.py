@@ -36,7 +36,7 @@ from jax import lax
 
 from kernels import spatial
 from kernels.checks import argument_error, positive_int
-from kernels.kernel import HIGHEST, Kernel
+from kernels.kernel import HIGHEST, Kernel, flip_parity
 from kernels.stax.layer import Requires, describe, leaf
 from kernels.stax.linear import (_affine_rule, _check_affine, _check_padding, _check_parameterization,
                                  _circular_pad, _conv_geometry, _scales, _weights, _window_args)
@@ -266,8 +266,8 @@ def ConvTranspose(out_chan: int, filter_shape, strides=None, padding: str = "VAL
         def mix(a):
             a = _transpose_positions(a, k.full, d, k.spatial_shape, filter_lhs, strides_lhs, padding)
             return layout.permute_positions(a, k.full, d)
-        return _affine_rule(k, mix, k.channels * math.prod(filter_shape) / s_in, W_std, b_std,
-                            parameterization, width)
+        return flip_parity(_affine_rule(k, mix, k.channels * math.prod(filter_shape) / s_in, W_std, b_std,
+                                        parameterization, width))
 
     return leaf(name, init_fn, apply_fn, rule, requires=Requires(spatial_ndim=d))
 

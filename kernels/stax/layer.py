@@ -20,7 +20,7 @@ import numpy as np
 
 from kernels.checks import FLOAT_DTYPES, argument_error, check_examples, parse_get, reject_unexpected
 from kernels.kernel import (Kernel, branch_items, branch_label, from_neural_tangents_layout, input_kernel,
-                            map_branches, to_neural_tangents_layout)
+                            map_branches, reverse_spatial, to_neural_tangents_layout)
 from kernels.stax import blocks, masking
 
 GET_NAMES = ("nngp", "ntk", "cov1", "cov2")
@@ -75,7 +75,7 @@ class KernelFn:
     keywords: tuple = ()
 
     def __call__(self, x1, x2=None, get=None, *, block_size=None, diagonal_batch=True, diagonal_spatial=False,
-                 mask_constant=None, pattern=None, **kwargs):
+                 mask_constant=None, pattern=None, neural_tangents_axis_order=False, **kwargs):
         """Kernels of the network's outputs on ``x1`` and ``x2``.
 
         Args:
@@ -107,6 +107,13 @@ class KernelFn:
             networks without an `Aggregate`. Such a kernel is evaluated in one piece (pass
             ``block_size`` ``None`` or ``0``); `kernels.batch` tiles it, slicing the patterns.
 
+          neural_tangents_axis_order: ``True`` returns position pairs in the order neural-tangents
+            0.6.5 returns them: after an odd number of weight-sharing convolutions (``Conv``,
+            ``ConvTranspose``) on position pairs, merges following the majority of their branches
+            (`Kernel.odd_convolutions`), its spatial axes are reversed, ``(N1, N2, W, W', H, H')``;
+            code that indexes neural-tangents' arrays then ports unchanged. ``False`` (default):
+            always the inputs' order, ``(N1, N2, H, H', W, W')``.
+
         Returns:
           Arrays ``(N1, N2)`` for a flat output; spatial outputs keep position pairs
           in neural-tangents' order ``(N1, N2, S_1, S'_1, ...)``. A network that ends in
@@ -121,13 +128,17 @@ class KernelFn:
                                       f"covariance in cov1/cov2); received {diagonal_batch!r}")
         if not isinstance(diagonal_spatial, (bool, np.bool_)):
             raise argument_error(where, "diagonal_spatial", "True or False", diagonal_spatial, TypeError)
+        if not isinstance(neural_tangents_axis_order, (bool, np.bool_)):
+            raise argument_error(where, "neural_tangents_axis_order", "True or False", neural_tangents_axis_order,
+                                 TypeError)
         masking.check_mask_constant(where, mask_constant)
         request = parse_get(get, GET_NAMES, where)
         if isinstance(x1, Kernel):
             if mask_constant is not None:
                 raise argument_error(where, "mask_constant", "None when x1 is a Kernel (its masks, if any, "
                                      "travel in the Kernel)", mask_constant)
-            return self._on_kernel(where, x1, x2, request, block_size, diagonal_spatial, pattern)
+            return self._on_kernel(where, x1, x2, request, block_size, diagonal_spatial, pattern,
+                                   neural_tangents_axis_order)
         x1, x2, masks = _check_inputs(x1, x2, mask_constant)
         patterns = check_pattern_keyword(where, self.keywords, pattern, x1, x2, block_size)
         if masks is not None and block_size not in (None, 0):
@@ -145,8 +156,7 @@ class KernelFn:
 
         def result(path, k):
             k = _narrow(self.name + branch_label(path), k, request.names, dtype)
-            if diagonal_spatial and k.full:
-                k = _spatial_diagonal(k, request.names)
+            k = _finish(k, request.names, diagonal_spatial, neural_tangents_axis_order)
             return request.pack({n: getattr(k, n) for n in request.names}, whole=k)
         return map_branches(result, out)
 
@@ -167,7 +177,7 @@ class KernelFn:
 
         return map_branches(lambda path, k: _public(k, names, x2 is None, interleave=not b), out)
 
-    def _on_kernel(self, where, k, x2, request, block_size, diagonal_spatial, pattern):
+    def _on_kernel(self, where, k, x2, request, block_size, diagonal_spatial, pattern, neural_tangents_axis_order):
         """``kernel_fn(Kernel)``: the network applied to the outputs of another network, whose public
         `Kernel` (``get=None``) is ``k``, as neural-tangents does."""
         for argument, value, allowed in (("x2", x2, (None,)), ("block_size", block_size, (None, 0)),
@@ -190,8 +200,7 @@ class KernelFn:
         out = map_branches(lambda path, o: _public(o, request.names, k.x1_is_x2, interleave=True), self.rule(k))
 
         def result(path, o):
-            if diagonal_spatial and o.full:
-                o = _spatial_diagonal(o, request.names)
+            o = _finish(o, request.names, diagonal_spatial, neural_tangents_axis_order)
             return request.pack({n: getattr(o, n) for n in request.names}, whole=o)
         return map_branches(result, out)
 
@@ -215,6 +224,17 @@ def _public(k: Kernel, names: tuple, x1_is_x2: bool, interleave: bool) -> Kernel
         mask1=None, mask2=None,  # the outputs are zero at masked positions already
         x1_is_x2=x1_is_x2,
     )
+
+
+def _finish(k: Kernel, names: tuple, diagonal_spatial: bool, neural_tangents_axis_order: bool) -> Kernel:
+    """A public kernel reduced to equal positions (``diagonal_spatial``), or with its position pairs in
+    neural-tangents' possibly reversed order (``neural_tangents_axis_order``)."""
+    if diagonal_spatial and k.full:
+        return _spatial_diagonal(k, names)
+    if neural_tangents_axis_order and k.full and k.odd_convolutions:
+        batch = dict(nngp=2, ntk=2, cov1=1, cov2=1)
+        return k.replace(**{n: reverse_spatial(getattr(k, n), batch[n]) for n in names})
+    return k
 
 
 def _spatial_diagonal(k: Kernel, names: tuple) -> Kernel:

@@ -17,7 +17,7 @@ from jax import lax
 
 from kernels import spatial
 from kernels.checks import argument_error, default_layout, finite_real, positive_int
-from kernels.kernel import Kernel, position_variances
+from kernels.kernel import Kernel, flip_parity, position_variances
 from kernels.stax import masking
 from kernels.stax.layer import (Requires, describe, keep_requirement, leaf, needs_diagonal, needs_pairs,
                                 spatial_description)
@@ -321,8 +321,9 @@ def Conv(out_chan: int, filter_shape, strides=None, padding: str = "VALID", W_st
     def rule(k: Kernel) -> Kernel:
         _conv_geometry(name, k, filter_shape, strides, padding)
         fan_in = k.channels * math.prod(filter_shape)
-        return _affine_rule(k, lambda a: spatial.conv_positions(a, k.full, d, filter_shape, strides, padding),
-                            fan_in, W_std, b_std, parameterization, out_chan)
+        return flip_parity(_affine_rule(k, lambda a: spatial.conv_positions(a, k.full, d, filter_shape, strides,
+                                                                            padding),
+                                        fan_in, W_std, b_std, parameterization, out_chan))
 
     return leaf(name, init_fn, apply_fn, rule, requires=Requires(spatial_ndim=d))
 
