@@ -63,6 +63,8 @@ class Kernel:
       mask1: which positions of each example of the first batch are masked (``kernel_fn``'s
         ``mask_constant``), booleans ``(N1, *S)``; ``None`` without masking (`kernels.stax.masking`).
       mask2: the same for the second batch, or ``None`` when it is the first.
+      is_reversed: whether the position-pair axes of these arrays are in reversed order (neural-tangents'
+        field of that name): only in what ``kernel_fn(..., neural_tangents_axis_order=True)`` returns (static).
       odd_convolutions: whether an odd number of weight-sharing convolutions (`Conv`,
         `ConvTranspose`) acted on position pairs since the input, merges taking the majority of
         their branches: where neural-tangents' kernels have their spatial axes reversed (its
@@ -89,6 +91,7 @@ class Kernel:
     mask2: Optional[jax.Array] = None
     selves: Optional[Any] = None
     x1_is_x2: bool = dataclasses.field(metadata=dict(static=True), default=False)
+    is_reversed: bool = dataclasses.field(metadata=dict(static=True), default=False)
     odd_convolutions: bool = dataclasses.field(metadata=dict(static=True), default=False)
 
     def replace(self, **changes) -> "Kernel":
@@ -108,10 +111,10 @@ class Kernel:
         return tuple(self.nngp.shape[2::2]) if self.full else tuple(self.nngp.shape[2:])
 
     # neural-tangents' fields that a custom layer's rule may read (`kernels.stax.custom`); widekit's
-    # layout fixes them: each example's own covariance, batch first, channels last, never reversed.
+    # layout fixes them: each example's own covariance, batch first, channels last, computed (not an input).
     diagonal_batch = True
+    is_input = False
     batch_axis = 0
-    is_reversed = False
 
     @property
     def diagonal_spatial(self) -> bool:

@@ -24,6 +24,9 @@ from kernels.kernel import (Kernel, branch_items, branch_label, from_neural_tang
 from kernels.stax import blocks, masking
 
 GET_NAMES = ("nngp", "ntk", "cov1", "cov2")
+# The other fields of neural-tangents' Kernel that its `get` accepts (`Kernel`'s properties of those names).
+FIELD_NAMES = ("x1_is_x2", "is_gaussian", "is_reversed", "is_input", "diagonal_batch", "diagonal_spatial", "shape1",
+               "shape2", "batch_axis", "channel_axis", "mask1", "mask2")
 
 # Requirement: whether the output must keep position pairs; a tuple for several outputs.
 Requirement = Union[bool, tuple]
@@ -84,7 +87,9 @@ class KernelFn:
             network's outputs (neural-tangents' ``kernel_fn(Kernel)``; ``x2`` is then ``None``).
           x2: ``(N2, *S, C)`` or ``None`` (then ``x2 = x1``).
           get: ``None`` for the `Kernel`; a name (``"nngp"``, ``"ntk"``, ``"cov1"``,
-            ``"cov2"``) for one array; a tuple of names for a named tuple of arrays.
+            ``"cov2"``) for one array; a tuple of names for a named tuple of arrays. The other
+            fields of neural-tangents' `Kernel` are names too (`FIELD_NAMES`: ``"shape1"``,
+            ``"is_gaussian"``, ``"x1_is_x2"``, ...), as there.
           block_size: pairs of examples are evaluated ``block_size x block_size`` at a
             time (`kernels.stax.blocks`: each example's self covariances computed once,
             only blocks on or above the diagonal when ``x2 is None``, memory bounded by a
@@ -132,7 +137,8 @@ class KernelFn:
             raise argument_error(where, "neural_tangents_axis_order", "True or False", neural_tangents_axis_order,
                                  TypeError)
         masking.check_mask_constant(where, mask_constant)
-        request = parse_get(get, GET_NAMES, where)
+        request = parse_get(get, GET_NAMES + FIELD_NAMES, where, default=GET_NAMES)
+        arrays = tuple(n for n in request.names if n in GET_NAMES) or ("nngp",)  # fields read the arrays' shapes
         if isinstance(x1, Kernel):
             if mask_constant is not None:
                 raise argument_error(where, "mask_constant", "None when x1 is a Kernel (its masks, if any, "
@@ -151,12 +157,12 @@ class KernelFn:
         b = 0 if patterns is not None or masks is not None else \
             blocks.plan(x1.shape[0], n2, blocks.pair_elements(x1, full), block_size, jax.default_backend())
         out = self._evaluate(x1.astype(_compute_dtype(dtype)), None if x2 is None else x2.astype(_compute_dtype(dtype)),
-                             full, request.names, b, patterns, masks)
-        _check_finite_output(self, x1, x2, full, request.names, out)
+                             full, arrays, b, patterns, masks)
+        _check_finite_output(self, x1, x2, full, arrays, out)
 
         def result(path, k):
-            k = _narrow(self.name + branch_label(path), k, request.names, dtype)
-            k = _finish(k, request.names, diagonal_spatial, neural_tangents_axis_order)
+            k = _narrow(self.name + branch_label(path), k, arrays, dtype)
+            k = _finish(k, arrays, diagonal_spatial, neural_tangents_axis_order)
             return request.pack({n: getattr(k, n) for n in request.names}, whole=k)
         return map_branches(result, out)
 
@@ -197,10 +203,11 @@ class KernelFn:
                              "Flatten) and needs the covariances of every pair of positions, but the given "
                              "Kernel keeps only equal positions; compute it without diagonal_spatial=True")
         k = k.replace(cov2=None if k.x1_is_x2 else k.cov2, selves=None)
-        out = map_branches(lambda path, o: _public(o, request.names, k.x1_is_x2, interleave=True), self.rule(k))
+        arrays = tuple(n for n in request.names if n in GET_NAMES) or ("nngp",)
+        out = map_branches(lambda path, o: _public(o, arrays, k.x1_is_x2, interleave=True), self.rule(k))
 
         def result(path, o):
-            o = _finish(o, request.names, diagonal_spatial, neural_tangents_axis_order)
+            o = _finish(o, arrays, diagonal_spatial, neural_tangents_axis_order)
             return request.pack({n: getattr(o, n) for n in request.names}, whole=o)
         return map_branches(result, out)
 
@@ -233,7 +240,7 @@ def _finish(k: Kernel, names: tuple, diagonal_spatial: bool, neural_tangents_axi
         return _spatial_diagonal(k, names)
     if neural_tangents_axis_order and k.full and k.odd_convolutions:
         batch = dict(nngp=2, ntk=2, cov1=1, cov2=1)
-        return k.replace(**{n: reverse_spatial(getattr(k, n), batch[n]) for n in names})
+        return k.replace(is_reversed=True, **{n: reverse_spatial(getattr(k, n), batch[n]) for n in names})
     return k
 
 

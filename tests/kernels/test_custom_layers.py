@@ -187,3 +187,18 @@ def test_elementwise_without_a_dual_is_a_finite_network_only():
         net.kernel_fn(x, None, "nngp")
     with pytest.raises(ValueError, match="Elementwise: give fn"):
         stax.Elementwise()
+
+
+def test_get_takes_every_field_of_neural_tangents_kernel():
+    """neural-tangents' get accepts any Kernel field; their values describe the returned arrays."""
+    net = stax.serial(stax.Conv(2, (2, 2), padding="SAME"), stax.Relu())
+    x = images()
+    assert net.kernel_fn(x, None, "shape1") == (3, 3, 4, 2)
+    out = net.kernel_fn(x, x[:2], ("nngp", "is_gaussian", "x1_is_x2", "diagonal_spatial", "channel_axis", "mask1"))
+    assert out.nngp.shape == (3, 2, 3, 3, 4, 4)
+    assert (out.is_gaussian, out.x1_is_x2, out.diagonal_spatial, out.channel_axis, out.mask1) == (False, False, False,
+                                                                                                  3, None)
+    assert stax.Conv(2, (2, 2), padding="SAME").kernel_fn(x, None, "is_reversed", neural_tangents_axis_order=True)
+    assert not stax.Conv(2, (2, 2), padding="SAME").kernel_fn(x, None, "is_reversed")
+    with pytest.raises(ValueError, match="get"):
+        net.kernel_fn(x, None, "colour")
