@@ -204,12 +204,16 @@ class KernelFn:
                              "Kernel keeps only equal positions; compute it without diagonal_spatial=True")
         k = k.replace(cov2=None if k.x1_is_x2 else k.cov2, selves=None)
         arrays = tuple(n for n in request.names if n in GET_NAMES) or ("nngp",)
-        out = map_branches(lambda path, o: _public(o, arrays, k.x1_is_x2, interleave=True), self.rule(k))
+        out = map_branches(lambda path, o: _public(o, arrays, k.x1_is_x2, interleave=True), self._jitted_rule(k))
 
         def result(path, o):
             o = _finish(o, arrays, diagonal_spatial, neural_tangents_axis_order)
             return request.pack({n: getattr(o, n) for n in request.names}, whole=o)
         return map_branches(result, out)
+
+    @functools.cached_property
+    def _jitted_rule(self):
+        return jax.jit(self.rule)
 
     @functools.cached_property
     def _evaluate(self):

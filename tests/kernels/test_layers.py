@@ -163,11 +163,10 @@ def closed_and_samples(case):
 # slow checks (`-m slow`); its layer is still checked in the default suite elsewhere: each activation's
 # dual map and its derivative against quadrature (tests/kernels/test_duals.py) and the networks
 # against neural-tangents' values (test_oracle.py, test_layers_nt2.py).
-DEFAULT_ROWS = {"Relu", "Erf", "Elementwise", "Dense_standard", "Conv_SAME", "Conv_VALID_strided", "Conv1D",
-                "Conv_standard", "AvgPool_normalize_edges", "GlobalAvgPool", "Flatten", "LayerNorm_after_Relu",
-                "LayerNorm_spatial_axes_after_Gelu", "LayerNorm_spatial_after_Erf_pooled", "FanInSum_relu_branches",
-                "FanInSum_relu_and_shared", "FanInConcat", "FanInProd", "Attention_SOFTMAX", "Attention_quadratic",
-                "Index", "ImageResize_linear", "Gabor"}
+DEFAULT_ROWS = {"Relu", "Erf", "Elementwise", "Dense_standard", "Conv_VALID_strided", "Conv_standard",
+                "AvgPool_normalize_edges", "GlobalAvgPool", "Flatten", "LayerNorm_after_Relu",
+                "LayerNorm_spatial_after_Erf_pooled", "FanInSum_relu_branches", "FanInSum_relu_and_shared",
+                "FanInConcat", "FanInProd", "Attention_SOFTMAX", "Attention_quadratic", "Index", "ImageResize_linear"}
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, marks=() if c in DEFAULT_ROWS else pytest.mark.slow)

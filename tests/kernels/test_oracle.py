@@ -16,13 +16,20 @@ FILES = [p for p in (DATA / "nt065_reference.npz", DATA / "nt_reference.npz") if
 
 # The five costliest networks to compile (10-26 s each on CI's CPU; the default suite keeps to
 # about 10 minutes), each with a cheaper case of the same layers left in the default suite:
-# mlp_gelu_ntk, cnn3d_same_globalavgpool, cnn2d_avgpool_same_strided_normalize_edges,
+# mlp_gelu_ntk, cnn3d_valid_globalavgpool, cnn2d_avgpool_same_strided_normalize_edges,
 # cnn2d_strided_circular_globalavgpool and mlp_relu_ntk (whose recursion runs 10 layers deep in the slow one).
 SLOW_CASES = {"mlp_relu_deep_critical", "mlp_gelu_deep", "cnn3d_circular_globalavgpool", "cnn2d_strided_avgpool",
               "cnn2d_circular_globalavgpool"}
 # Each activation under the standard parameterization: the parameterization is a property of Dense,
 # checked by default on mlp_relu_standard, cnn2d_standard_param and the mlp_standard_* networks; each
 # activation's own rule by default through its "_ntk" network.
+# Networks whose layers a cheaper default case already checks (10-28 s of compiling each, or duplicates):
+# the quadrature (mlp_tanh_numerical; the dual itself is checked against independent quadrature in
+# test_duals.py), FanInConcat on channels (its Flatten case), Myrtle-5 (its convolutions and pooling),
+# 3-D convolutions (cnn3d_valid_*), default strides and stride one of pooling (their strided cases).
+SLOW_CASES |= {"mlp_tanh_numerical", "cnn2d_fanin_concat_channel", "cnn2d_myrtle5", "cnn3d_same_globalavgpool",
+               "cnn3d_same_flatten", "cnn3d_circular_flatten", "cnn2d_avgpool_valid_default_strides",
+               "cnn2d_sumpool_valid_default_strides", "cnn2d_avgpool_valid_stride1", "cnn1d_strided_valid_globalavgpool"}
 SLOW_CASES |= {f"mlp_{a}_standard" for a in ("erf", "gelu", "sin", "cos", "abrelu", "leakyrelu", "abs", "rbf",
                                                "gaussian", "monomial2", "monomial3", "polynomial", "sigmoid_like")}
 
@@ -31,8 +38,7 @@ def _cases():
     for path in FILES:
         data = np.load(path)
         for name in json.loads(str(data["_cases"])):
-            # deg 200's quadrature takes 14 s on CI's CPU: with the slow checks; deg 25 keeps
-            # the quadrature's parity in the default suite.
+            # deg 200's quadrature takes 14 s on CI's CPU, deg 25's 10 s: with the slow checks.
             marks = pytest.mark.slow if name.endswith("_deg200") or name in SLOW_CASES else ()
             yield pytest.param(path, name, id=f"{path.stem}:{name}", marks=marks)
 
