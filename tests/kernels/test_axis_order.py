@@ -18,7 +18,12 @@ def relative_error(ours, ref):
     return float(np.max(np.abs(np.asarray(ours) - ref)) / np.max(np.abs(ref)))
 
 
-@pytest.mark.parametrize("name", CASES)
+# In the default suite: one, two-by-parity (three) and a transposed convolution, a 3-D network and a merge
+# without a majority (about 2 s each); the rest with the slow checks.
+DEFAULT = {"one_conv", "three_convs", "conv_transpose", "three_d", "branches_split"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(c, marks=() if c in DEFAULT else pytest.mark.slow) for c in CASES])
 def test_matches_neural_tangents_raw_arrays(name):
     kernel_fn = network_from_spec(json.loads(str(DATA[f"{name}/spec"])))[2]
     x1, x2 = DATA[f"{name}/x1"], DATA[f"{name}/x2"]
