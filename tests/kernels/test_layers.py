@@ -114,6 +114,9 @@ CASES = {
     "Attention_SOFTMAX": (lambda: [stax.Dense(SPATIAL_WIDTH), stax.GlobalSelfAttention(SPATIAL_WIDTH, SPATIAL_WIDTH, SPATIAL_WIDTH, 2)], SEQ, 0.1),
     "Attention_RELU": (lambda: [stax.Dense(SPATIAL_WIDTH), stax.GlobalSelfAttention(
         SPATIAL_WIDTH, SPATIAL_WIDTH, SPATIAL_WIDTH, 2, attention_mechanism="RELU", b_std=0.2)], SEQ, 0.1),
+    # 1/sqrt(d) softmax (Hron et al. 2020): a Monte Carlo kernel; heads ~ sqrt(width), as the limit needs
+    "Attention_softmax_sqrt_d": (lambda: [stax.Dense(SPATIAL_WIDTH), stax.GlobalSelfAttention(
+        SPATIAL_WIDTH, SPATIAL_WIDTH, SPATIAL_WIDTH, 6, linear_scaling=False, attention_mechanism="SOFTMAX")], SEQ, 0.1),
     "Attention_quadratic": (lambda: [stax.Dense(SPATIAL_WIDTH), stax.GlobalSelfAttention(
         SPATIAL_WIDTH, SPATIAL_WIDTH, SPATIAL_WIDTH, 2, linear_scaling=False, attention_mechanism="IDENTITY")], SEQ, 0.1),
 }
