@@ -154,6 +154,12 @@ class Kernel:
             return jnp.zeros(position_variances(cov, self.full, self.spatial_ndim).shape, cov.dtype)
         return self.replace(mean1=zeros(self.cov1), mean2=None if self.cov2 is None else zeros(self.cov2))
 
+    def map_arrays(self, fn) -> "Kernel":
+        """Applies ``fn(array, batch_ndim)`` to each array present: ``nngp``, ``ntk`` (two batch axes),
+        ``cov1``, ``cov2`` (one)."""
+        ranks = {"nngp": 2, "ntk": 2, "cov1": 1, "cov2": 1}
+        return self.replace(**{f: fn(getattr(self, f), b) for f, b in ranks.items() if getattr(self, f) is not None})
+
     def map_all(self, fn) -> "Kernel":
         """Applies ``fn`` (acting on trailing position axes) to every array."""
         return self.replace(

@@ -103,11 +103,6 @@ def _needs_full(name: str, reqs: dict):
     return layer_module.needs_diagonal if spatial.output == Bool.YES else layer_module.keep_requirement
 
 
-def _relayout(k, convert):
-    ranks = {"nngp": 2, "ntk": 2, "cov1": 1, "cov2": 1}
-    return k.replace(**{f: None if getattr(k, f) is None else convert(getattr(k, f), b) for f, b in ranks.items()})
-
-
 def layer(layer_fn):
     """Makes a neural-tangents-style layer function (returning ``init_fn, apply_fn, kernel_fn`` with
     ``kernel_fn: Kernel -> Kernel``) a widekit layer; see the module docstring."""
@@ -120,13 +115,13 @@ def layer(layer_fn):
         def adapted(k):
             d = k.spatial_ndim
             paired = k.full and d > 0
-            view = _relayout(k, lambda a, b: to_neural_tangents_layout(a, b, True, d)) if paired else k
+            view = k.map_arrays(lambda a, b: to_neural_tangents_layout(a, b, True, d)) if paired else k
             out = rule(view)
             if not hasattr(out, "nngp") or not hasattr(out, "replace"):
                 raise TypeError(f"{name}: its kernel_fn must return a Kernel (k.replace(nngp=..., ntk=...)); "
                                 f"it returned {type(out).__name__}")
             if paired:
-                out = _relayout(out, from_neural_tangents_layout)
+                out = out.map_arrays(from_neural_tangents_layout)
             return out.replace(mean1=None, mean2=None)  # a custom rule's channel means are unknown
 
         return layer_module.leaf(name, init_fn, apply_fn, adapted, needs_full)

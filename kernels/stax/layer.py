@@ -143,7 +143,7 @@ class KernelFn:
             if mask_constant is not None:
                 raise argument_error(where, "mask_constant", "None when x1 is a Kernel (its masks, if any, "
                                      "travel in the Kernel)", mask_constant)
-            return self._on_kernel(where, x1, x2, request, block_size, diagonal_spatial, pattern,
+            return self._on_kernel(where, x1, x2, request, arrays, block_size, diagonal_spatial, pattern,
                                    neural_tangents_axis_order)
         x1, x2, masks = _check_inputs(x1, x2, mask_constant)
         patterns = check_pattern_keyword(where, self.keywords, pattern, x1, x2, block_size)
@@ -162,7 +162,7 @@ class KernelFn:
 
         def result(path, k):
             k = _narrow(self.name + branch_label(path), k, arrays, dtype)
-            k = _finish(k, arrays, diagonal_spatial, neural_tangents_axis_order)
+            k = _finish(k, diagonal_spatial, neural_tangents_axis_order)
             return request.pack({n: getattr(k, n) for n in request.names}, whole=k)
         return map_branches(result, out)
 
@@ -183,7 +183,8 @@ class KernelFn:
 
         return map_branches(lambda path, k: _public(k, names, x2 is None, interleave=not b), out)
 
-    def _on_kernel(self, where, k, x2, request, block_size, diagonal_spatial, pattern, neural_tangents_axis_order):
+    def _on_kernel(self, where, k, x2, request, arrays, block_size, diagonal_spatial, pattern,
+                   neural_tangents_axis_order):
         """``kernel_fn(Kernel)``: the network applied to the outputs of another network, whose public
         `Kernel` (``get=None``) is ``k``, as neural-tangents does."""
         for argument, value, allowed in (("x2", x2, (None,)), ("block_size", block_size, (None, 0)),
@@ -197,17 +198,16 @@ class KernelFn:
                                  "returns one)", f"a Kernel without {', '.join(missing)}")
         d = k.spatial_ndim
         if k.full and d:  # neural-tangents' interleaved position pairs -> (S, S')
-            k = k.map_all(lambda a: from_neural_tangents_layout(a, a.ndim - 2 * d))
+            k = k.map_arrays(from_neural_tangents_layout)
         if d and not k.full and any_requirement(self.needs_full(not diagonal_spatial)):
             raise ValueError(f"{where}: this network mixes positions (pooling, attention, a readout that is not "
                              "Flatten) and needs the covariances of every pair of positions, but the given "
                              "Kernel keeps only equal positions; compute it without diagonal_spatial=True")
         k = k.replace(cov2=None if k.x1_is_x2 else k.cov2, selves=None)
-        arrays = tuple(n for n in request.names if n in GET_NAMES) or ("nngp",)
         out = map_branches(lambda path, o: _public(o, arrays, k.x1_is_x2, interleave=True), self._jitted_rule(k))
 
         def result(path, o):
-            o = _finish(o, arrays, diagonal_spatial, neural_tangents_axis_order)
+            o = _finish(o, diagonal_spatial, neural_tangents_axis_order)
             return request.pack({n: getattr(o, n) for n in request.names}, whole=o)
         return map_branches(result, out)
 
@@ -237,32 +237,24 @@ def _public(k: Kernel, names: tuple, x1_is_x2: bool, interleave: bool) -> Kernel
     )
 
 
-def _finish(k: Kernel, names: tuple, diagonal_spatial: bool, neural_tangents_axis_order: bool) -> Kernel:
+def _finish(k: Kernel, diagonal_spatial: bool, neural_tangents_axis_order: bool) -> Kernel:
     """A public kernel reduced to equal positions (``diagonal_spatial``), or with its position pairs in
     neural-tangents' possibly reversed order (``neural_tangents_axis_order``)."""
     if diagonal_spatial and k.full:
-        return _spatial_diagonal(k, names)
+        return _spatial_diagonal(k)
     if neural_tangents_axis_order and k.full and k.odd_convolutions:
-        batch = dict(nngp=2, ntk=2, cov1=1, cov2=1)
-        return k.replace(is_reversed=True, **{n: reverse_spatial(getattr(k, n), batch[n]) for n in names})
+        return k.map_arrays(reverse_spatial).replace(is_reversed=True)
     return k
 
 
-def _spatial_diagonal(k: Kernel, names: tuple) -> Kernel:
+def _spatial_diagonal(k: Kernel) -> Kernel:
     """``k`` (public, interleaved position pairs) reduced to equal positions: ``(B..., *S)``."""
-    d = k.spatial_ndim
-
     def diagonal(a, batch_ndim):
-        lead, pairs = a.shape[:batch_ndim], a.shape[batch_ndim:]
-        spatial = pairs[::2]
-        order = tuple(range(batch_ndim)) + tuple(batch_ndim + 2 * i for i in range(d)) \
-            + tuple(batch_ndim + 2 * i + 1 for i in range(d))
-        size = math.prod(spatial)
-        square = jnp.transpose(a, order).reshape(lead + (size, size))
+        lead, spatial = a.shape[:batch_ndim], a.shape[batch_ndim::2]
+        square = from_neural_tangents_layout(a, batch_ndim).reshape(lead + (math.prod(spatial),) * 2)
         return jnp.diagonal(square, axis1=-2, axis2=-1).reshape(lead + spatial)
 
-    batch = dict(nngp=2, ntk=2, cov1=1, cov2=1)
-    return k.replace(full=False, **{n: diagonal(getattr(k, n), batch[n]) for n in names})
+    return k.map_arrays(diagonal).replace(full=False)
 
 
 def _is_concrete(x) -> bool:
