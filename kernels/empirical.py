@@ -54,23 +54,81 @@ def _parse_implementation(where, implementation) -> int:
     return 1 if value is None else int(value)
 
 
-def _parse_vmap_axes(where, vmap_axes) -> bool:
-    """Whether ``f`` is certified to act on each example alone along the batch axis 0.
+def _parse_vmap_axes(where, vmap_axes):
+    """``vmap_axes`` as ``None`` or the triple ``(in_axes, out_axes, kwargs_axes)``.
 
-    As in neural-tangents, ``vmap_axes`` promises that ``f(params, x)`` stacks ``f`` of single
-    examples; every implementation then works on one example (pair) at a time under ``jax.vmap``.
-    ``0`` or ``(0, 0, None)`` (inputs, outputs, keyword arguments; ``{}`` for the last also) are
-    supported; other axes are refused.
+    As in neural-tangents, ``vmap_axes`` promises that ``f(params, x, **kwargs)`` is ``f`` of single
+    examples stacked along ``out_axes``, the examples being slices of ``x`` along ``in_axes`` and of
+    the keyword arguments named in ``kwargs_axes`` along its values (the others shared). A triple is
+    read as such; anything else as ``in_axes = out_axes = vmap_axes`` with no keyword axes. Each of
+    ``in_axes``, ``out_axes`` and a ``kwargs_axes`` value is an int (every leaf), or a pytree of ints
+    (``None`` for a leaf that is not batched) shaped like the inputs, outputs or that argument.
     """
     if vmap_axes is None:
-        return False
-    if isinstance(vmap_axes, int) and not isinstance(vmap_axes, bool) and vmap_axes == 0:
-        return True
-    if (isinstance(vmap_axes, (tuple, list)) and len(vmap_axes) == 3 and vmap_axes[0] == 0 and vmap_axes[1] == 0
-            and vmap_axes[2] in (None, {})):
-        return True
-    raise argument_error(where, "vmap_axes", "None, 0 or (0, 0, None) (examples along the batch axis 0, "
-                         "keyword arguments shared)", vmap_axes)
+        return None
+    if isinstance(vmap_axes, tuple) and len(vmap_axes) == 3:
+        in_axes, out_axes, kwargs_axes = vmap_axes
+    else:
+        in_axes, out_axes, kwargs_axes = vmap_axes, vmap_axes, {}
+    kwargs_axes = {} if kwargs_axes is None else kwargs_axes
+    expected = ("None, an int, or (in_axes, out_axes, kwargs_axes): pytrees of int axes (None: not batched) "
+                "and a dict of them by keyword")
+    if not isinstance(kwargs_axes, dict):
+        raise argument_error(where, "vmap_axes", expected, vmap_axes)
+    for part in (in_axes, out_axes, *kwargs_axes.values()):
+        if any(isinstance(a, bool) or not isinstance(a, (int, np.integer)) for a in jax.tree.leaves(part)):
+            raise argument_error(where, "vmap_axes", expected, vmap_axes)
+    if out_axes is None or not jax.tree.leaves(out_axes):
+        raise argument_error(where, "vmap_axes", "out_axes naming the batch axis of every output", vmap_axes)
+    return in_axes, out_axes, kwargs_axes
+
+
+def _leaf_axes(where, name, axes, tree) -> list:
+    """One axis (an int, or None: not batched) per leaf of ``tree``: ``axes`` an int for every leaf,
+    a pytree prefix of ``tree``, or a pytree with as many int leaves as ``tree`` (neural-tangents
+    pairs lists with tuples)."""
+    leaves = jax.tree.leaves(tree)
+    if axes is None or isinstance(axes, (int, np.integer)):
+        return [None if axes is None else int(axes) % max(np.ndim(leaf), 1) for leaf in leaves]
+    try:
+        subtrees = jax.tree.structure(axes).flatten_up_to(tree)
+        per_leaf = [a for a, sub in zip(jax.tree.leaves(axes), subtrees) for _ in jax.tree.leaves(sub)]
+    except (ValueError, TypeError):
+        per_leaf = jax.tree.leaves(axes)
+    if len(per_leaf) != len(leaves):
+        raise argument_error(where, "vmap_axes", f"{name} shaped like {jax.tree.structure(tree)}", axes)
+    return [int(a) % np.ndim(leaf) for a, leaf in zip(per_leaf, leaves)]
+
+
+def split_kwargs(kwargs: dict, x1, x2):
+    """The keyword arguments of ``f`` for ``x1`` and for ``x2``, as neural-tangents splits them: a
+    pair ``(for_x1, for_x2)`` is split; ``rng`` (one key) serves ``x1`` and, unless ``x2`` is
+    ``None`` or equal to ``x1``, ``jax.random.fold_in(rng, 1)`` serves ``x2``, so that stochastic
+    layers (Dropout) draw independent masks for different inputs and the same mask for the same
+    input; anything else is shared."""
+    kwargs1, kwargs2 = {}, {}
+    for k, v in kwargs.items():
+        if isinstance(v, tuple) and len(v) == 2:
+            kwargs1[k], kwargs2[k] = v
+        elif k == "rng" and v is not None and x2 is not None:
+            kwargs1[k] = v
+            kwargs2[k] = jnp.where(_same_inputs(x1, x2), v, jax.random.fold_in(v, 1))
+        else:
+            kwargs1[k] = kwargs2[k] = v
+    return kwargs1, kwargs2
+
+
+def _same_inputs(x1, x2):
+    """Whether the pytrees ``x1`` and ``x2`` are equal (a traced bool)."""
+    l1, l2 = jax.tree.leaves(x1), jax.tree.leaves(x2)
+    if jax.tree.structure(x1) != jax.tree.structure(x2) or any(a.shape != b.shape for a, b in zip(l1, l2)):
+        return jnp.bool_(False)
+    return jnp.all(jnp.array([jnp.array_equal(a, b) for a, b in zip(l1, l2)]))
+
+
+def _all_none(x) -> bool:
+    """``x`` is ``None`` or a pytree of ``None`` only (neural-tangents' "same inputs")."""
+    return x is None or not jax.tree.leaves(x)
 
 
 def _check_private_rules(where, _j_rules, _s_rules, _fwd):
@@ -134,64 +192,108 @@ def empirical_kernel_fn(f, trace_axes=(-1,), diagonal_axes=(), vmap_axes=None, i
     """
     where = "empirical_kernel_fn"
     method = _parse_implementation(where, implementation)
-    per_example = _parse_vmap_axes(where, vmap_axes)
+    axes = _parse_vmap_axes(where, vmap_axes)
     _check_private_rules(where, _j_rules, _s_rules, _fwd)
     trace_axes, diagonal_axes = tuple(trace_axes), tuple(diagonal_axes)
     if batch_size is not None:
         positive_int(where, "batch_size", batch_size)
 
-    def blocks(block, x1, x2, diagonal_batch):
-        """``block(xa, xb)`` (the kernel of two batches) over all of ``x1 x x2``: per example pair
-        under ``vmap``, by chunks of ``batch_size``, or at once."""
-        if per_example:
-            def one(a, b):
-                return block(a[None], b[None])
-            if diagonal_batch:
-                return jax.vmap(one)(x1, x2)[:, 0]
-            return jax.vmap(lambda a: jax.vmap(lambda b: one(a, b))(x2))(x1)[:, :, 0, 0]
-        if batch_size is None or max(x1.shape[0], x2.shape[0]) <= batch_size:
-            return block(x1, x2)
-        starts1, starts2 = range(0, x1.shape[0], batch_size), range(0, x2.shape[0], batch_size)
+    def side(x, kw):
+        """``(x, kw)`` with one vmap axis (or None) per leaf, by ``vmap_axes``."""
+        kw_axes = axes[2]
+        return ((x, kw), (_leaf_axes(where, "in_axes", axes[0], x),
+                          {k: _leaf_axes(where, f"kwargs_axes[{k!r}]", kw_axes.get(k), v) for k, v in kw.items()}))
+
+    def per_example(fn, *sides):
+        """``fn(*sides_i)`` for every example ``i`` under ``jax.vmap`` (stacked along a new axis 0),
+        each ``sides_i`` keeping a batch axis of size 1 where ``vmap_axes`` puts the batch."""
+        trees = [t for t, _ in sides]
+        flat_axes = jax.tree.leaves([a for _, a in sides], is_leaf=lambda a: a is None)
+        leaves, treedef = jax.tree.flatten(trees)
+
+        def one(*ls):
+            return fn(*jax.tree.unflatten(treedef, [a if ax is None else jnp.expand_dims(a, ax)
+                                                    for a, ax in zip(ls, flat_axes)]))
+        return jax.vmap(one, in_axes=tuple(flat_axes))(*leaves)
+
+    def blocks(block, x1, kw1, x2, kw2, diagonal_batch, p):
+        """``block((xa, kwa), (xb, kwb))`` (the kernel of two batches) over all of ``x1 x x2``: per
+        example (pair) under ``vmap`` (``p``: the position of the outputs' batch axis in the
+        kernel), by chunks of ``batch_size`` along axis 0, or at once."""
+        if axes is not None:
+            if diagonal_batch:  # (N, *K), K[p] = 1
+                res = per_example(block, side(x1, kw1), side(x2, kw2))
+                return jnp.moveaxis(jnp.squeeze(res, axis=1 + p), 0, p)
+            res = per_example(lambda a: per_example(lambda b: block(a, b), side(x2, kw2)), side(x1, kw1))
+            return jnp.moveaxis(jnp.squeeze(res, axis=(2 + p, 3 + p)), (0, 1), (p, p + 1))  # from (N1, N2, *K)
+        n1, n2 = (jax.tree.leaves(x)[0].shape[0] for x in (x1, x2))
+        if batch_size is None or max(n1, n2) <= batch_size:
+            return block((x1, kw1), (x2, kw2))
+        if any(k != "rng" for k in kw1):
+            raise argument_error("empirical kernel_fn", "apply_fn_kwargs", "none besides `rng` when batch_size "
+                                 "chunks the inputs (their batch axes are unknown)", sorted(kw1))
+
+        def chunk(x, kw, s):
+            # one key per chunk: independent across chunks, the same for the same chunk of the same input
+            return (jax.tree.map(lambda a: a[s:s + batch_size], x),
+                    {k: v if v is None else jax.random.fold_in(v, s) for k, v in kw.items()})
+        starts1, starts2 = range(0, n1, batch_size), range(0, n2, batch_size)
         if diagonal_batch:
-            return jnp.concatenate([block(x1[s:s + batch_size], x2[s:s + batch_size]) for s in starts1], axis=0)
-        return jnp.concatenate([jnp.concatenate([block(x1[s:s + batch_size], x2[t:t + batch_size])
-                                                 for t in starts2], axis=1) for s in starts1], axis=0)
+            return jnp.concatenate([block(chunk(x1, kw1, s), chunk(x2, kw2, s)) for s in starts1], axis=p)
+        return jnp.concatenate([jnp.concatenate([block(chunk(x1, kw1, s), chunk(x2, kw2, t)) for t in starts2],
+                                                axis=p + 1) for s in starts1], axis=p)
 
-    def one_output(f, params, x1, x2, names, kwargs) -> dict:
-        x2_ = x1 if x2 is None else x2
-        ndim = jax.eval_shape(lambda x: f(params, x, **kwargs), x1).ndim
+    def one_output(g, out_axis, params, x1, x2, kw1, kw2, names) -> dict:
+        """The kernels of one output array ``g(params, x, kw)``; ``out_axis`` its batch axis (vmapped)."""
+        s1 = jax.eval_shape(lambda x: g(params, x, kw1), x1)
+        s2 = jax.eval_shape(lambda x: g(params, x, kw2), x2)
+        ndim = s1.ndim
         traced, diagonal = _output_axes("empirical kernel_fn", ndim, trace_axes, diagonal_axes)
-        if 0 in diagonal and x1.shape[0] != x2_.shape[0]:
-            raise argument_error("empirical kernel_fn", "x2", f"{x1.shape[0]} examples as x1 (diagonal_axes "
-                                 "holds the batch axis 0)", x2_.shape)
+        for a in traced + diagonal:
+            if s1.shape[a] != s2.shape[a]:
+                raise argument_error("empirical kernel_fn", "x2", f"outputs of size {s1.shape[a]} along axis {a} "
+                                     "as x1's (trace_axes and diagonal_axes pair equal positions)", s2.shape)
+        b = 0 if axes is None else out_axis % ndim
+        if axes is not None and b in traced:
+            raise argument_error(where, "vmap_axes", f"out_axes not in trace_axes={trace_axes}", vmap_axes)
+        p = sum(1 if a in diagonal else 2 for a in range(b) if a not in traced)
         letters = _output_letters(ndim, traced, diagonal)
-        n1, n2 = (x1.shape[0], x2_.shape[0]) if per_example else (1, 1)
-        counts = (n1, n2, n1 if 0 in diagonal else n1 * n2)
+        n1, n2 = (s1.shape[b], s2.shape[b]) if axes is not None else (1, 1)
+        counts = (n1, n2, n1 if b in diagonal else n1 * n2)
 
-        def h(p, x):
-            return f(p, x, **kwargs)
+        def h(xk):
+            x, kw = xk
+            return lambda p_, x_: g(p_, x_, kw), x
 
         out = {}
         if "nngp" in names:
-            out["nngp"] = blocks(lambda a, b: _pair(h(params, a)[..., None], h(params, b)[..., None], letters),
-                                 x1, x2_, 0 in diagonal)
+            out["nngp"] = blocks(lambda a, c: _pair(g(params, *a)[..., None], g(params, *c)[..., None], letters),
+                                 x1, kw1, x2, kw2, b in diagonal, p)
         if "ntk" in names:
-            out["ntk"] = blocks(lambda a, b: _ntk_block(method, h, params, a, b, letters, counts),
-                                x1, x2_, 0 in diagonal)
+            out["ntk"] = blocks(lambda a, c: _ntk_block(method, *h(a), *h(c), params, letters, counts),
+                                x1, kw1, x2, kw2, b in diagonal, p)
         return out
 
     def values(params, x1, x2, names, kwargs):
-        """name -> array; for an ``f`` whose output is a (nested) list of arrays (a network ending in
-        branches), a list of those, one per branch: each output's kernels, its NTK from its
-        Jacobian in all parameters (zero in those of other branches)."""
-        shapes = jax.eval_shape(lambda x: f(params, x, **kwargs), x1)
-        if not isinstance(shapes, (list, tuple)):
-            return one_output(f, params, x1, x2, names, kwargs)
+        """A list of name -> array dicts, one per leaf of ``f``'s output (one array, or a pytree of
+        them: a network ending in branches); each leaf's NTK from its Jacobian in all parameters
+        (zero in those of other branches)."""
+        same = _all_none(x2)
+        kw1, kw2 = split_kwargs(kwargs, x1, None if same else x2)
+        x2, kw2 = (x1, kw1) if same else (x2, kw2)
+        shapes = jax.eval_shape(lambda x: f(params, x, **kw1), x1)
         count = len(jax.tree.leaves(shapes))
+        out_axes = [None] * count if axes is None else _leaf_axes(where, "out_axes", axes[1], shapes)
 
         def branch(i):
-            return one_output(lambda p, x, **kw: jax.tree.leaves(f(p, x, **kw))[i], params, x1, x2, names, kwargs)
-        return _as_lists(jax.tree.unflatten(jax.tree.structure(shapes), [branch(i) for i in range(count)]))
+            return one_output(lambda p, x, kw: jax.tree.leaves(f(p, x, **kw))[i], out_axes[i], params,
+                              x1, x2, kw1, kw2, names)
+        return [branch(i) for i in range(count)]
+
+    def structure(params, x1, kwargs):
+        """The pytree structure of ``f``'s output (a single array: a leaf)."""
+        kw1, _ = split_kwargs(kwargs, x1, None)
+        return jax.tree.structure(jax.eval_shape(lambda p, x: f(p, x, **kw1), params, x1))
 
     compiled = jax.jit(lambda params, x1, x2, names: values(params, x1, x2, names, {}), static_argnames="names")
 
@@ -200,14 +302,16 @@ def empirical_kernel_fn(f, trace_axes=(-1,), diagonal_axes=(), vmap_axes=None, i
         if params is None:
             raise argument_error(where, "params", "the finite network's parameters", None)
         request = parse_get(get, NAMES, where)
-        _check_params_fit(where, f, params, x1, x2, apply_fn_kwargs)
+        kw1, kw2 = split_kwargs(apply_fn_kwargs, x1, None if _all_none(x2) else x2)
+        _check_params_fit(where, f, params, x1, kw1, None if _all_none(x2) else x2, kw2)
         if apply_fn_kwargs:  # may hold non-array options: trace them as Python values
             out = values(params, x1, x2, request.names, apply_fn_kwargs)
         else:  # eager Jacobians of a width-16 net took 14-30 s; compiled, well under one
-            out = compiled(params, x1, x2, request.names)
-        return _pack(request, out)
+            out = compiled(params, x1, None if _all_none(x2) else x2, request.names)
+        return _pack(request, out, structure(params, x1, apply_fn_kwargs))
 
     kernel_fn.values = values
+    kernel_fn.structure = structure
     return kernel_fn
 
 
@@ -223,15 +327,16 @@ def _traced_size(shape, letters):
     return math.prod(n for c, n in zip(u1, shape) if c not in out)
 
 
-def _ntk_block(method, h, params, xa, xb, letters, counts):
-    """The NTK of the batches ``xa``, ``xb`` of ``h(params, x)`` by implementation ``method`` (0-3)."""
+def _ntk_block(method, ha, xa, hb, xb, params, letters, counts):
+    """The NTK of ``ha(params, xa)`` and ``hb(params, xb)`` (one network on two batches, each with
+    its keyword arguments) by implementation ``method`` (0-3)."""
     if method in (0, 3):
         leaves, tree = jax.tree.flatten(params)
 
-        def flat(ls, x):
-            return h(jax.tree.unflatten(tree, ls), x)
+        def flat(h):
+            return lambda ls, x: h(jax.tree.unflatten(tree, ls), x)
 
-        closed_a, closed_b = structured_ntk.trace(flat, leaves, xa), structured_ntk.trace(flat, leaves, xb)
+        closed_a, closed_b = structured_ntk.trace(flat(ha), leaves, xa), structured_ntk.trace(flat(hb), leaves, xb)
         rules_a, rules_b = structured_ntk.agreed_rules(closed_a, closed_b, len(leaves))
         if method == 0:
             flops = structured_ntk.estimated_flops(closed_a, closed_b, rules_a, rules_b, letters, counts)
@@ -242,24 +347,24 @@ def _ntk_block(method, h, params, xa, xb, letters, counts):
             shape_a = closed_a.jaxpr.outvars[0].aval.shape
             return structured_ntk.contract(side_a, side_b, letters, counts, _traced_size(shape_a, letters))
     if method == 2:
-        return _ntk_vector_products_block(h, params, xa, xb, letters)
+        return _ntk_vector_products_block(ha, xa, hb, xb, params, letters)
 
-    def jacobian(x):
+    def jacobian(h, x):
         j = jax.jacrev(lambda p: h(p, x))(params)
         return [leaf.reshape(leaf.shape[:len(letters[0])] + (-1,)) for leaf in jax.tree.leaves(j)]
-    return sum(_pair(a, b, letters) for a, b in zip(jacobian(xa), jacobian(xb)))
+    return sum(_pair(a, b, letters) for a, b in zip(jacobian(ha, xa), jacobian(hb, xb)))
 
 
-def _ntk_vector_products_block(h, params, xa, xb, letters):
-    """``Theta v = J(xa) (J(xb)^T v)`` for every basis vector ``v`` of ``h(xb)``'s outputs (Novak et
+def _ntk_vector_products_block(ha, xa, hb, xb, params, letters):
+    """``Theta v = J(xa) (J(xb)^T v)`` for every basis vector ``v`` of ``hb(xb)``'s outputs (Novak et
     al. 2022, §3.2): a VJP at ``xb`` (once) and a JVP at ``xa`` per vector, then the traced and
     diagonal axes taken from the full block."""
-    fb, vjp = jax.vjp(lambda p: h(p, xb), params)
-    shape_a = jax.eval_shape(lambda p: h(p, xa), params).shape
+    fb, vjp = jax.vjp(lambda p: hb(p, xb), params)
+    shape_a = jax.eval_shape(lambda p: ha(p, xa), params).shape
 
     def column(v):
         tangent, = vjp(v.reshape(fb.shape))
-        return jax.jvp(lambda p: h(p, xa), (params,), (tangent,))[1]
+        return jax.jvp(lambda p: ha(p, xa), (params,), (tangent,))[1]
 
     columns = jax.vmap(column)(jnp.eye(fb.size, dtype=fb.dtype))  # (|Yb|, *Ya)
     u1, u2, out = letters
@@ -313,20 +418,28 @@ def empirical_ntk_vp_fn(f, x1, x2, params, **apply_fn_kwargs):
     return ntk_vp_fn
 
 
-def _as_lists(tree):
-    """``tree`` with its lists and tuples (the branches of a network's output) as lists, as
-    neural-tangents returns one kernel per branch."""
-    return [_as_lists(t) for t in tree] if isinstance(tree, (list, tuple)) else tree
+def _pack(request, flat: list, structure):
+    """What ``get`` asks for (`kernels.checks.Get.pack`) of each output leaf's kernels ``flat``,
+    arranged as ``f``'s output was (``structure``): a single array's as it is, otherwise lists for
+    its lists and tuples (as neural-tangents returns one kernel per branch), dicts for its dicts."""
+    packed = [request.pack(d) for d in flat]
+    if structure.num_nodes == 1 and structure.num_leaves == 1:
+        return packed[0]
+
+    def rebuild(t):
+        if isinstance(t, int):
+            return packed[t]
+        if isinstance(t, (list, tuple)):
+            return [rebuild(c) for c in t]
+        if isinstance(t, dict):
+            return {k: rebuild(v) for k, v in t.items()}
+        return t  # None: an empty branch
+    return rebuild(jax.tree.unflatten(structure, list(range(len(packed)))))
 
 
-def _pack(request, out):
-    """What ``get`` asks for (`kernels.checks.Get.pack`) of each branch of ``out`` (a dict, or lists of them)."""
-    return [_pack(request, o) for o in out] if isinstance(out, list) else request.pack(out)
-
-
-def _check_params_fit(where, f, params, x1, x2, kwargs) -> None:
+def _check_params_fit(where, f, params, x1, kw1, x2, kw2) -> None:
     """Refuses, naming ``params``, parameters that ``f`` cannot be applied with (another network's)."""
-    for label, x in (("x1", x1), ("x2", x2)):
+    for label, x, kwargs in (("x1", x1, kw1), ("x2", x2, kw2)):
         if x is None:
             continue
         try:
@@ -334,9 +447,12 @@ def _check_params_fit(where, f, params, x1, x2, kwargs) -> None:
         except Exception as error:  # any failure of the user's function on these shapes
             shapes = jax.tree.map(lambda a: getattr(a, "shape", type(a).__name__), params)
             raise argument_error(where, "params", f"parameters of this network for inputs {label} of shape "
-                                 f"{getattr(x, 'shape', None)}",
+                                 f"{jax.tree.map(jnp.shape, x)}",
                                  f"parameters shaped {shapes}, on which apply_fn fails: "
                                  f"{type(error).__name__}: {str(error).splitlines()[0][:200]}") from error
+
+
+_RNG_STREAM = 2 ** 31 - 1  # fold_in constant separating a sample's `rng` from its init key
 
 
 def monte_carlo_kernel_fn(init_fn, apply_fn, key, n_samples: Union[int, Iterable[int]], batch_size: int = 0,
@@ -346,7 +462,9 @@ def monte_carlo_kernel_fn(init_fn, apply_fn, key, n_samples: Union[int, Iterable
 
     Args:
       init_fn, apply_fn: the finite network.
-      key: PRNG key; sample ``i`` is initialized from ``jax.random.fold_in(key, i)``.
+      key: PRNG key; sample ``i`` is initialized from ``k_i = jax.random.fold_in(key, i)``, and
+        its stochastic layers (Dropout) get ``rng=jax.random.fold_in(k_i, 2**31 - 1)`` (split
+        between ``x1`` and ``x2`` as `split_kwargs` says), so every sample draws its own masks.
       n_samples: an int, or an increasing iterable of ints (then ``kernel_fn``
         returns a generator of running averages at those counts).
       batch_size: if positive, examples per chunk of the Jacobian contraction.
@@ -377,10 +495,13 @@ def monte_carlo_kernel_fn(init_fn, apply_fn, key, n_samples: Union[int, Iterable
 
     @functools.partial(jax.jit, static_argnames=("names",))
     def sample(i, x1, x2, names, kwargs):
-        _, params = init_fn(jax.random.fold_in(key, i), x1.shape)
-        return empirical.values(params, x1, x2, names, kwargs)
+        init_key = jax.random.fold_in(key, i)
+        _, params = init_fn(init_key, jax.tree.map(jnp.shape, x1))
+        # each sampled network its own draw of stochastic layers (Dropout), independent of its weights
+        rng = jax.random.fold_in(init_key, _RNG_STREAM)
+        return empirical.values(params, x1, x2, names, dict(kwargs, rng=rng))
 
-    def running(x1, x2, request, kwargs):
+    def running(x1, x2, request, kwargs, structure):
         total, done = None, 0
         for n in counts:
             for i in range(done, n):
@@ -388,10 +509,16 @@ def monte_carlo_kernel_fn(init_fn, apply_fn, key, n_samples: Union[int, Iterable
                 total = part if total is None else jax.tree.map(jnp.add, total, part)
             done = n
             mean = jax.tree.map(lambda a: a / n, total)
-            yield _pack(request, mean if store_on_device else jax.tree.map(np.asarray, mean))
+            yield _pack(request, mean if store_on_device else jax.tree.map(np.asarray, mean), structure)
 
     def kernel_fn(x1, x2=None, get=None, **apply_fn_kwargs):
-        gen = running(x1, x2, parse_get(get, NAMES, "monte_carlo kernel_fn"), apply_fn_kwargs)
+        if "rng" in apply_fn_kwargs:
+            raise argument_error("monte_carlo kernel_fn", "rng", "not given (each sample draws its own from `key`)",
+                                 "an rng")
+        x2 = None if _all_none(x2) else x2
+        _, params = jax.eval_shape(lambda k: init_fn(k, jax.tree.map(jnp.shape, x1)), key)
+        structure = empirical.structure(params, x1, dict(apply_fn_kwargs, rng=key))
+        gen = running(x1, x2, parse_get(get, NAMES, "monte_carlo kernel_fn"), apply_fn_kwargs, structure)
         if isinstance(n_samples, int):
             return next(gen)
         return gen

@@ -57,7 +57,7 @@ def trace(h, leaves, x):
     """The jaxpr of ``h(leaves, x)`` with every inner ``jit`` inlined (so parameters are visible)."""
     shapes = [jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)) for a in leaves]
     with jax.disable_jit():
-        return jax.make_jaxpr(h)(shapes, jax.ShapeDtypeStruct(x.shape, x.dtype))
+        return jax.make_jaxpr(h)(shapes, jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), x))
 
 
 def plan(closed, n_leaves: int) -> list:
@@ -152,7 +152,7 @@ def factors(closed, leaves, x, rules):
         for i, leaf in zip(free, free_leaves):
             args[i] = leaf
         perturb = {targets[i]: e for i, e in zip(fixed, eps)}
-        (out,), kept = evaluate(closed, args + [x], perturb, keep)
+        (out,), kept = evaluate(closed, args + jax.tree.leaves(x), perturb, keep)
         return out, kept
 
     eps = [jnp.zeros(targets[i].aval.shape, targets[i].aval.dtype) for i in fixed]

@@ -130,7 +130,11 @@ def test_bad_options_are_refused_by_name():
     with pytest.raises(ValueError, match="argument `implementation`"):
         empirical_kernel_fn(apply_fn, implementation=4)
     with pytest.raises(ValueError, match="argument `vmap_axes`"):
-        empirical_kernel_fn(apply_fn, vmap_axes=1)
+        empirical_kernel_fn(apply_fn, vmap_axes="batch")
+    with pytest.raises(ValueError, match="argument `vmap_axes`"):
+        empirical_kernel_fn(apply_fn, vmap_axes=(0, 0, 0))  # kwargs_axes must be a dict
+    with pytest.raises(ValueError, match="argument `vmap_axes`"):  # out_axes in the traced channel axis
+        empirical_kernel_fn(apply_fn, vmap_axes=(0, -1, None))(x1, x2, "ntk", params)
     with pytest.raises(ValueError, match="argument `diagonal_axes`"):
         empirical_kernel_fn(apply_fn, trace_axes=(-1,), diagonal_axes=(1,))(x1, x2, "ntk", params)
     with pytest.raises(ValueError, match="argument `x2`"):
