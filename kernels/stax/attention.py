@@ -36,6 +36,12 @@ Kernels, with ``QK = W_query_std W_key_std``, ``OV = W_out_std W_value_std``, ``
 * ``linear_scaling=False`` with ``SOFTMAX``, ``ABS`` or ``RELU``: the logits are the same Gaussian
   field, but ``E[phi(G) ... phi(G')]`` has no closed form; it is a Monte Carlo average over the
   logits with common random numbers (`kernels.stax.attention_sampled`, which gives the formulas).
+
+Masked inputs (``mask_constant``, `kernels.stax.masking`), as neural-tangents 0.6.5: masked keys get
+no weight (logit ``-1e20`` under softmax, 0 otherwise), and the embeddings are zero at masked positions,
+so ``R`` is zero wherever either position is masked. This counts where logits are Gaussian
+(``linear_scaling=False``): ``<K_Z, K_Y>`` sums over every pair of positions. The Monte Carlo kernels
+refuse masks (neural-tangents has no kernel there).
 """
 from __future__ import annotations
 
@@ -110,10 +116,14 @@ def position_covariance(name: str, shape: tuple, p_norm: float, decay_fn) -> np.
 
 
 def _covariance_root(r: np.ndarray) -> np.ndarray:
-    """``L`` with ``L L^T = r`` for a positive semi-definite ``r`` (eigenvalues clipped at 0,
-    so that a singular ``r``, where a Cholesky factor fails, works too)."""
-    values, vectors = np.linalg.eigh(r)
-    return vectors * np.sqrt(np.clip(values, 0., None))
+    """``L`` with ``L L^T = r`` for a positive semi-definite ``r``: the Cholesky factor, as
+    neural-tangents 0.6.5 draws its embeddings (so that its parameters give its outputs), or, for a
+    singular ``r`` where that fails, the eigenvalue root (eigenvalues clipped at 0)."""
+    try:
+        return np.linalg.cholesky(r)
+    except np.linalg.LinAlgError:
+        values, vectors = np.linalg.eigh(r)
+        return vectors * np.sqrt(np.clip(values, 0., None))
 
 
 def _embedding_weights(pos_emb_type: str, channels: int, n_chan_pos_emb, W_pos_emb_std):
@@ -309,8 +319,10 @@ def GlobalSelfAttention(n_chan_out: int, n_chan_key: int, n_chan_val: int, n_hea
         logits = qk * jnp.einsum("nhpd,nhqd->nhpq", q, k) / (z.shape[-1] * scale)
         if mask is not None:
             logits = masked_logits(logits, mask.reshape(n, 1, 1, -1))
-        heads = jnp.einsum("nhpq,nqc,hcv->nphv", mechanism(logits), y, values)
-        heads = heads.reshape(n, y.shape[1], n_heads * n_chan_val)
+        # Heads concatenated value channel first, head second (row v * n_heads + h of W_out), as
+        # neural-tangents 0.6.5 lays them out, so that its parameters give its outputs.
+        heads = jnp.einsum("nhpq,nqc,hcv->npvh", mechanism(logits), y, values)
+        heads = heads.reshape(n, y.shape[1], n_chan_val * n_heads)
         f = ov * heads @ out / math.sqrt(n_heads * n_chan_val * y.shape[-1])
         if bias is not None:
             f = f + b_std * bias
@@ -327,10 +339,10 @@ def GlobalSelfAttention(n_chan_out: int, n_chan_key: int, n_chan_val: int, n_hea
         def unflat(a):
             return None if a is None else a.reshape(a.shape[:-2] + shape + shape)
 
-        if k.mask1 is not None and (embedded or sampled):
+        if k.mask1 is not None and sampled:
             raise NotImplementedError(f"{name}: kernel_fn: masked inputs (argument `mask_constant`) are supported "
-                                      "only without positional embeddings and with linear_scaling=True or the "
-                                      "IDENTITY mechanism")
+                                      "with linear_scaling=True or the IDENTITY mechanism (neural-tangents has no "
+                                      "kernel for the others)")
         x = dict(nngp=flat(k.nngp), ntk=flat(k.ntk), cov1=flat(k.cov1), cov2=flat(k.cov2))
         z = x  # what queries and keys see
         if embedded:
@@ -338,7 +350,13 @@ def GlobalSelfAttention(n_chan_out: int, n_chan_key: int, n_chan_val: int, n_hea
                 _check_sum_channels(name, n_chan_pos_emb, k.channels)
             w_x, w_e = _embedding_weights(pos_emb_type, k.channels, n_chan_pos_emb, W_pos_emb_std)
             r = jnp.asarray(covariance(shape), x["nngp"].dtype)
-            z = {f: None if a is None else w_x * a + w_e * r for f, a in x.items()}
+            rs = dict(nngp=r, ntk=r, cov1=r, cov2=r)
+            if k.mask1 is not None:  # masked positions' embeddings are zero (apply_fn), so R is there too
+                hidden = dict(nngp=masking.pair_mask(k), cov1=masking.self_mask(k.mask1, k),
+                              cov2=masking.self_mask(k.mask1 if k.mask2 is None else k.mask2, k))
+                hidden["ntk"] = hidden["nngp"]
+                rs = {f: jnp.where(flat(hidden[f]), jnp.zeros((), r.dtype), r) for f in rs}
+            z = {f: None if a is None else w_x * a + w_e * rs[f] for f, a in x.items()}
         y = z if val_pos_emb else x  # what values see
         if linear_scaling:
             g1, g2 = qk * z["cov1"], None if z["cov2"] is None else qk * z["cov2"]

@@ -37,6 +37,7 @@ from jax import lax
 from kernels import spatial
 from kernels.checks import argument_error, positive_int
 from kernels.kernel import HIGHEST, Kernel, flip_parity
+from kernels.stax import masking
 from kernels.stax.layer import Requires, describe, leaf
 from kernels.stax.linear import (_affine_rule, _check_affine, _check_padding, _check_parameterization,
                                  _circular_pad, _conv_geometry, _scales, _weights, _window_args)
@@ -269,7 +270,9 @@ def ConvTranspose(out_chan: int, filter_shape, strides=None, padding: str = "VAL
         return flip_parity(_affine_rule(k, mix, k.channels * math.prod(filter_shape) / s_in, W_std, b_std,
                                         parameterization, width))
 
-    return leaf(name, init_fn, apply_fn, rule, requires=Requires(spatial_ndim=d))
+    # An output is masked where any masked input reaches it (masking.transposed_reach).
+    return leaf(name, init_fn, apply_fn, rule, requires=Requires(spatial_ndim=d), masks=masking.Masking(
+        masking.transposed_reach(filter_lhs, strides_lhs, padding, layout.out_from_lhs)))
 
 
 def _equal_positions(a, d: int):
@@ -347,7 +350,9 @@ def ConvLocal(out_chan: int, filter_shape, strides=None, padding: str = "VALID",
         out = out.map_all(lambda a: layout.permute_positions(a, k.full, d))
         return out.map_means(lambda m: layout.permute_positions(m, False, d))
 
-    return leaf(name, init_fn, apply_fn, rule, requires=Requires(spatial_ndim=d))
+    # An output is masked where its window's centre is (masking.window_centres).
+    return leaf(name, init_fn, apply_fn, rule, requires=Requires(spatial_ndim=d), masks=masking.Masking(
+        masking.window_centres(filter_lhs, strides_lhs, padding, layout.out_from_lhs)))
 
 
 def _check_rank(name, input_shape, d):

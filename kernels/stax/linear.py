@@ -325,7 +325,9 @@ def Conv(out_chan: int, filter_shape, strides=None, padding: str = "VALID", W_st
                                                                             padding),
                                         fan_in, W_std, b_std, parameterization, out_chan))
 
-    return leaf(name, init_fn, apply_fn, rule, requires=Requires(spatial_ndim=d))
+    # Masked inputs enter as zeros; an output is masked where its window's centre is (masking.window_centres).
+    return leaf(name, init_fn, apply_fn, rule, requires=Requires(spatial_ndim=d),
+                masks=masking.Masking(masking.window_centres(filter_shape, strides, padding)))
 
 
 def _pool(layer_name, window_shape, strides, padding, normalize_edges, average):
@@ -364,7 +366,10 @@ def _pool(layer_name, window_shape, strides, padding, normalize_edges, average):
         # Pooling is linear, so the channel means are pooled as the outputs are.
         return pooled.map_means(lambda m: apply_fn((), m[..., None])[..., 0])
 
-    return leaf(name, init_fn, apply_fn, rule, needs_pairs, Requires(spatial_ndim=d))
+    # Masked inputs pool as the zeros they are, with the same divisor (neural-tangents 0.6.5);
+    # an output is masked where its window's centre is (masking.window_centres).
+    return leaf(name, init_fn, apply_fn, rule, needs_pairs, Requires(spatial_ndim=d),
+                masks=masking.Masking(masking.window_centres(window_shape, strides, padding)))
 
 
 def AvgPool(window_shape, strides=None, padding: str = "VALID", normalize_edges: bool = False,

@@ -16,6 +16,13 @@ these finite networks. Layers that mix positions exclude masked ones: global poo
 over the unmasked positions only, attention gives masked keys no weight, `LayerNorm` normalizes
 over unmasked positions. ``mask_fn`` maps the mask of a layer's inputs to that of its outputs
 (``Flatten`` and global pooling: an example is masked when all its positions are).
+
+Local layers (`Conv`, `ConvLocal`, `AvgPool`, `SumPool`, `ConvTranspose`) mix masked inputs in as
+the zeros they are: nothing is renormalized (an `AvgPool` window still divides by its size, or by
+its unpadded size with ``normalize_edges``), as in neural-tangents. Which of their outputs are
+masked is neural-tangents' rule too: `window_centres` for windows that read the input (an output
+is masked when the input at its window's centre is), `transposed_reach` for a transposed
+convolution (when any masked input reaches it through the filter).
 """
 from __future__ import annotations
 
@@ -25,7 +32,9 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
+from kernels import spatial
 from kernels.checks import argument_error
 from kernels.kernel import Kernel
 
@@ -42,6 +51,56 @@ def same_mask(mask):
 def all_positions(mask):
     """Layers that merge positions into one (Flatten, global pooling): ``(N, *S) -> (N,)``."""
     return jnp.all(mask.reshape(mask.shape[0], -1), axis=1)
+
+
+def window_centres(window_shape, strides, padding: str, out_order=None) -> Callable:
+    """``mask_fn`` of a layer whose output ``o`` reads the window ``s o - low + [0, w)`` of its
+    inputs (`Conv`, `ConvLocal`, `AvgPool`, `SumPool`): ``o`` is masked when the input at the
+    window's centre ``s o - low + (w - 1) // 2`` is (neural-tangents 0.6.5's rule; ``low`` is
+    the SAME padding's leading zeros, 0 for VALID). CIRCULAR windows are placed as SAME ones
+    (neural-tangents does so for `Conv`; it fails on masked CIRCULAR pooling, where this
+    extends the same rule). For stride one and SAME padding the output mask is the input's.
+
+    ``window_shape``, ``strides``: per spatial axis in the inputs' order; ``out_order``: the input
+    axis each output spatial axis comes from (``None``: the same order).
+    """
+    placement = "SAME" if padding == "CIRCULAR" else padding
+
+    def mask_fn(mask):
+        for i, (w, s) in enumerate(zip(window_shape, strides)):
+            n = mask.shape[1 + i]
+            low = spatial.pad_amounts(n, w, s, placement)[0]
+            centres = (w - 1) // 2 - low + s * np.arange(spatial.output_size(n, w, s, placement))
+            mask = jnp.take(mask, centres, axis=1 + i)
+        return _reordered(mask, out_order)
+
+    return mask_fn
+
+
+def transposed_reach(filter_shape, strides, padding: str, out_order=None) -> Callable:
+    """``mask_fn`` of `ConvTranspose`: an output is masked when any masked input reaches it through
+    the filter, i.e. where the transposed convolution of the mask with a filter of ones is nonzero
+    (neural-tangents 0.6.5's rule; an output that no input reaches is not masked). CIRCULAR is
+    placed as SAME there, as neural-tangents does. Arguments as `window_centres`."""
+    placement = "SAME" if padding == "CIRCULAR" else padding
+    d = len(filter_shape)
+    channels_last = (0, d + 1) + tuple(range(1, d + 1))
+    numbers = lax.ConvDimensionNumbers(lhs_spec=channels_last, rhs_spec=(d + 1, d) + tuple(range(d)),
+                                       out_spec=channels_last)
+
+    def mask_fn(mask):
+        ones = jnp.ones(tuple(filter_shape) + (1, 1), jnp.float32)
+        reach = lax.conv_transpose(mask[..., None].astype(jnp.float32), ones, tuple(strides), placement,
+                                   dimension_numbers=numbers)
+        return _reordered(reach[..., 0] > 0.5, out_order)  # counts of masked inputs: exact small integers
+
+    return mask_fn
+
+
+def _reordered(mask, out_order):
+    if out_order is None or tuple(out_order) == tuple(range(mask.ndim - 1)):
+        return mask
+    return jnp.transpose(mask, (0,) + tuple(1 + i for i in out_order))
 
 
 @dataclasses.dataclass(frozen=True)
