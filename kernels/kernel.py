@@ -70,6 +70,10 @@ class Kernel:
         their branches: where neural-tangents' kernels have their spatial axes reversed (its
         ``is_reversed``). widekit's arrays never are; ``kernel_fn(...,
         neural_tangents_axis_order=True)`` reverses them on the way out (static).
+      axes: ``(batch_axis, channel_axis)`` of the finite layer's outputs when they are not batch first and
+        channels last (a layer given neural-tangents' ``batch_axis``, ``channel_axis`` or
+        ``dimension_numbers``: `kernels.stax.layout`); ``None`` for that canonical layout. The arrays
+        are the same either way: positions in the outputs' order (static).
       selves: during a block-by-block evaluation, the self covariances recorded for the
         leaf layers and where this kernel stands in the network (`kernels.stax.blocks.Selves`);
         ``None`` otherwise. Rules pass it on with `replace` and never read it.
@@ -93,19 +97,27 @@ class Kernel:
     x1_is_x2: bool = dataclasses.field(metadata=dict(static=True), default=False)
     is_reversed: bool = dataclasses.field(metadata=dict(static=True), default=False)
     odd_convolutions: bool = dataclasses.field(metadata=dict(static=True), default=False)
+    axes: Optional[tuple] = dataclasses.field(metadata=dict(static=True), default=None)
 
     def replace(self, **changes) -> "Kernel":
         return dataclasses.replace(self, **changes)
 
     @property
     def shape1(self) -> tuple:
-        """The shape of the finite layer's outputs on the first batch, ``(N1, *spatial, channels)``."""
-        return (self.nngp.shape[0],) + self._spatial() + (self.channels,)
+        """The shape of the finite layer's outputs on the first batch, ``(N1, *spatial, channels)`` (in `axes`' layout)."""
+        return self._shape(self.nngp.shape[0])
 
     @property
     def shape2(self) -> tuple:
-        """The shape of the finite layer's outputs on the second batch, ``(N2, *spatial, channels)``."""
-        return (self.nngp.shape[1],) + self._spatial() + (self.channels,)
+        """The shape of the finite layer's outputs on the second batch, ``(N2, *spatial, channels)`` (in `axes`' layout)."""
+        return self._shape(self.nngp.shape[1])
+
+    def _shape(self, n: int) -> tuple:
+        if self.axes is None:
+            return (n,) + self._spatial() + (self.channels,)
+        spatial = iter(self._spatial())
+        return tuple(n if i == self.axes[0] else self.channels if i == self.axes[1] else next(spatial)
+                     for i in range(self.spatial_ndim + 2))
 
     def _spatial(self) -> tuple:
         return tuple(self.nngp.shape[2::2]) if self.full else tuple(self.nngp.shape[2:])
@@ -114,7 +126,11 @@ class Kernel:
     # layout fixes them: each example's own covariance, batch first, channels last, computed (not an input).
     diagonal_batch = True
     is_input = False
-    batch_axis = 0
+
+    @property
+    def batch_axis(self) -> int:
+        """The batch axis of the finite layer's outputs (neural-tangents' field of that name)."""
+        return 0 if self.axes is None else self.axes[0]
 
     @property
     def diagonal_spatial(self) -> bool:
@@ -123,7 +139,8 @@ class Kernel:
 
     @property
     def channel_axis(self) -> int:
-        return self.nngp.ndim // 2 if self.full else self.nngp.ndim - 1
+        """The channel axis of the finite layer's outputs (neural-tangents' field of that name)."""
+        return self.spatial_ndim + 1 if self.axes is None else self.axes[1]
 
     @property
     def spatial_ndim(self) -> int:

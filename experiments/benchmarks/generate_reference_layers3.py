@@ -118,9 +118,10 @@ def _finite_cases():
     }
 
 
-def finite_case(name, spec, x1_shape):
+def finite_case(name, spec, x1_shape, build=None):
+    """``{"NAME/key": array}`` of one finite case; ``build``: spec -> network (default ``reference``'s)."""
     x1 = reference._inputs(name + "/x1", x1_shape)
-    init_fn, apply_fn, _ = reference.network_from_spec(spec)
+    init_fn, apply_fn, _ = (build or reference.network_from_spec)(spec)
     out_shape, params = init_fn(jax.random.PRNGKey(0), x1_shape)
     out = np.asarray(apply_fn(params, x1), np.float64)
     if tuple(out.shape) != tuple(out_shape):

@@ -52,11 +52,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kernels.checks import argument_error, default_layout, finite_real, positive_int
+from kernels.checks import argument_error, finite_real, positive_int
 from kernels.kernel import HIGHEST, Kernel
 from kernels.stax.attention_sampled import logit_draws, sampled_kernels, sampling_arguments
 from kernels.stax import masking
 from kernels.stax.layer import Requires, describe, leaf, needs_pairs
+from kernels.stax.layout import in_layout
 
 MECHANISMS = ("SOFTMAX", "IDENTITY", "ABS", "RELU")
 POSITIONAL_EMBEDDINGS = ("NONE", "SUM", "CONCAT")
@@ -237,7 +238,9 @@ def GlobalSelfAttention(n_chan_out: int, n_chan_key: int, n_chan_val: int, n_hea
     _check_embedding_arguments(name, pos_emb_type, dict(
         pos_emb_p_norm=pos_emb_p_norm, pos_emb_decay_fn=pos_emb_decay_fn, n_chan_pos_emb=n_chan_pos_emb,
         W_pos_emb_std=W_pos_emb_std, val_pos_emb=val_pos_emb))
-    default_layout(name, batch_axis=(batch_axis, 0), channel_axis=(channel_axis, -1))
+    if pos_emb_type != "NONE" and (batch_axis, channel_axis) != (0, -1):  # embeddings are drawn (1, *S, C_E)
+        raise argument_error(name, "batch_axis" if batch_axis != 0 else "channel_axis", "its default (batch first, "
+                             "channels last) with positional embeddings", batch_axis if batch_axis != 0 else channel_axis)
     for argument, value in dict(n_chan_out=n_chan_out, n_chan_key=n_chan_key, n_chan_val=n_chan_val,
                                 n_heads=n_heads).items():
         positive_int(name, argument, value)
@@ -392,5 +395,6 @@ def GlobalSelfAttention(n_chan_out: int, n_chan_key: int, n_chan_val: int, n_hea
         return k.replace(**{f: unflat(a) for f, a in new.items()}, channels=n_chan_out,
                          is_gaussian=True, own_weights=True).with_zero_means()  # W_out has mean zero
 
-    return leaf(name, init_fn, apply_fn, rule, needs_pairs, Requires(spatial=True),
-                masks=masking.Masking(apply_takes_mask=True))
+    return in_layout(name, batch_axis, channel_axis, leaf(name, init_fn, apply_fn, rule, needs_pairs,
+                                                          Requires(spatial=True),
+                                                          masks=masking.Masking(apply_takes_mask=True)))

@@ -11,8 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from kernels.kernel import Kernel, majority_parity
-from kernels.stax.layer import (PASS_MASKS, KernelFn, Layer, any_requirement, describe, guarded_apply, keywords_for,
-                                keywords_of, leaf)
+from kernels.stax.layer import (PASS_MASKS, KernelFn, Layer, any_requirement, describe, guarded_apply, input_axes_of,
+                                keywords_for, keywords_of, leaf)
 
 
 def serial(*layers) -> Layer:
@@ -46,7 +46,7 @@ def serial(*layers) -> Layer:
 
     keywords = keywords_of(layers)
     return Layer(init_fn, guarded_apply(name, apply_fn, keywords, PASS_MASKS),
-                 KernelFn(name, rule, needs_full, keywords=keywords))
+                 KernelFn(name, rule, needs_full, keywords=keywords, input_axes=input_axes_of(layers)))
 
 
 def _split_rng(kwargs: dict, n: int) -> list:
@@ -98,7 +98,7 @@ def parallel(*layers) -> Layer:
 
     keywords = keywords_of(layers)
     return Layer(init_fn, guarded_apply(name, apply_fn, keywords, PASS_MASKS),
-                 KernelFn(name, rule, needs_full, keywords=keywords))
+                 KernelFn(name, rule, needs_full, keywords=keywords, input_axes=input_axes_of(layers)))
 
 
 def FanOut(num: int) -> Layer:

@@ -39,80 +39,9 @@ from kernels.checks import argument_error, positive_int
 from kernels.kernel import HIGHEST, Kernel, flip_parity
 from kernels.stax import masking
 from kernels.stax.layer import Requires, describe, leaf
+from kernels.stax.layout import ConvSpecs, with_layout
 from kernels.stax.linear import (_affine_rule, _check_affine, _check_padding, _check_parameterization,
                                  _circular_pad, _conv_geometry, _scales, _weights, _window_args)
-
-# Spatial letters of neural-tangents' default dimension numbers: the alphabet without N, C, I, O.
-_SPATIAL_LETTERS = "ABDEFGHJKLMPQRSTUVWXYZ"
-
-
-class _Layout:
-    """A layer's ``dimension_numbers``: where its filter and stride sizes go, how its output axes are ordered.
-
-    ``filter_shape`` and ``strides`` are given in the order of the filter's (``rhs_spec``'s) spatial
-    letters, as `jax.lax` reads them; the kernel works in the inputs' axis order (``lhs_spec``'s), and
-    its output's spatial axes come in ``out_spec``'s order.
-    """
-
-    def __init__(self, name: str, d: int, dimension_numbers):
-        if dimension_numbers is None:
-            if d > len(_SPATIAL_LETTERS):  # jax.lax names each spatial axis by a letter
-                raise argument_error(name, "filter_shape", f"at most {len(_SPATIAL_LETTERS)} spatial axes", d)
-            letters = _SPATIAL_LETTERS[:d]
-            dimension_numbers = ("N" + letters + "C", letters + "IO", "N" + letters + "C")
-        self.specs = _check_dimension_numbers(name, d, dimension_numbers)
-        lhs, rhs, out = self.specs
-        self.rhs_letters = [c for c in rhs if c not in "IO"]
-        self.lhs_letters = list(lhs[1:-1])
-        # out position j holds lhs position out_from_lhs[j]
-        self.out_from_lhs = tuple(self.lhs_letters.index(c) for c in out[1:-1])
-
-    def in_lhs_order(self, sizes) -> tuple:
-        """Per-axis sizes given in the filter's letter order, reordered to the inputs' axis order."""
-        return tuple(sizes[self.rhs_letters.index(c)] for c in self.lhs_letters)
-
-    def to_out_order(self, sizes) -> tuple:
-        """Per-axis values in the inputs' axis order, reordered to the outputs'."""
-        return tuple(sizes[i] for i in self.out_from_lhs)
-
-    def permute_positions(self, a, full: bool, d: int):
-        """``a``'s trailing position axes (``(..., *S, *S')`` or ``(..., *S)``) in the outputs' order."""
-        if self.out_from_lhs == tuple(range(d)):
-            return a
-        lead = a.ndim - (2 * d if full else d)
-        groups = [lead + i for i in self.out_from_lhs]
-        if full:
-            groups += [lead + d + i for i in self.out_from_lhs]
-        return jnp.transpose(a, tuple(range(lead)) + tuple(groups))
-
-
-def _check_dimension_numbers(name, d, dimension_numbers):
-    """``(lhs_spec, rhs_spec, out_spec)`` checked: lax's letter strings, inputs and outputs batch first and
-    channels last (the layout every other widekit layer's kernel assumes; a filter layout and an order of
-    the spatial axes are free)."""
-    expected = (f"None or a tuple of three strings (lhs_spec, rhs_spec, out_spec) of length {d + 2} "
-                "as jax.lax.conv_general_dilated reads them")
-    if not isinstance(dimension_numbers, (tuple, list)) or len(dimension_numbers) != 3 \
-            or not all(isinstance(s, str) and len(s) == d + 2 for s in dimension_numbers):
-        raise argument_error(name, "dimension_numbers", expected, dimension_numbers, TypeError)
-    lhs, rhs, out = dimension_numbers
-    spatial_letters = set(lhs) - set("NC")
-    well_formed = (all(len(set(s)) == len(s) for s in dimension_numbers)
-                   and {"N", "C"} <= set(lhs) and {"N", "C"} <= set(out) and {"I", "O"} <= set(rhs)
-                   and spatial_letters == set(out) - set("NC") == set(rhs) - set("IO")
-                   and not spatial_letters & set("NCIO"))
-    if not well_formed:
-        raise argument_error(name, "dimension_numbers", expected + " (N and C once in lhs_spec and out_spec, "
-                             "I and O once in rhs_spec, the same spatial letters in all three)",
-                             dimension_numbers)
-    for label, spec in (("lhs_spec", lhs), ("out_spec", out)):
-        if spec[0] != "N" or spec[-1] != "C":
-            raise argument_error(name, "dimension_numbers", f"a {label} with N first and C last (batch first, "
-                                 "channels last: the kernels of the layers around it assume that layout, so "
-                                 "another one would be computed as if it were this one); transpose the inputs "
-                                 "instead", dimension_numbers)
-    return tuple(dimension_numbers)
-
 
 class _Setup(NamedTuple):
     """A checked layer's arguments: ``filter_shape``/``strides`` in the filter's letter order (as given),
@@ -122,7 +51,7 @@ class _Setup(NamedTuple):
     filter_shape: tuple
     strides: tuple
     padding: str
-    layout: _Layout
+    layout: ConvSpecs
     s_in: int
     width: int
     filter_lhs: tuple
@@ -153,7 +82,7 @@ def _arguments(layer_name, out_chan, filter_shape, strides, padding, W_std, b_st
     if scaled and parameterization != "standard":
         raise argument_error(name, "s", "(1, 1) with parameterization='ntk' (width scalings belong to the "
                              "standard parameterization)", s)
-    layout = _Layout(name, len(filter_shape), dimension_numbers)
+    layout = ConvSpecs(name, len(filter_shape), dimension_numbers)
     return _Setup(name, filter_shape, strides, str(padding), layout, s_in, out_chan * s_out,  # Padding as its string
                   layout.in_lhs_order(filter_shape), layout.in_lhs_order(strides),
                   "VALID" if padding == "CIRCULAR" else str(padding))
@@ -227,8 +156,8 @@ def ConvTranspose(out_chan: int, filter_shape, strides=None, padding: str = "VAL
       W_std, b_std, parameterization, s: as in `Dense`; ``fan_in = C prod(filter_shape)``, as
         neural-tangents has it.
       dimension_numbers: ``None`` (channels last) or ``(lhs_spec, rhs_spec, out_spec)`` as `jax.lax`
-        reads them; inputs and outputs must be batch first and channels last, their spatial axes and the
-        filter's layout are free (the kernel's spatial axes follow ``out_spec``).
+        reads them, any layout of inputs, filters and outputs (`kernels.stax.layout`: the layer is the
+        one on ``(N, *S, C)`` inputs between transpositions; the kernel's spatial axes follow ``out_spec``).
 
     Kernel: ``K'[o, o'] = W^2 mean_t D[o + t, o' + t] + b^2`` with ``D`` the input covariance dilated by
     the strides and padded as the inputs are (Novak et al. 2019, eq. 7, on the dilated input).
@@ -238,9 +167,8 @@ def ConvTranspose(out_chan: int, filter_shape, strides=None, padding: str = "VAL
         parameterization, s)
     d, rhs_spec = len(filter_shape), layout.specs[1]
 
-    def out_spatial(input_shape):
-        return layout.to_out_order([_transpose_size(n, k, st, padding)
-                                    for n, k, st in zip(input_shape[1:-1], filter_lhs, strides_lhs)])
+    def out_spatial(input_shape):  # (N, *S, C) inputs here, and outputs in their spatial order
+        return [_transpose_size(n, k, st, padding) for n, k, st in zip(input_shape[1:-1], filter_lhs, strides_lhs)]
 
     def init_fn(rng, input_shape):
         _check_rank(name, input_shape, d)
@@ -254,25 +182,23 @@ def ConvTranspose(out_chan: int, filter_shape, strides=None, padding: str = "VAL
     def apply_fn(params, x, **kwargs):
         W, b = params
         w_scale, b_scale = _scales(x.shape[-1] * math.prod(filter_shape), W_std, b_std, parameterization)
-        out = lax.conv_transpose(x, W.astype(x.dtype), strides, apply_padding, dimension_numbers=layout.specs)
+        out = lax.conv_transpose(x, W.astype(x.dtype), strides, apply_padding, dimension_numbers=layout.canonical)
         if padding == "CIRCULAR":
-            sizes = layout.to_out_order(x.shape[1:-1])
-            for j, (n, k, st) in enumerate(zip(sizes, layout.to_out_order(filter_lhs),
-                                               layout.to_out_order(strides_lhs))):
+            for j, (n, k, st) in enumerate(zip(x.shape[1:-1], filter_lhs, strides_lhs)):
                 out = _along(out, 1 + j, _wrap_matrix(n, k, st))
         out = (w_scale / math.sqrt(s_in)) * out  # s_in is 1 in the ntk parameterization
         return out if b is None else out + b_scale * b
 
     def rule(k: Kernel) -> Kernel:
         def mix(a):
-            a = _transpose_positions(a, k.full, d, k.spatial_shape, filter_lhs, strides_lhs, padding)
-            return layout.permute_positions(a, k.full, d)
+            return _transpose_positions(a, k.full, d, k.spatial_shape, filter_lhs, strides_lhs, padding)
         return flip_parity(_affine_rule(k, mix, k.channels * math.prod(filter_shape) / s_in, W_std, b_std,
                                         parameterization, width))
 
     # An output is masked where any masked input reaches it (masking.transposed_reach).
-    return leaf(name, init_fn, apply_fn, rule, requires=Requires(spatial_ndim=d), masks=masking.Masking(
-        masking.transposed_reach(filter_lhs, strides_lhs, padding, layout.out_from_lhs)))
+    return with_layout(layout.layout, lambda perm: leaf(
+        name, init_fn, apply_fn, rule, requires=Requires(spatial_ndim=d),
+        masks=masking.Masking(masking.transposed_reach(filter_lhs, strides_lhs, padding))))
 
 
 def _equal_positions(a, d: int):
@@ -298,7 +224,7 @@ def ConvLocal(out_chan: int, filter_shape, strides=None, padding: str = "VALID",
     Args: as `ConvTranspose`; ``padding`` is ``"VALID"``, ``"SAME"`` or ``"CIRCULAR"`` as in `Conv`.
     Parameters, as neural-tangents draws them: weights ``(*out_spatial, C prod(filter_shape), out)`` in
     ``rhs_spec``'s order (the input window flattened channel first, as `jax.lax` orders it) and biases
-    ``(*out_spatial, out)``.
+    ``(*out_spatial, out)`` in ``out_spec``'s order (without its unit batch axis).
 
     Kernel (Novak et al. 2019, LCN): ``K'[p, p] = W^2 mean_t K[s p + t, s p + t] + b^2``, the equal
     positions of `Conv`'s, and ``K'[p, p'] = 0`` for ``p != p'``; the NTK likewise.
@@ -322,13 +248,20 @@ def ConvLocal(out_chan: int, filter_shape, strides=None, padding: str = "VALID",
         fan_in = input_shape[-1] * math.prod(filter_shape)
         shape = tuple(width if c == "O" else fan_in if c == "I" else sizes[layout.lhs_letters.index(c)]
                       for c in rhs_spec)
-        out_sizes = layout.to_out_order(sizes)
         W, _ = _weights(rng, shape, fan_in / s_in, W_std, None, width, parameterization)
         b = None
         if b_std is not None:  # one bias per output position, from the key _weights gives biases
-            b = jax.random.normal(jax.random.split(rng)[1], tuple(out_sizes) + (width,), W.dtype)
+            b = jax.random.normal(jax.random.split(rng)[1], bias_shape(sizes), W.dtype)
             b = b * b_std if parameterization == "standard" else b
-        return (input_shape[0], *out_sizes, width), (W, b)
+        return (input_shape[0], *sizes, width), (W, b)
+
+    out_letters = [c for c in layout.specs[2] if c != "N"]  # the biases' axes, as neural-tangents has them
+
+    def bias_shape(sizes):
+        return tuple(width if c == "C" else sizes[layout.lhs_letters.index(c)] for c in out_letters)
+
+    # biases -> (*S, C) in the inputs' spatial order (the canonical layer's outputs)
+    bias_perm = tuple(out_letters.index(c) for c in layout.lhs_letters + ["C"])
 
     def apply_fn(params, x, **kwargs):
         W, b = params
@@ -336,9 +269,9 @@ def ConvLocal(out_chan: int, filter_shape, strides=None, padding: str = "VALID",
         if padding == "CIRCULAR":
             x = _circular_pad(x, filter_lhs, strides_lhs)
         out = lax.conv_general_dilated_local(x, W.astype(x.dtype), strides, apply_padding, filter_shape,
-                                             dimension_numbers=layout.specs, precision=HIGHEST)
+                                             dimension_numbers=layout.canonical, precision=HIGHEST)
         out = (w_scale / math.sqrt(s_in)) * out
-        return out if b is None else out + b_scale * b
+        return out if b is None else out + b_scale * jnp.transpose(b, bias_perm)
 
     def rule(k: Kernel) -> Kernel:
         _conv_geometry(name, k, filter_lhs, strides_lhs, padding)
@@ -347,12 +280,12 @@ def ConvLocal(out_chan: int, filter_shape, strides=None, padding: str = "VALID",
                            k.channels * math.prod(filter_shape) / s_in, W_std, b_std, parameterization, width)
         if k.full:
             out = out.map_all(lambda a: _diagonal_pairs(a, d)).replace(full=True)
-        out = out.map_all(lambda a: layout.permute_positions(a, k.full, d))
-        return out.map_means(lambda m: layout.permute_positions(m, False, d))
+        return out
 
     # An output is masked where its window's centre is (masking.window_centres).
-    return leaf(name, init_fn, apply_fn, rule, requires=Requires(spatial_ndim=d), masks=masking.Masking(
-        masking.window_centres(filter_lhs, strides_lhs, padding, layout.out_from_lhs)))
+    return with_layout(layout.layout, lambda perm: leaf(
+        name, init_fn, apply_fn, rule, requires=Requires(spatial_ndim=d),
+        masks=masking.Masking(masking.window_centres(filter_lhs, strides_lhs, padding))))
 
 
 def _check_rank(name, input_shape, d):

@@ -22,12 +22,13 @@ import numpy as np
 from jax import lax
 
 from kernels import duals
-from kernels.checks import argument_error, default_layout, finite_real
+from kernels.checks import argument_error, finite_real
 from kernels.kernel import Kernel
 from kernels.stax.attention import _mechanism
 from kernels.stax.elementwise import _activation, activation_rule
 from kernels.stax.layer import (Requires, describe, keep_requirement, leaf, needs_pairs,
                                 spatial_description)
+from kernels.stax.layout import Layout, axes_perm, canonical_shape, check_axis_argument, with_layout
 
 
 # ----------------------------------------------------------------------------- enums
@@ -294,11 +295,30 @@ def Index(idx, batch_axis: int = 0, channel_axis: int = -1):
     network without it, which is how to compute it here.
 
     Args:
-      idx: an int, a slice, an Ellipsis or a tuple of them, e.g. ``stax.Slice[:, 1:5, ::2]``.
+      idx: an int, a slice, an Ellipsis or a tuple of them, e.g. ``stax.Slice[:, 1:5, ::2]``, indexing the
+        inputs' axes as they come.
+      batch_axis, channel_axis: where the inputs keep their examples and channels (`kernels.stax.layout`).
     """
     name = describe("Index", idx=idx)
-    default_layout(name, batch_axis=(batch_axis, 0), channel_axis=(channel_axis, -1))
     items = _check_index(name, idx)
+    declared = (check_axis_argument(name, "batch_axis", batch_axis),
+                check_axis_argument(name, "channel_axis", channel_axis))
+
+    def canonical(perm):  # idx for the canonical (N, *S, C) inputs
+        full = _canonical_index(name, items, len(perm))
+        return tuple(full[p] for p in perm)
+
+    def outputs(perm):  # the kept axes, in the order the inputs have them
+        full = _canonical_index(name, items, len(perm))
+        kept = [a for a in range(len(perm)) if not isinstance(full[a], (int, np.integer))]
+        return tuple(kept.index(p) for p in perm if p in kept)
+
+    return with_layout(Layout(*declared, outputs),
+                       lambda perm: _index(name, items if perm is None else canonical(perm)))
+
+
+def _index(name, items):
+    """`Index` of canonical inputs ``(N, *S, C)`` by ``items``."""
 
     def init_fn(rng, input_shape):
         return _indexed_shape(name, input_shape, items), ()
@@ -343,14 +363,16 @@ def ImageResize(shape, method, antialias: bool = True, precision=lax.Precision.H
     layer needs; the other methods mix positions, so need position pairs.
 
     Args:
-      shape: the output shape, ``(N, *S, C)``; ``-1`` leaves an axis as it is. ``kernel_fn``
-        needs ``-1`` for the batch and channel axes.
+      shape: the output shape, ``(N, *S, C)`` (in the inputs' layout); ``-1`` leaves an axis as it is.
+        ``kernel_fn`` needs ``-1`` for the batch and channel axes.
       method: a ``jax.image.ResizeMethod`` or its name (``"linear"``, ``"nearest"``, ``"cubic"``,
         ``"lanczos3"``, ``"lanczos5"``).
       antialias, precision: as ``jax.image.resize``.
+      batch_axis, channel_axis: where the inputs keep their examples and channels (`kernels.stax.layout`).
     """
     name = describe("ImageResize", shape=shape, method=method, antialias=antialias)
-    default_layout(name, batch_axis=(batch_axis, 0), channel_axis=(channel_axis, -1))
+    declared = (check_axis_argument(name, "batch_axis", batch_axis),
+                check_axis_argument(name, "channel_axis", channel_axis))
     try:
         shape = tuple(shape)
     except TypeError:
@@ -365,6 +387,13 @@ def ImageResize(shape, method, antialias: bool = True, precision=lax.Precision.H
                              "'cubic', 'lanczos3', 'lanczos5')", method) from None
     if not isinstance(antialias, (bool, np.bool_)):
         raise argument_error(name, "antialias", "True or False", antialias, TypeError)
+    # shape has one entry per axis of the inputs: the layout, and so shape in canonical order, is known now
+    shape = canonical_shape(shape, axes_perm(name, len(shape), *declared))
+    return with_layout(Layout(*declared), lambda perm: _image_resize(name, shape, resize_method, antialias, precision))
+
+
+def _image_resize(name, shape, resize_method, antialias, precision):
+    """`ImageResize` of canonical inputs ``(N, *S, C)`` to ``shape`` (canonical order)."""
     nearest = resize_method == jax.image.ResizeMethod.NEAREST
     resizes_space = any(s != -1 for s in shape[1:-1])
 

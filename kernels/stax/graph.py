@@ -27,6 +27,7 @@ from kernels.checks import argument_error, default_layout
 from kernels.kernel import HIGHEST, Kernel
 from kernels.stax.extra import AggregateImplementation
 from kernels.stax.layer import describe, keep_requirement, leaf, needs_pairs, spatial_description
+from kernels.stax.layout import in_layout
 
 __all__ = ["Aggregate", "DotGeneral", "linear_kernel"]
 
@@ -191,7 +192,9 @@ def DotGeneral(*, lhs=None, rhs=None, dimension_numbers=(((), ()), ((), ())), pr
         return linear_kernel(k, m, m)
 
     scalar = constant is None or np.ndim(constant) == 0  # a scalar has no axes to contract
-    return leaf(name, init_fn, apply_fn, rule, keep_requirement if scalar else needs_pairs)
+    # in_layout: refuses inputs that an earlier layer left in another layout (kernels.stax.layout)
+    return in_layout(name, batch_axis, channel_axis, leaf(name, init_fn, apply_fn, rule,
+                                                          keep_requirement if scalar else needs_pairs))
 
 
 def _axis_after_dot(ndim: int, other_ndim: int, numbers: tuple, is_lhs: bool) -> tuple:
@@ -328,8 +331,8 @@ def Aggregate(aggregate_axis=None, batch_axis: int = 0, channel_axis: int = -1,
         map2 = map1 if k.pattern2 is None else vertex_map(k.pattern2, k.nngp.shape[1:2] + k.spatial_shape + (1,))
         return linear_kernel(k, lambda z: map1(z, HIGHEST), lambda z: map2(z, HIGHEST))
 
-    return leaf(name, lambda rng, input_shape: (tuple(input_shape), ()), apply_fn, rule, needs_pairs,
-                keywords=("pattern",))
+    return in_layout(name, batch_axis, channel_axis, leaf(name, lambda rng, input_shape: (tuple(input_shape), ()),
+                                                          apply_fn, rule, needs_pairs, keywords=("pattern",)))
 
 
 def _edges(name: str, pattern, n: int, k: int) -> tuple:

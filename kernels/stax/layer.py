@@ -69,6 +69,9 @@ class KernelFn:
       keywords: the keywords beyond `APPLY_KEYWORDS` that ``apply_fn`` and ``kernel_fn`` take
         because some layer of the network needs them (``("pattern",)`` with an `Aggregate`);
         a network without such a layer refuses them by name.
+      input_axes: ``(batch_axis, channel_axis)`` that the first layer declaring a layout
+        (`kernels.stax.layout`) gives its inputs, which ``kernel_fn`` reads its inputs in (as
+        neural-tangents does); ``None`` where no layer declares one (batch first, channels last).
     """
 
     name: str
@@ -76,9 +79,11 @@ class KernelFn:
     needs_full: Callable[[Requirement], Requirement] = keep_requirement
     requires: "Requires" = None
     keywords: tuple = ()
+    input_axes: Optional[tuple] = None
 
     def __call__(self, x1, x2=None, get=None, *, block_size=None, diagonal_batch=True, diagonal_spatial=False,
-                 mask_constant=None, pattern=None, neural_tangents_axis_order=False, **kwargs):
+                 mask_constant=None, pattern=None, neural_tangents_axis_order=False, batch_axis=None,
+                 channel_axis=None, **kwargs):
         """Kernels of the network's outputs on ``x1`` and ``x2``.
 
         Args:
@@ -118,6 +123,11 @@ class KernelFn:
             (`Kernel.odd_convolutions`), its spatial axes are reversed, ``(N1, N2, W, W', H, H')``;
             code that indexes neural-tangents' arrays then ports unchanged. ``False`` (default):
             always the inputs' order, ``(N1, N2, H, H', W, W')``.
+          batch_axis, channel_axis: where ``x1`` and ``x2`` keep their examples and channels; ``None``
+            (default): where the network's first layer with a layout argument (``batch_axis``,
+            ``channel_axis``, ``Conv``'s ``dimension_numbers``) wants them, else batch first and
+            channels last, as neural-tangents reads them. The kernel's arrays are batch first and keep
+            the positions in the inputs' order either way.
 
         Returns:
           Arrays ``(N1, N2)`` for a flat output; spatial outputs keep position pairs
@@ -143,8 +153,12 @@ class KernelFn:
             if mask_constant is not None:
                 raise argument_error(where, "mask_constant", "None when x1 is a Kernel (its masks, if any, "
                                      "travel in the Kernel)", mask_constant)
+            for argument, value in (("batch_axis", batch_axis), ("channel_axis", channel_axis)):
+                if value is not None:
+                    raise argument_error(where, argument, "None when x1 is a Kernel (it records its layout)", value)
             return self._on_kernel(where, x1, x2, request, arrays, block_size, diagonal_spatial, pattern,
                                    neural_tangents_axis_order)
+        x1, x2, axes = _canonical_inputs(where, self.input_axes, x1, x2, batch_axis, channel_axis)
         x1, x2, masks = _check_inputs(x1, x2, mask_constant)
         patterns = check_pattern_keyword(where, self.keywords, pattern, x1, x2, block_size)
         if masks is not None and block_size not in (None, 0):
@@ -157,8 +171,8 @@ class KernelFn:
         b = 0 if patterns is not None or masks is not None else \
             blocks.plan(x1.shape[0], n2, blocks.pair_elements(x1, full), block_size, jax.default_backend())
         out = self._evaluate(x1.astype(_compute_dtype(dtype)), None if x2 is None else x2.astype(_compute_dtype(dtype)),
-                             full, arrays, b, patterns, masks)
-        _check_finite_output(self, x1, x2, full, arrays, out)
+                             full, arrays, b, patterns, masks, axes)
+        _check_finite_output(self, x1, x2, full, arrays, out, axes)
 
         def result(path, k):
             k = _narrow(self.name + branch_label(path), k, arrays, dtype)
@@ -166,20 +180,22 @@ class KernelFn:
             return request.pack({n: getattr(k, n) for n in request.names}, whole=k)
         return map_branches(result, out)
 
-    def _forward(self, x1, x2, full: bool, names: tuple, b: int, patterns=None, masks=None):
+    def _forward(self, x1, x2, full: bool, names: tuple, b: int, patterns=None, masks=None, axes=None):
         """The `Kernel` of the network's output, or a list of them for a network ending in branches.
 
         ``masks``: ``(mask1, mask2)`` position masks of ``x1``, ``x2`` (already zeroed there), or ``None``.
+        ``axes``: `Kernel.axes` of the inputs (``x1``, ``x2`` are already transposed batch first, channels last).
         """
+        rule = _with_input_axes(self.rule, axes)
         if b:  # already in neural-tangents' layout, the one kernels.tiling mirrors in
-            out = blocks.evaluate(self.rule, x1, x2, full, b)
+            out = blocks.evaluate(rule, x1, x2, full, b)
         else:
             k = input_kernel(x1, x2, full)
             if patterns is not None:
                 k = k.replace(pattern1=patterns[0], pattern2=patterns[1])
             if masks is not None:
                 k = k.replace(mask1=masks[0], mask2=masks[1])
-            out = self.rule(k)
+            out = rule(k)
 
         return map_branches(lambda path, k: _public(k, names, x2 is None, interleave=not b), out)
 
@@ -217,7 +233,7 @@ class KernelFn:
 
     @functools.cached_property
     def _evaluate(self):
-        return jax.jit(self._forward, static_argnames=("full", "names", "b"))
+        return jax.jit(self._forward, static_argnames=("full", "names", "b", "axes"))
 
 
 def _public(k: Kernel, names: tuple, x1_is_x2: bool, interleave: bool) -> Kernel:
@@ -329,7 +345,31 @@ def _check_inputs(x1, x2, mask_constant=None):
     return x1, x2, masks
 
 
-def _check_finite_output(kernel_fn: KernelFn, x1, x2, full, names, out):
+def _with_input_axes(rule: Callable, axes: Optional[tuple]) -> Callable:
+    """``rule`` applied to input kernels that record the inputs' layout ``axes`` (`Kernel.axes`)."""
+    return rule if axes is None else (lambda k: rule(k.replace(axes=axes)))
+
+
+def _canonical_inputs(where: str, declared: Optional[tuple], x1, x2, batch_axis, channel_axis):
+    """``(x1, x2, axes)``: the inputs transposed batch first and channels last from the layout the user
+    (``batch_axis``, ``channel_axis``) or else the network (``declared``) gives, and that layout as
+    `Kernel.axes` (``None``: already canonical). Positions keep their order."""
+    from kernels.stax import layout  # layout builds on this module's KernelFn
+    b, c = (0, -1) if declared is None else declared
+    b = b if batch_axis is None else layout.check_axis_argument(where, "batch_axis", batch_axis)
+    c = c if channel_axis is None else layout.check_axis_argument(where, "channel_axis", channel_axis)
+    if (b, c) == (0, -1):
+        return x1, x2, None
+    x1 = x1 if isinstance(x1, (jax.Array, np.ndarray)) else np.asarray(x1)
+    perm = layout.axes_perm(where, x1.ndim, b, c)
+    if x2 is not None:
+        x2 = x2 if isinstance(x2, (jax.Array, np.ndarray)) else np.asarray(x2)
+        if x2.ndim != x1.ndim:
+            raise ValueError(f"{where}: x1 and x2 must have the same rank; got x1 {x1.shape} and x2 {x2.shape}")
+    return x1.transpose(perm), None if x2 is None else x2.transpose(perm), layout.kernel_axes(perm)
+
+
+def _check_finite_output(kernel_fn: KernelFn, x1, x2, full, names, out, axes=None):
     """An error naming the layer that made the first NaN or infinite value of ``out`` (every branch's)."""
     present = [(path, n, getattr(k, n)) for path, k in branch_items(out) for n in names if getattr(k, n) is not None]
     if not all(_is_concrete(a) for _, _, a in present):
@@ -349,7 +389,7 @@ def _check_finite_output(kernel_fn: KernelFn, x1, x2, full, names, out):
         a, b = (x1 if name == "cov1" else other)[index[0]:index[0] + 1], None
     _Diagnosis.active = True
     try:
-        kernel_fn.rule(input_kernel(a, b, full))
+        _with_input_axes(kernel_fn.rule, axes)(input_kernel(a, b, full))
     finally:
         _Diagnosis.active = False
     raise FloatingPointError(f"{kernel_fn.name}: the kernel contains NaN or infinite values "
@@ -470,6 +510,11 @@ def check_apply_keywords(name: str, kwargs: dict, keywords: tuple = ()) -> None:
         raise TypeError(f"{name}: apply_fn: unexpected keyword argument pattern: it is the graph of an Aggregate "
                         "layer, and this network has none")
     reject_unexpected(f"{name}: apply_fn", unexpected, ("params", "inputs") + accepted)
+
+
+def input_axes_of(layers) -> Optional[tuple]:
+    """`KernelFn.input_axes` of a network of ``layers``: those of the first that declares any (neural-tangents)."""
+    return next((layer.kernel_fn.input_axes for layer in layers if layer.kernel_fn.input_axes is not None), None)
 
 
 def keywords_of(layers) -> tuple:

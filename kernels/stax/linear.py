@@ -16,11 +16,13 @@ import jax.numpy as jnp
 from jax import lax
 
 from kernels import spatial
-from kernels.checks import argument_error, default_layout, finite_real, positive_int
+from kernels.checks import argument_error, finite_real, positive_int
 from kernels.kernel import Kernel, flip_parity, position_variances
 from kernels.stax import masking
 from kernels.stax.layer import (Requires, describe, keep_requirement, leaf, needs_diagonal, needs_pairs,
                                 spatial_description)
+from kernels.stax.layout import (DEFAULT, ConvSpecs, Layout, check_axis_argument, in_layout, pooled_axes,
+                                 with_layout)
 
 PARAMETERIZATIONS = ("ntk", "standard")
 # Dense only: Yang & Hu 2021's abc-parametrizations, whose infinite-width limit may learn features.
@@ -179,7 +181,6 @@ def Dense(out_dim: int, W_std: float = 1., b_std=None, batch_axis: int = 0, chan
                     **(dict(abc=abc) if abc is not None else {}))
     _check_parameterization(name, parameterization, PARAMETERIZATIONS + FEATURE_LEARNING_PARAMETERIZATIONS)
     _check_affine(name, out_dim, W_std, b_std)
-    default_layout(name, batch_axis=(batch_axis, 0), channel_axis=(channel_axis, -1))
     if not isinstance(s, (tuple, list)) or len(s) != 2:
         raise argument_error(name, "s", "a pair of positive ints (s_in, s_out)", s, TypeError)
     s_in, s_out = (positive_int(name, "s", v) for v in s)
@@ -187,8 +188,9 @@ def Dense(out_dim: int, W_std: float = 1., b_std=None, batch_axis: int = 0, chan
     if scaled and parameterization != "standard":
         raise argument_error(name, "s", "(1, 1) with parameterization='ntk' (width scalings belong to the "
                              "standard parameterization)", s)
-    if exponents is not None:
-        return _abc_dense(name, parameterization, out_dim, W_std, b_std, role, *exponents)
+    if exponents is not None:  # acting on the channel axis wherever the inputs keep it (kernels.stax.layout)
+        return in_layout(name, batch_axis, channel_axis,
+                         _abc_dense(name, parameterization, out_dim, W_std, b_std, role, *exponents))
     width = out_dim * s_out
 
     def init_fn(rng, input_shape):
@@ -205,7 +207,7 @@ def Dense(out_dim: int, W_std: float = 1., b_std=None, batch_axis: int = 0, chan
     def rule(k: Kernel) -> Kernel:
         return _affine_rule(k, lambda a: a, k.channels / s_in, W_std, b_std, parameterization, width)
 
-    return leaf(name, init_fn, apply_fn, rule, masks=masking.POINTWISE)
+    return in_layout(name, batch_axis, channel_axis, leaf(name, init_fn, apply_fn, rule, masks=masking.POINTWISE))
 
 
 def _abc_dense(name, parameterization, out_dim, W_std, b_std, role, a, b):
@@ -277,6 +279,11 @@ def Conv(out_chan: int, filter_shape, strides=None, padding: str = "VALID", W_st
       strides: defaults to ones.
       padding: ``"VALID"``, ``"SAME"`` or ``"CIRCULAR"`` (periodic).
       W_std, b_std, parameterization: as in `Dense`; ``fan_in = C * prod(filter_shape)``.
+      dimension_numbers: ``None`` (``(N, *S, C)`` inputs and outputs, filters ``(*F, C_in, C_out)``) or
+        ``(lhs_spec, rhs_spec, out_spec)`` as `jax.lax` reads them, e.g. ``("NCHW", "OIHW", "NCHW")``:
+        ``filter_shape`` and ``strides`` then follow ``rhs_spec``'s spatial letters, the weights have
+        ``rhs_spec``'s shape, outputs ``out_spec``'s layout (`kernels.stax.layout`: the layer is the
+        channels-last one between transpositions; the kernel's positions follow ``out_spec``).
 
     Kernel: ``K'[p, p'] = W^2 mean_t K[s p + t, s p' + t] + b^2`` (Novak et al. 2019, eq. 7).
     """
@@ -284,14 +291,16 @@ def Conv(out_chan: int, filter_shape, strides=None, padding: str = "VALID", W_st
         raise argument_error("Conv", "filter_shape", "a tuple of positive ints, one per spatial axis",
                              filter_shape, TypeError)
     name = describe("Conv", out_chan=out_chan, filter_shape=tuple(filter_shape), strides=strides,
-                    padding=padding, W_std=W_std, b_std=b_std, parameterization=parameterization)
+                    padding=padding, W_std=W_std, b_std=b_std, parameterization=parameterization,
+                    **(dict(dimension_numbers=dimension_numbers) if dimension_numbers is not None else {}))
     _check_padding(name, padding)
     _check_parameterization(name, parameterization)
     _check_affine(name, out_chan, W_std, b_std)
     filter_shape, strides = _window_args(name, filter_shape, strides, (1,) * len(filter_shape))
-    if dimension_numbers is not None:
-        raise ValueError(f"{name}: only channels-last inputs (dimension_numbers=None) are supported")
-    d = len(filter_shape)
+    d, filter_rhs = len(filter_shape), filter_shape
+    specs = None if dimension_numbers is None else ConvSpecs(name, d, dimension_numbers)
+    if specs is not None:  # the canonical layer below works in the inputs' spatial order
+        filter_shape, strides = specs.in_lhs_order(filter_shape), specs.in_lhs_order(strides)
     # Any number of spatial axes: inputs (N, *S, C), filters (*F, C_in, C_out), as axis indices
     # (lax's letter strings stop at three spatial axes).
     numbers = lax.ConvDimensionNumbers(lhs_spec=(0, d + 1) + tuple(range(1, d + 1)),
@@ -302,8 +311,9 @@ def Conv(out_chan: int, filter_shape, strides=None, padding: str = "VALID", W_st
         if len(input_shape) != d + 2:
             raise ValueError(f"{name}: expects inputs of rank {d + 2}, got shape {tuple(input_shape)}")
         fan_in = input_shape[-1] * math.prod(filter_shape)
-        params = _weights(rng, filter_shape + (input_shape[-1], out_chan), fan_in, W_std, b_std, out_chan,
-                          parameterization)
+        shape = filter_shape + (input_shape[-1], out_chan) if specs is None \
+            else specs.weight_shape(filter_rhs, input_shape[-1], out_chan)  # drawn as neural-tangents does
+        params = _weights(rng, shape, fan_in, W_std, b_std, out_chan, parameterization)
         out_spatial = [spatial.output_size(s, f, st, padding)
                        for s, f, st in zip(input_shape[1:-1], filter_shape, strides)]
         return (input_shape[0], *out_spatial, out_chan), params
@@ -314,6 +324,7 @@ def Conv(out_chan: int, filter_shape, strides=None, padding: str = "VALID", W_st
         if padding == "CIRCULAR":
             x, pad = _circular_pad(x, filter_shape, strides), "VALID"
         w_scale, b_scale = _scales(x.shape[-1] * math.prod(filter_shape), W_std, b_std, parameterization)
+        W = W if specs is None else jnp.transpose(W, specs.weight_perm)
         out = lax.conv_general_dilated(x, W.astype(x.dtype), strides, pad, dimension_numbers=numbers)
         out = w_scale * out
         return out if b is None else out + b_scale * b
@@ -326,8 +337,9 @@ def Conv(out_chan: int, filter_shape, strides=None, padding: str = "VALID", W_st
                                         fan_in, W_std, b_std, parameterization, out_chan))
 
     # Masked inputs enter as zeros; an output is masked where its window's centre is (masking.window_centres).
-    return leaf(name, init_fn, apply_fn, rule, requires=Requires(spatial_ndim=d),
-                masks=masking.Masking(masking.window_centres(filter_shape, strides, padding)))
+    return with_layout(DEFAULT if specs is None else specs.layout, lambda perm: leaf(
+        name, init_fn, apply_fn, rule, requires=Requires(spatial_ndim=d),
+        masks=masking.Masking(masking.window_centres(filter_shape, strides, padding))))
 
 
 def _pool(layer_name, window_shape, strides, padding, normalize_edges, average):
@@ -379,14 +391,14 @@ def AvgPool(window_shape, strides=None, padding: str = "VALID", normalize_edges:
     With ``normalize_edges`` and SAME padding, windows at the edge divide by the
     number of real (unpadded) entries. Kernel: Novak et al. 2019, §3.2.
     """
-    default_layout("AvgPool", batch_axis=(batch_axis, 0), channel_axis=(channel_axis, -1))
-    return _pool("AvgPool", window_shape, strides, padding, normalize_edges, average=True)
+    return in_layout("AvgPool", batch_axis, channel_axis,
+                     _pool("AvgPool", window_shape, strides, padding, normalize_edges, average=True))
 
 
 def SumPool(window_shape, strides=None, padding: str = "VALID", batch_axis: int = 0, channel_axis: int = -1):
     """Local sum pooling; ``strides=None`` means strides of one."""
-    default_layout("SumPool", batch_axis=(batch_axis, 0), channel_axis=(channel_axis, -1))
-    return _pool("SumPool", window_shape, strides, padding, False, average=False)
+    return in_layout("SumPool", batch_axis, channel_axis, _pool("SumPool", window_shape, strides, padding, False,
+                                                                average=False))
 
 
 def _global_pool(layer_name, average):
@@ -427,14 +439,14 @@ def _sum_positions(m):
 
 def GlobalAvgPool(batch_axis: int = 0, channel_axis: int = -1):
     """Mean over all spatial positions: ``K' = mean_{p, p'} K[p, p']``."""
-    default_layout("GlobalAvgPool", batch_axis=(batch_axis, 0), channel_axis=(channel_axis, -1))
-    return _global_pool("GlobalAvgPool", average=True)
+    return in_layout("GlobalAvgPool", batch_axis, channel_axis, _global_pool("GlobalAvgPool", average=True),
+                     pooled_axes)
 
 
 def GlobalSumPool(batch_axis: int = 0, channel_axis: int = -1):
     """Sum over all spatial positions: ``K' = sum_{p, p'} K[p, p']``."""
-    default_layout("GlobalSumPool", batch_axis=(batch_axis, 0), channel_axis=(channel_axis, -1))
-    return _global_pool("GlobalSumPool", average=False)
+    return in_layout("GlobalSumPool", batch_axis, channel_axis, _global_pool("GlobalSumPool", average=False),
+                     pooled_axes)
 
 
 def Flatten(batch_axis: int = 0, batch_axis_out: int = 0):
@@ -443,9 +455,17 @@ def Flatten(batch_axis: int = 0, batch_axis_out: int = 0):
     Kernel: the mean over positions of equal-position covariances, since a
     following layer's weights are independent across positions (Novak et al. 2019,
     eq. 9) and its fan-in counts all positions: only equal positions are needed.
+
+    Args:
+      batch_axis: the inputs' batch axis; the other axes, channels among them wherever they are, are
+        flattened in their order (as neural-tangents does).
+      batch_axis_out: ``0`` (or ``-2``): outputs ``(N, F)``; ``1`` (or ``-1``): ``(F, N)``.
     """
     name = "Flatten()"
-    default_layout(name, batch_axis=(batch_axis, 0), batch_axis_out=(batch_axis_out, 0))
+    batch_axis = check_axis_argument(name, "batch_axis", batch_axis)
+    if isinstance(batch_axis_out, bool) or batch_axis_out not in (0, 1, -1, -2):
+        raise argument_error(name, "batch_axis_out", "0 or 1 (or -2, -1)", batch_axis_out)
+    out_perm = (0, 1) if batch_axis_out in (0, -2) else (1, 0)
 
     def init_fn(rng, input_shape):
         return (input_shape[0], math.prod(input_shape[1:])), ()
@@ -461,8 +481,10 @@ def Flatten(batch_axis: int = 0, batch_axis_out: int = 0):
         return flat.replace(full=False, channels=k.channels * math.prod(k.spatial_shape), is_gaussian=False)
 
     # Masked positions are zeros among the flat features: they count in the fan-in, as in
-    # neural-tangents' Flatten (it averages over every position).
-    return leaf(name, init_fn, apply_fn, rule, needs_diagonal, masks=masking.Masking(masking.all_positions))
+    # neural-tangents' Flatten (it averages over every position). Any axis but the batch axis may hold
+    # the channels (channel_axis=None).
+    return with_layout(Layout(batch_axis, None, lambda perm: out_perm), lambda perm: leaf(
+        name, init_fn, apply_fn, rule, needs_diagonal, masks=masking.Masking(masking.all_positions)))
 
 
 def Identity():
@@ -487,13 +509,25 @@ def LayerNorm(axis=-1, eps: float = 1e-12, batch_axis: int = 0, channel_axis: in
     are ``(m - M) / sqrt(v)`` per position, ``M`` the mean over ``axis`` (zero when ``axis``
     is the channel axis alone). ``axis`` must include the channel axis and not the batch
     axis. Refused after an `Elementwise` given only its ``nngp_fn`` (no closed-form mean).
+    ``axis``, ``batch_axis`` and ``channel_axis`` name axes of the inputs as they come
+    (`kernels.stax.layout`).
     """
     axes = (axis,) if isinstance(axis, int) else tuple(axis)
     name = describe("LayerNorm", axis=axis, eps=eps)
-    default_layout(name, batch_axis=(batch_axis, 0), channel_axis=(channel_axis, -1))
+    declared = Layout(check_axis_argument(name, "batch_axis", batch_axis),
+                      check_axis_argument(name, "channel_axis", channel_axis))
     eps_value = finite_real(name, "eps", eps)
     if not isinstance(eps_value, jax.core.Tracer) and eps_value < 0:
         raise ValueError(f"{name}: argument `eps` must be non-negative; received {eps!r}")
+
+    def canonical(perm):  # ``axis`` as axes of the canonical (N, *S, C) inputs; out of range ones left to refuse
+        n = None if perm is None else len(perm)
+        return axes if perm is None else tuple(perm.index(a % n) if -n <= a < n else a for a in axes)
+    return with_layout(declared, lambda perm: _layer_norm(name, canonical(perm), eps))
+
+
+def _layer_norm(name, axes, eps):
+    """`LayerNorm` over ``axes`` of canonical inputs ``(N, *S, C)``."""
 
     def init_fn(rng, input_shape):
         return input_shape, ()

@@ -310,11 +310,11 @@ BAD = [
     (lambda: stax.ExpNormalized(do_clip=1), "do_clip"),
     (lambda: stax.Index([1, 2]), "idx"), (lambda: stax.Index(stax.Slice[::0]), "idx"),
     (lambda: stax.Index(stax.Slice[..., 1, ...]), "idx"), (lambda: stax.Index(1.5), "idx"),
-    (lambda: stax.Index(stax.Slice[:], batch_axis=1), "batch_axis"),
+    (lambda: stax.Index(stax.Slice[:], batch_axis=None), "batch_axis"),
     (lambda: stax.ImageResize((-1, 0, 3, -1), "linear"), "shape"), (lambda: stax.ImageResize(5, "linear"), "shape"),
     (lambda: stax.ImageResize((-1, 4, 4, -1), "bicubicc"), "method"),
     (lambda: stax.ImageResize((-1, 4, 4, -1), "linear", antialias="yes"), "antialias"),
-    (lambda: stax.ImageResize((-1, 4, 4, -1), "linear", channel_axis=1), "channel_axis"),
+    (lambda: stax.ImageResize((-1, 4, 4, -1), "linear", channel_axis=4), "channel_axis"),
     (lambda: stax.Dense(4, s=(1, 2)), "s"), (lambda: stax.Dense(4, parameterization="standard", s=(0, 1)), "s"),
     (lambda: stax.Dense(4, parameterization="standard", s=2), "s"),
 ]

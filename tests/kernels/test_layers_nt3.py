@@ -252,8 +252,8 @@ BAD = [
     (lambda layer: layer(4, (2, 2), dimension_numbers="NHWC"), "dimension_numbers", TypeError),
     (lambda layer: layer(4, (2, 2), dimension_numbers=("NHWC", "HWIO", "NHW")), "dimension_numbers", TypeError),
     (lambda layer: layer(4, (2, 2), dimension_numbers=("NHWC", "HXIO", "NHWC")), "dimension_numbers", ValueError),
-    (lambda layer: layer(4, (2, 2), dimension_numbers=("NCHW", "OIHW", "NCHW")), "dimension_numbers", ValueError),
-    (lambda layer: layer(4, (2, 2), dimension_numbers=("NHWC", "HWIO", "NCHW")), "dimension_numbers", ValueError),
+    (lambda layer: layer(4, (2, 2), dimension_numbers=("NCHW", "OIHW", "NCWX")), "dimension_numbers", ValueError),
+    (lambda layer: layer(4, (2, 2), dimension_numbers=("NHHC", "HWIO", "NCHW")), "dimension_numbers", ValueError),
 ]
 
 

@@ -218,9 +218,9 @@ def test_merging_dependent_branches_is_refused(case):
     (lambda: stax.Dense(4, W_std=float("nan")), "W_std"), (lambda: stax.Dense(4, b_std="0.1"), "b_std"),
     (lambda: stax.Conv(0, (3, 3)), "out_chan"), (lambda: stax.Conv(4, (2.5, 2)), "filter_shape"),
     (lambda: stax.Conv(4, 3), "filter_shape"), (lambda: stax.Conv(4, (2,), strides=(0,)), "strides"),
-    (lambda: stax.AvgPool((2,), batch_axis=1), "batch_axis"), (lambda: stax.SumPool(2), "window_shape"),
-    (lambda: stax.GlobalAvgPool(channel_axis=1), "channel_axis"), (lambda: stax.Flatten(batch_axis_out=1), "batch_axis_out"),
-    (lambda: stax.LayerNorm(eps=-1.0), "eps"), (lambda: stax.LayerNorm(channel_axis=0), "channel_axis"),
+    (lambda: stax.AvgPool((2,), batch_axis=1.5), "batch_axis"), (lambda: stax.SumPool(2), "window_shape"),
+    (lambda: stax.GlobalAvgPool(channel_axis="1"), "channel_axis"), (lambda: stax.Flatten(batch_axis_out=2), "batch_axis_out"),
+    (lambda: stax.LayerNorm(eps=-1.0), "eps"), (lambda: stax.LayerNorm(channel_axis=None), "channel_axis"),
     (lambda: stax.GlobalSelfAttention(4, 4, 4, 0), "n_heads"),
     (lambda: stax.GlobalSelfAttention(4, 4, 4, 1, W_out_std=float("inf")), "W_out_std"),
 ])
