@@ -273,8 +273,6 @@ def test_refusals_of_inputs_name_the_layer(layer):
         make(4, (2, 2)).kernel_fn(x[:, 0], None, "nngp")  # 1-D inputs for a 2-D filter
     with pytest.raises(ValueError, match=f"{layer}\\(.*rank 4"):
         make(4, (2, 2)).init_fn(jax.random.PRNGKey(0), (2, 3, 2))
-    with pytest.raises(NotImplementedError, match=f"{layer}\\(.*`mask_constant`"):
-        make(4, (2, 2)).apply_fn((), x, mask_constant=0.)  # refused before the parameters are read
 
 
 def test_local_valid_filter_larger_than_input_is_refused():
