@@ -63,6 +63,8 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import inspect
+import os
 import weakref
 from typing import Callable, Optional
 
@@ -72,6 +74,7 @@ import numpy as np
 from kernels import tiling
 from kernels.checks import argument_error, check_examples, parse_get
 from kernels.fingerprint import FingerprintError, array_digest, fingerprint as network_fingerprint
+from kernels.kernel import Kernel
 from kernels.tile_store import COLS, PAIRS, ROWS, Output, TileStore, python_version, tile_regions
 
 __all__ = ["batch"]
@@ -119,6 +122,16 @@ def batch(kernel_fn: Callable, batch_size: int = 0, device_count: int = -1, stor
       for a tuple of names, an array for one name; ``(N1, N2, ...)`` for kernels,
       ``(N1, ...)``/``(N2, ...)`` for ``cov1``/``cov2``. For a network ending in branches, a
       list of such results, one per branch, as ``kernel_fn`` returns it.
+
+      ``x1`` may be a `Kernel` (what another network's ``kernel_fn(..., get=None)`` returned; ``x2``
+      then ``None``), as neural-tangents' ``batch`` allows: each tile applies ``kernel_fn`` to the
+      tile's part of it (its ``nngp``, ``ntk`` rows x columns, ``cov1`` rows, ``cov2`` columns), and
+      when the Kernel is of one batch with itself (``x1_is_x2``) only tiles on or above the diagonal.
+
+      ``diagonal_batch=False`` (a keyword of `kernels.stax` kernel functions) is honoured: the tiles
+      compute the kernels with ``diagonal_batch=True``, and ``cov1`` (``cov2``) is the tiled ``nngp``
+      of ``(x1, None)`` (of ``(x2, None)``), ``(N1, N1, ...)``; with ``path`` its tiles are stored
+      under ``path/cov1/`` (``path/cov2/``).
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 0:
         raise argument_error("batch", "batch_size", "a non-negative int", batch_size)
@@ -136,17 +149,33 @@ def batch(kernel_fn: Callable, batch_size: int = 0, device_count: int = -1, stor
         process_index, process_count = jax.process_index(), jax.process_count()
     if not 0 <= process_index < process_count:
         raise ValueError(f"batch: need 0 <= process_index < process_count, got {process_index}, {process_count}")
+    if getattr(kernel_fn, "whole_batch", False):
+        raise ValueError("batch: kernel_fn concatenates along the batch axis (FanInConcat(axis=0)), so the examples "
+                         "of its kernel are not those of x1 and x2 and it cannot be tiled; call kernel_fn itself")
     devices = _devices(device_count)
     tile_fns = _tile_functions(kernel_fn)
+    same_settings = dict(batch_size=batch_size, device_count=device_count, store_on_device=store_on_device,
+                         progress=progress, process_index=process_index if explicit else None,
+                         process_count=process_count if explicit else None, fingerprint=fingerprint)
 
     def batched_kernel_fn(x1, x2=None, get=None, *args, **kwargs):
         request = parse_get(get, GET_NAMES, "batch")
-        x1 = check_examples("batch", "x1", x1)
-        x2 = None if x2 is None else check_examples("batch", "x2", x2)
+        if kwargs.get("diagonal_batch") is False:
+            def batched_in(name):
+                return batch(kernel_fn, path=None if path is None else os.path.join(path, name), **same_settings)
+            return _with_batch_covariances(batched_kernel_fn, batched_in, request, x1, x2, get, args, kwargs)
+        given = x1 if isinstance(x1, Kernel) else None
+        if given is not None:
+            x1, x2, args = _kernel_as_examples(given, x2, args, kwargs)
+        else:
+            x1 = check_examples("batch", "x1", x1)
+            x2 = None if x2 is None else check_examples("batch", "x2", x2)
         symmetric = x2 is None
         plan = tiling.make_plan(x1.shape[0], x1.shape[0] if symmetric else x2.shape[0], int(batch_size), symmetric)
         patterns = _pattern_rows(kwargs.pop("pattern", None), x1, x2)
-        if patterns is None:
+        if given is not None:  # the tile's part of the Kernel, by the tile's example indices
+            f_diag, f_off = _tile_functions_with(_on_kernel_tile(kernel_fn), get, args, kwargs)
+        elif patterns is None:
             f_diag, f_off = tile_fns(get) if not (args or kwargs) else _tile_functions_with(kernel_fn, get, args, kwargs)
         else:  # the graphs are per-example data, sliced with the tile's examples
             f_diag, f_off = _pattern_tile_functions(kernel_fn, get, args, kwargs, patterns)
@@ -154,12 +183,16 @@ def batch(kernel_fn: Callable, batch_size: int = 0, device_count: int = -1, stor
         if patterns is not None:  # the tile functions take the tile's example indices
             f_diag, f_off = _indexed_tiles(f_diag, f_off, plan, symmetric)
         template = _template(f_diag, f_off, x1, x2, plan)
-        outputs = _outputs(template, request, plan, x1.ndim - 2)
+        outputs = _outputs(template, request, plan, x1.ndim - 2 if given is None else given.spatial_ndim)
         share = plan.share(process_index, process_count)
         if path is None:
             sink = _HostSink(outputs, fill_nan=process_count > 1)
         else:
             manifest = _manifest(kernel_fn, fingerprint, x1, x2, request, plan, outputs)
+            if given is not None:  # x1, x2 are the examples' indices; the Kernel is the input
+                args = args[1:]
+                manifest["kernel_sha256"] = array_digest(*jax.tree_util.tree_leaves(given))
+                manifest["kernel_structure"] = str(jax.tree_util.tree_structure(given))
             if args or kwargs:
                 manifest["arguments_sha256"] = _arguments_fingerprint(args, kwargs)
             sink = TileStore(path, plan, outputs, manifest, process_index, share)
@@ -421,6 +454,108 @@ def _run_tiles(plan, outputs, share, sink, devices, f_diag, f_off, x1, x2, reque
     finally:
         if bar is not None:
             bar.close()
+
+
+# ----------------------------------------------------------------------------- Kernel inputs, full-batch covariances
+
+def _kernel_as_examples(k: Kernel, x2, args: tuple, kwargs: dict):
+    """``(x1, x2, args)`` standing for a `Kernel` input: ``x1``/``x2`` the indices ``(N, 1)`` of its
+    examples (``x2`` ``None`` when it is of one batch with itself), which the tiles slice as they
+    slice examples; the Kernel goes first among the arguments of the tile functions."""
+    if x2 is not None:
+        raise argument_error("batch", "x2", "None when x1 is a Kernel (its pairs of examples are already chosen)",
+                             type(x2).__name__)
+    if "pattern" in kwargs:
+        raise argument_error("batch", "pattern", "absent when x1 is a Kernel (its graphs were applied already)",
+                             "a pattern")
+    if not k.diagonal_batch:
+        raise argument_error("batch", "x1", "a Kernel with diagonal_batch=True (neural-tangents does not batch "
+                             "full-batch covariances either)", "a Kernel with diagonal_batch=False")
+    if k.nngp is None or k.cov1 is None:
+        raise argument_error("batch", "x1", "a Kernel with nngp and cov1 (kernel_fn(..., get=None) returns one)",
+                             "a Kernel without them")
+    n1, n2 = k.nngp.shape[:2]
+    rows = np.arange(n1, dtype=np.int32)[:, None]
+    cols = None if k.x1_is_x2 else np.arange(n2, dtype=np.int32)[:, None]
+    return rows, cols, (k,) + tuple(args)
+
+
+def _on_kernel_tile(kernel_fn):
+    """``f(rows, cols, get, kernel, ...)``: ``kernel_fn`` applied to the part of ``kernel`` that examples
+    ``rows`` x ``cols`` (index arrays ``(b, 1)``; ``cols`` ``None``: ``rows`` with themselves) make."""
+    def on_tile(rows, cols, get, k, *args, **kwargs):
+        r = rows[:, 0]
+        same = cols is None
+        c = r if same else cols[:, 0]
+        pairs = lambda a: None if a is None else a[r][:, c]
+        cov1 = k.cov1[r]
+        cov2 = cov1 if same else k.cov2_or_cov1[c]
+        tile = k.replace(nngp=pairs(k.nngp), ntk=pairs(k.ntk), cov1=cov1, cov2=cov2, x1_is_x2=same)
+        return kernel_fn(tile, None, get, *args, **kwargs)
+    return on_tile
+
+
+def _with_batch_covariances(batched, batched_in, request, x1, x2, get, args: tuple, kwargs: dict):
+    """``batched(x1, x2, get, *args, diagonal_batch=False, **kwargs)``: tiles computed with
+    ``diagonal_batch=True``, and ``cov1`` (``cov2``) the tiled ``nngp`` of ``(x1, None)`` (``(x2, None)``):
+    the covariances of every pair of examples of one batch. ``batched_in(name)`` is the same tiling
+    storing under ``path/name``."""
+    if isinstance(x1, Kernel):
+        raise argument_error("batch", "diagonal_batch", "True or absent when x1 is a Kernel (neural-tangents "
+                             "does not batch full-batch covariances either)", False)
+    kwargs = _tiles_diagonal_batch(batched.kernel_fn, kwargs)
+    pattern = kwargs.pop("pattern", None)
+    p1, p2 = (None, None) if pattern is None else pattern
+    with_pattern = lambda p: {} if p is None else {"pattern": (p, None)}
+    others = tuple(n for n in request.names if n not in ("cov1", "cov2"))
+    main, covs = None, {}
+    if request.form == "all" or others:
+        main = batched(x1, x2, None if request.form == "all" else others, *args, **kwargs,
+                       **({} if pattern is None else {"pattern": pattern}))
+    if request.form == "all" and x2 is None:  # cov1 is the nngp itself
+        covs["cov1"] = covs["cov2"] = _map_results(lambda path, k: k.nngp, main)
+    elif "cov1" in request.names or "cov2" in request.names or request.form == "all":
+        covs["cov1"] = batched_in("cov1")(x1, None, "nngp", *args, **kwargs, **with_pattern(p1))
+        covs["cov2"] = covs["cov1"] if x2 is None else \
+            batched_in("cov2")(x2, None, "nngp", *args, **kwargs, **with_pattern(p2))
+
+    def assemble(path, k):
+        own = {n: _at(c, path) for n, c in covs.items()}
+        if request.form == "all":
+            return k.replace(cov1=own["cov1"], cov2=own["cov2"], diagonal_batch=False)
+        values = dict(zip(others, k)) if k is not None else {}
+        values.update(own)
+        return request.pack(values)
+    if main is None:  # only covariances asked for: their structure
+        return _map_results(lambda path, _: assemble(path, None), covs["cov1"])
+    return _map_results(assemble, main)
+
+
+def _tiles_diagonal_batch(kernel_fn, kwargs: dict) -> dict:
+    """``kwargs`` for tiles computed with ``diagonal_batch=True``: without the keyword when ``kernel_fn`` names it
+    (its default then; the tile functions compiled for ``kernel_fn`` alone are reused), else passing it on, so
+    that a ``kernel_fn`` that does not take it refuses it by name."""
+    kwargs = {k: v for k, v in kwargs.items() if k != "diagonal_batch"}
+    try:
+        parameter = inspect.signature(kernel_fn).parameters.get("diagonal_batch")
+    except (TypeError, ValueError):
+        parameter = None
+    if parameter is not None and parameter.default in (None, True):
+        return kwargs
+    return dict(kwargs, diagonal_batch=True)
+
+
+def _at(result, path: tuple):
+    for i in path:
+        result = result[i]
+    return result
+
+
+def _map_results(fn, out, path: tuple = ()):
+    """``fn(path, result)`` for each branch of a kernel_fn result (nested lists for branches)."""
+    if isinstance(out, list):
+        return [_map_results(fn, o, path + (i,)) for i, o in enumerate(out)]
+    return fn(path, out)
 
 
 # ----------------------------------------------------------------------------- helpers

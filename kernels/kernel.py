@@ -77,6 +77,10 @@ class Kernel:
       selves: during a block-by-block evaluation, the self covariances recorded for the
         leaf layers and where this kernel stands in the network (`kernels.stax.blocks.Selves`);
         ``None`` otherwise. Rules pass it on with `replace` and never read it.
+      diagonal_batch: whether ``cov1``/``cov2`` hold each example's covariance with itself,
+        ``(N1, ...)`` (``True``: always inside a network), or the covariance of every pair of
+        examples of the batch, ``(N1, N1, ...)``, as ``kernel_fn(..., diagonal_batch=False)``
+        returns them (neural-tangents' field of that name; static).
     """
 
     nngp: jax.Array
@@ -94,6 +98,7 @@ class Kernel:
     mask1: Optional[jax.Array] = None
     mask2: Optional[jax.Array] = None
     selves: Optional[Any] = None
+    diagonal_batch: bool = dataclasses.field(metadata=dict(static=True), default=True)
     x1_is_x2: bool = dataclasses.field(metadata=dict(static=True), default=False)
     is_reversed: bool = dataclasses.field(metadata=dict(static=True), default=False)
     odd_convolutions: bool = dataclasses.field(metadata=dict(static=True), default=False)
@@ -122,9 +127,8 @@ class Kernel:
     def _spatial(self) -> tuple:
         return tuple(self.nngp.shape[2::2]) if self.full else tuple(self.nngp.shape[2:])
 
-    # neural-tangents' fields that a custom layer's rule may read (`kernels.stax.custom`); widekit's
-    # layout fixes them: each example's own covariance, batch first, channels last, computed (not an input).
-    diagonal_batch = True
+    # neural-tangents' field that a custom layer's rule may read (`kernels.stax.custom`): widekit's kernels
+    # are always computed from inputs, never the inputs themselves.
     is_input = False
 
     @property
@@ -173,8 +177,9 @@ class Kernel:
 
     def map_arrays(self, fn) -> "Kernel":
         """Applies ``fn(array, batch_ndim)`` to each array present: ``nngp``, ``ntk`` (two batch axes),
-        ``cov1``, ``cov2`` (one)."""
-        ranks = {"nngp": 2, "ntk": 2, "cov1": 1, "cov2": 1}
+        ``cov1``, ``cov2`` (one, two without `diagonal_batch`)."""
+        covs = 1 if self.diagonal_batch else 2
+        ranks = {"nngp": 2, "ntk": 2, "cov1": covs, "cov2": covs}
         return self.replace(**{f: fn(getattr(self, f), b) for f, b in ranks.items() if getattr(self, f) is not None})
 
     def map_all(self, fn) -> "Kernel":

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kernels.checks import argument_error
 from kernels.kernel import Kernel, majority_parity
 from kernels.stax.layer import (PASS_MASKS, KernelFn, Layer, any_requirement, describe, guarded_apply, input_axes_of,
                                 keywords_for, keywords_of, leaf)
@@ -46,7 +47,8 @@ def serial(*layers) -> Layer:
 
     keywords = keywords_of(layers)
     return Layer(init_fn, guarded_apply(name, apply_fn, keywords, PASS_MASKS),
-                 KernelFn(name, rule, needs_full, keywords=keywords, input_axes=input_axes_of(layers)))
+                 KernelFn(name, rule, needs_full, keywords=keywords, input_axes=input_axes_of(layers),
+                          whole_batch=any(layer.kernel_fn.whole_batch for layer in layers)))
 
 
 def _split_rng(kwargs: dict, n: int) -> list:
@@ -98,7 +100,8 @@ def parallel(*layers) -> Layer:
 
     keywords = keywords_of(layers)
     return Layer(init_fn, guarded_apply(name, apply_fn, keywords, PASS_MASKS),
-                 KernelFn(name, rule, needs_full, keywords=keywords, input_axes=input_axes_of(layers)))
+                 KernelFn(name, rule, needs_full, keywords=keywords, input_axes=input_axes_of(layers),
+                          whole_batch=any(layer.kernel_fn.whole_batch for layer in layers)))
 
 
 def FanOut(num: int) -> Layer:
@@ -119,6 +122,20 @@ def _fan_in(name, init_fn, apply_fn, combine):
                              "their outputs must have the same spatial shape")
         return combine(ks)
     return Layer(init_fn, guarded_apply(name, apply_fn), KernelFn(name, rule))
+
+
+def _block_diagonal(arrays, ax1: int, ax2: int):
+    """``arrays`` placed side by side along both ``ax1`` and ``ax2`` (the two axes of one pair of
+    indices), zero between blocks: the covariance of concatenated independent zero-mean fields."""
+    t1, t2 = sum(a.shape[ax1] for a in arrays), sum(a.shape[ax2] for a in arrays)
+    total, o1, o2 = 0., 0, 0
+    for a in arrays:
+        widths = [(0, 0)] * a.ndim
+        widths[ax1] = (o1, t1 - o1 - a.shape[ax1])
+        widths[ax2] = (o2, t2 - o2 - a.shape[ax2])
+        total = total + jnp.pad(a, widths)
+        o1, o2 = o1 + a.shape[ax1], o2 + a.shape[ax2]
+    return total
 
 
 def _fields(ks, field):
@@ -222,24 +239,45 @@ def FanInProd() -> Layer:
 
 
 def FanInConcat(axis: int = -1) -> Layer:
-    """Concatenation of branches along ``axis`` of the ``(N, *S, C)`` outputs.
+    """Concatenation of branches along ``axis`` of their outputs (every axis neural-tangents accepts).
 
-    Channel axis: kernels average, weighted by channel counts. A spatial axis:
-    the branches are independent Gaussian fields, so the kernel of the
-    concatenation is block diagonal along that axis (zero across branches).
+    ``axis`` counts in the finite layer's layout, ``(N, *S, C)`` unless a layer declared another
+    (`Kernel.batch_axis`, `Kernel.channel_axis`); negative values count from the end.
+
+    * The channel axis: the kernels average, weighted by the branches' channel counts
+      (``sum_i C_i K_i / sum_i C_i``: a channel-averaged inner product over the joined channels).
+    * A spatial axis: the branches are independent Gaussian fields, so the kernel of the
+      concatenation is block diagonal in that axis' position pairs (zero across branches); the
+      branches may differ in size along it.
+    * The batch axis: each branch's outputs become further examples, ``n N1`` of them for ``n``
+      branches, in branch order; the kernel is block diagonal in the examples (examples of different
+      branches are outputs of independent weights). Such a network's kernel is evaluated in one piece
+      (`KernelFn.whole_batch`, for ``axis=0``; a negative ``axis`` that turns out to be the batch axis
+      needs ``block_size=0``), and `kernels.batch` does not tile it.
+
+    Concatenation along any axis but the channel axis needs Gaussian branches (each ending in
+    Dense, Conv or attention), as in neural-tangents, and at most one branch without weights of its own.
     """
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
+        raise argument_error(describe("FanInConcat", axis=axis), "axis", "an int", axis, TypeError)
     name = describe("FanInConcat", axis=axis)
 
+    def resolve(ndim: int) -> int:
+        if not -ndim <= axis < ndim:
+            raise argument_error(name, "axis", f"an axis of the branches' outputs, in [-{ndim}, {ndim})",
+                                 f"{axis} for outputs of rank {ndim}")
+        return axis % ndim
+
     def init_fn(rng, shapes):
-        ndim = len(shapes[0])
-        ax = axis % ndim
-        if ax == 0:
-            raise ValueError(f"{name}: concatenation along the batch axis is not supported")
+        ax = resolve(len(shapes[0]))
         out = list(shapes[0])
         out[ax] = sum(s[ax] for s in shapes)
         return tuple(out), ()
 
     def channel_concat(ks):
+        if len({k.nngp.shape for k in ks}) != 1:
+            raise ValueError(f"{name}: branches' kernels differ in shape {sorted({k.nngp.shape for k in ks})}; "
+                             "along the channel axis every other axis must agree")
         total = sum(k.channels for k in ks)
         mean = lambda f: sum(k.channels * getattr(k, f) for k in ks) / total
         first = ks[0]
@@ -249,28 +287,27 @@ def FanInConcat(axis: int = -1) -> Layer:
                              own_weights=all(k.own_weights for k in ks),
                              odd_convolutions=majority_parity(ks), **_combined_means(ks, mean))
 
-    def spatial_concat(ks, dim):
+    def check_independent_gaussians(ks, what):
         if not all(k.is_gaussian for k in ks):
-            raise ValueError(f"{name}: concatenation along a spatial axis needs Gaussian branches "
+            raise ValueError(f"{name}: concatenation along {what} needs Gaussian branches "
                              "(each ending in Dense, Conv or attention)")
         if len({k.channels for k in ks}) != 1:
             raise ValueError(f"{name}: branches differ in channels {[k.channels for k in ks]}")
-        _check_independent(name, ks)  # positions of different branches are taken to be uncorrelated
+        _check_independent(name, ks)  # different branches are taken to be uncorrelated
+
+    def spatial_concat(ks, dim):
+        check_independent_gaussians(ks, "a spatial axis")
         first = ks[0]
         d = first.spatial_ndim
-        sizes = [k.spatial_shape[dim] for k in ks]
-        offsets = [sum(sizes[:i]) for i in range(len(ks))]
+        others = {k.spatial_shape[:dim] + k.spatial_shape[dim + 1:] for k in ks}
+        if len(others) != 1:
+            raise ValueError(f"{name}: branches' spatial shapes {[k.spatial_shape for k in ks]} differ in an axis "
+                             "other than the concatenated one")
 
         def combine(arrays):
             if not first.full:
                 return jnp.concatenate(arrays, axis=arrays[0].ndim - d + dim)
-            total = 0.
-            for a, size, offset in zip(arrays, sizes, offsets):
-                widths = [(0, 0)] * a.ndim
-                for ax in (a.ndim - 2 * d + dim, a.ndim - d + dim):
-                    widths[ax] = (offset, sum(sizes) - offset - size)
-                total = total + jnp.pad(a, widths)
-            return total
+            return _block_diagonal(arrays, arrays[0].ndim - 2 * d + dim, arrays[0].ndim - d + dim)
 
         def concatenate_means(field):  # (N, *S): positions side by side along the axis
             return jnp.concatenate(_fields(ks, field), axis=1 + dim)
@@ -281,18 +318,40 @@ def FanInConcat(axis: int = -1) -> Layer:
                              own_weights=all(k.own_weights for k in ks),
                              odd_convolutions=majority_parity(ks), **_combined_means(ks, concatenate_means))
 
+    def batch_concat(ks):
+        check_independent_gaussians(ks, "the batch axis")
+        first = ks[0]
+        if len({k.spatial_shape for k in ks}) != 1:
+            raise ValueError(f"{name}: branches differ in spatial shape {[k.spatial_shape for k in ks]}")
+        if first.selves is not None:
+            raise NotImplementedError(f"{name}: concatenation along the batch axis must be evaluated in one piece; "
+                                      "pass block_size=0 to kernel_fn (or write axis=0, which implies it)")
+        if first.pattern1 is not None or first.mask1 is not None:
+            raise NotImplementedError(f"{name}: concatenation along the batch axis of graphs (pattern) or masked "
+                                      "inputs is not implemented")
+        join = lambda f: jnp.concatenate(_fields(ks, f), axis=0)
+        return first.replace(nngp=_block_diagonal(_fields(ks, "nngp"), 0, 1),
+                             ntk=_block_diagonal(_fields(ks, "ntk"), 0, 1), cov1=join("cov1"),
+                             cov2=None if first.cov2 is None else join("cov2"),
+                             own_weights=all(k.own_weights for k in ks),
+                             odd_convolutions=majority_parity(ks), **_combined_means(ks, join))
+
     def rule(ks):
         if isinstance(ks, Kernel) or len(ks) < 1:
             raise ValueError(f"{name}: expects a list of branches (after FanOut and parallel)")
         ndim = ks[0].spatial_ndim + 2
-        ax = axis % ndim
-        if ax == 0:
-            raise ValueError(f"{name}: concatenation along the batch axis is not supported")
-        if ax == ndim - 1:
-            if len({k.nngp.shape for k in ks}) != 1:
-                raise ValueError(f"{name}: branches' kernels differ in shape {sorted({k.nngp.shape for k in ks})}")
+        layouts = {(k.spatial_ndim + 2, k.batch_axis % ndim, k.channel_axis % ndim) for k in ks}
+        if len(layouts) != 1:
+            raise ValueError(f"{name}: branches' outputs differ in rank or layout (rank, batch axis, channel axis) "
+                             f"{sorted(layouts)}")
+        (_, batch_axis, channel_axis), = layouts
+        ax = resolve(ndim)
+        if ax == channel_axis:
             return channel_concat(ks)
-        return spatial_concat(ks, ax - 1)
+        if ax == batch_axis:
+            return batch_concat(ks)
+        spatial_axes = [i for i in range(ndim) if i not in (batch_axis, channel_axis)]
+        return spatial_concat(ks, spatial_axes.index(ax))
 
     return Layer(init_fn, guarded_apply(name, lambda params, xs, **kwargs: jnp.concatenate(xs, axis)),
-                 KernelFn(name, rule))
+                 KernelFn(name, rule, whole_batch=axis == 0))

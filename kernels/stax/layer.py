@@ -69,6 +69,8 @@ class KernelFn:
       keywords: the keywords beyond `APPLY_KEYWORDS` that ``apply_fn`` and ``kernel_fn`` take
         because some layer of the network needs them (``("pattern",)`` with an `Aggregate`);
         a network without such a layer refuses them by name.
+      whole_batch: some layer mixes the examples of a batch (`FanInConcat` along the batch axis), so
+        the kernel is evaluated in one piece, never block by block.
       input_axes: ``(batch_axis, channel_axis)`` that the first layer declaring a layout
         (`kernels.stax.layout`) gives its inputs, which ``kernel_fn`` reads its inputs in (as
         neural-tangents does); ``None`` where no layer declares one (batch first, channels last).
@@ -79,9 +81,10 @@ class KernelFn:
     needs_full: Callable[[Requirement], Requirement] = keep_requirement
     requires: "Requires" = None
     keywords: tuple = ()
+    whole_batch: bool = False
     input_axes: Optional[tuple] = None
 
-    def __call__(self, x1, x2=None, get=None, *, block_size=None, diagonal_batch=True, diagonal_spatial=False,
+    def __call__(self, x1, x2=None, get=None, *, block_size=None, diagonal_batch=None, diagonal_spatial=False,
                  mask_constant=None, pattern=None, neural_tangents_axis_order=False, batch_axis=None,
                  channel_axis=None, **kwargs):
         """Kernels of the network's outputs on ``x1`` and ``x2``.
@@ -101,8 +104,12 @@ class KernelFn:
             block). ``None`` (default) chooses by size and backend; ``0`` evaluates every
             pair at once.
 
-          diagonal_batch: neural-tangents' keyword; only ``True`` (``cov1``/``cov2`` hold each
-            example's covariance with itself) is implemented, ``False`` is refused by name.
+          diagonal_batch: ``True`` (default for inputs): ``cov1``/``cov2`` hold each example's covariance
+            with itself, ``(N1, ...)``; ``False``: the covariance of every pair of examples of ``x1``
+            (of ``x2``), ``(N1, N1, ...)`` in the layout of ``nngp`` (neural-tangents' meaning): the
+            network's ``nngp`` of ``(x1, x1)`` and of ``(x2, x2)``, evaluated as such
+            (`_with_batch_covariances`); ``nngp`` and ``ntk`` do not change. ``None``: ``True``, or
+            for a `Kernel` ``x1`` that kernel's own ``diagonal_batch``, as in neural-tangents.
           diagonal_spatial: ``True`` returns only equal positions, ``(N1, N2, *S)`` (as
             neural-tangents does); position pairs are still computed where a layer
             (pooling, attention) needs them, then the diagonal is taken.
@@ -135,12 +142,19 @@ class KernelFn:
           several branches (``FanOut`` or ``parallel`` without a merge) gives a list with
           one such result per branch (nested lists for nested branches), as neural-tangents does.
         """
+        if diagonal_batch is not None and not isinstance(diagonal_batch, (bool, np.bool_)):
+            raise argument_error(f"{self.name}: kernel_fn", "diagonal_batch", "None, True or False", diagonal_batch,
+                                 TypeError)
+        if diagonal_batch is None and isinstance(x1, Kernel):
+            diagonal_batch = x1.diagonal_batch
+        if not diagonal_batch and diagonal_batch is not None or isinstance(x1, Kernel) and not x1.diagonal_batch:
+            # Every other keyword of this call (locals() holds only the arguments here), for its three evaluations.
+            keywords = {n: v for n, v in locals().items() if n not in ("self", "x1", "x2", "get", "diagonal_batch",
+                                                                         "kwargs", "__class__")}
+            return self._with_batch_covariances(x1, x2, get, bool(diagonal_batch), {**keywords, **kwargs})
         where = f"{self.name}: kernel_fn"
         reject_unexpected(where, kwargs, ("x1", "x2", "get", "block_size", "diagonal_batch", "diagonal_spatial",
                                           "mask_constant") + self.keywords)
-        if diagonal_batch is not True:
-            raise NotImplementedError(f"{where}: argument `diagonal_batch` must be True (each example's own "
-                                      f"covariance in cov1/cov2); received {diagonal_batch!r}")
         if not isinstance(diagonal_spatial, (bool, np.bool_)):
             raise argument_error(where, "diagonal_spatial", "True or False", diagonal_spatial, TypeError)
         if not isinstance(neural_tangents_axis_order, (bool, np.bool_)):
@@ -168,7 +182,11 @@ class KernelFn:
         dtype = x1.dtype
         full = x1.ndim > 2 and any_requirement(self.needs_full(not diagonal_spatial))
         n2 = x1.shape[0] if x2 is None else x2.shape[0]
-        b = 0 if patterns is not None or masks is not None else \
+        if self.whole_batch and block_size not in (None, 0):
+            raise NotImplementedError(f"{where}: argument `block_size` must be None or 0: the network concatenates "
+                                      f"along the batch axis, so it is evaluated in one piece; received "
+                                      f"block_size={block_size!r}")
+        b = 0 if patterns is not None or masks is not None or self.whole_batch else \
             blocks.plan(x1.shape[0], n2, blocks.pair_elements(x1, full), block_size, jax.default_backend())
         out = self._evaluate(x1.astype(_compute_dtype(dtype)), None if x2 is None else x2.astype(_compute_dtype(dtype)),
                              full, arrays, b, patterns, masks, axes)
@@ -227,6 +245,47 @@ class KernelFn:
             return request.pack({n: getattr(o, n) for n in request.names}, whole=o)
         return map_branches(result, out)
 
+    def _with_batch_covariances(self, x1, x2, get, diagonal_batch: bool, keywords: dict):
+        """``kernel_fn(x1, x2, get, diagonal_batch=False, **keywords)``: the kernels for
+        ``diagonal_batch=True`` with ``cov1`` (``cov2``) replaced by the network's ``nngp`` of
+        ``(x1, x1)`` (of ``(x2, x2)``): the covariance of the outputs on every pair of examples of one
+        batch, which is what neural-tangents' full-batch ``cov1`` holds. With ``x2=None``, ``cov1`` is
+        the ``nngp`` itself and ``cov2`` is ``cov1``, as for ``diagonal_batch=True``.
+
+        For a `Kernel` ``x1`` with ``diagonal_batch=False`` the same three evaluations run on kernels:
+        its batch diagonal (for ``nngp``, ``ntk``) and its ``cov1`` (``cov2``) as the ``nngp`` of a
+        batch with itself. ``diagonal_batch=True`` then returns the batch diagonal of the result.
+        """
+        where = f"{self.name}: kernel_fn"
+        request = parse_get(get, GET_NAMES + FIELD_NAMES, where, default=GET_NAMES)
+        if isinstance(x1, Kernel):
+            if x1.diagonal_batch:
+                raise argument_error(where, "diagonal_batch", "True or None for a Kernel computed with "
+                                     "diagonal_batch=True (it holds only each example's own covariance; recompute "
+                                     "it with diagonal_batch=False)", diagonal_batch)
+            main = self(batch_diagonal_kernel(x1), x2, None, **keywords)
+            if diagonal_batch:
+                return map_branches(lambda path, k: request.pack({n: getattr(k, n) for n in request.names},
+                                                                 whole=k), main)
+            self_pairs = [batch_pairs_kernel(x1, x1.cov1)] + ([] if x1.x1_is_x2 else
+                                                              [batch_pairs_kernel(x1, x1.cov2)])
+            covs = [self(k, None, "nngp", **keywords) for k in self_pairs]
+        else:
+            pattern = keywords.pop("pattern", None)
+            main = self(x1, x2, None, pattern=pattern, **keywords)
+            p1, p2 = (None, None) if pattern is None else pattern
+            covs = [None if x2 is None else self(x1, None, "nngp", pattern=None if p1 is None else (p1, None),
+                                                   **keywords)]
+            if x2 is not None:
+                covs.append(self(x2, None, "nngp", pattern=None if p2 is None else (p2, None), **keywords))
+
+        def result(path, k):
+            own = [_branch(c, path) for c in covs]
+            cov1 = k.nngp if own[0] is None else own[0]
+            k = k.replace(cov1=cov1, cov2=own[1] if len(own) > 1 else cov1, diagonal_batch=False)
+            return request.pack({n: getattr(k, n) for n in request.names}, whole=k)
+        return map_branches(result, main)
+
     @functools.cached_property
     def _jitted_rule(self):
         return jax.jit(self.rule)
@@ -251,6 +310,31 @@ def _public(k: Kernel, names: tuple, x1_is_x2: bool, interleave: bool) -> Kernel
         mask1=None, mask2=None,  # the outputs are zero at masked positions already
         x1_is_x2=x1_is_x2,
     )
+
+
+def _branch(result, path: tuple):
+    """The part of a kernel_fn result (nested lists for a network ending in branches) at branch ``path``."""
+    for i in path:
+        result = result[i]
+    return result
+
+
+def batch_diagonal(cov: jax.Array) -> jax.Array:
+    """``(N, N, ...)`` -> ``(N, ...)``: each example's covariance with itself."""
+    return jnp.moveaxis(jnp.diagonal(cov, axis1=0, axis2=1), -1, 0)
+
+
+def batch_diagonal_kernel(k: Kernel) -> Kernel:
+    """A public `Kernel` with ``diagonal_batch=False`` as it would be with ``True``."""
+    return k.replace(cov1=batch_diagonal(k.cov1), cov2=None if k.cov2 is None else batch_diagonal(k.cov2),
+                     diagonal_batch=True)
+
+
+def batch_pairs_kernel(k: Kernel, cov: jax.Array) -> Kernel:
+    """The public `Kernel` of one batch with itself whose ``nngp`` is ``cov`` ``(N, N, ...)``, the full-batch
+    ``cov1`` or ``cov2`` of ``k``; its ``ntk`` is zero (only ``nngp`` is read from what a network makes of it)."""
+    own = batch_diagonal(cov)
+    return k.replace(nngp=cov, ntk=jnp.zeros_like(cov), cov1=own, cov2=own, x1_is_x2=True, diagonal_batch=True)
 
 
 def _finish(k: Kernel, diagonal_spatial: bool, neural_tangents_axis_order: bool) -> Kernel:

@@ -258,3 +258,45 @@ def test_batching_a_kernel_fn_that_takes_params_and_keywords(tmp_path):
     _, other = init_fn(jax.random.PRNGKey(1), x1.shape)
     with pytest.raises(ValueError, match="different arguments"):
         stored(x1, None, "ntk", other)
+
+
+# ----------------------------------------------------------------------------- a Kernel as the argument
+
+@pytest.mark.parametrize("given", [True, False])
+def test_batching_a_function_applied_to_a_kernel_equals_the_unbatched_call(given, tmp_path):
+    # neural-tangents' nt.batch(kernel_fn)(kernel): tiles of the Kernel's arrays (nngp/ntk rows x columns,
+    # cov1 rows, cov2 columns), short last tiles (11 = 4 + 4 + 3, 6 = 4 + 2), upper triangle for x2=None.
+    first = stax.serial(stax.Dense(6, W_std=1.4, b_std=0.1), stax.Relu())[2]
+    then = stax.serial(stax.Dense(5, W_std=1.2), stax.Erf(), stax.Dense(1))[2]
+    k = first(inputs(X1, 0), inputs(X2, 1) if given else None)
+    expected = then(k)
+    check(expected, batch(then, TILE, progress=False)(k), None)
+    check(expected, batch(then, TILE, progress=False)(k, None, ("ntk", "cov2")), ("ntk", "cov2"))
+    stored = batch(then, TILE, progress=False, path=str(tmp_path))(k, None, "nngp")
+    assert close(stored, expected.nngp)
+    assert close(batch(then, TILE, progress=False, path=str(tmp_path))(k, None, "nngp"), expected.nngp)  # reused
+    # A tiling that took the columns' examples from the rows (the diagonal tiles' rule everywhere) is caught.
+    batching = sys.modules["kernels.batch"]
+    right = batching._on_kernel_tile
+
+    def wrong(kernel_fn):
+        tile = right(kernel_fn)
+        return lambda rows, cols, get, kernel, *a, **kw: tile(rows, None, get, kernel, *a, **kw)
+    batching._on_kernel_tile = wrong
+    try:
+        bad = np.asarray(batch(then, TILE, progress=False)(k, None, "nngp"))
+    except ValueError:  # tiles that cannot even be assembled count as caught
+        bad = None
+    finally:
+        batching._on_kernel_tile = right
+    assert bad is None or not close(bad, expected.nngp)
+
+
+def test_batching_a_kernel_refuses_x2_and_pattern():
+    first = stax.serial(stax.Dense(6), stax.Relu())[2]
+    k = first(inputs(X1, 0))
+    then = stax.serial(stax.Dense(1))[2]
+    with pytest.raises(ValueError, match="x2"):
+        batch(then, TILE, progress=False)(k, inputs(X2, 1))
+    with pytest.raises(ValueError, match="pattern"):
+        batch(then, TILE, progress=False)(k, None, None, pattern=(None, None))

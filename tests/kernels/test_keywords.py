@@ -74,8 +74,8 @@ def test_unimplemented_keywords_are_refused_by_name():
         apply_fn(params, x, mask_constant=0.0)
     with pytest.raises(NotImplementedError, match=r"Conv\(.*mask_constant"):
         kernel_fn(x, mask_constant=0.0)
-    with pytest.raises(NotImplementedError, match="diagonal_batch"):
-        kernel_fn(x, diagonal_batch=False)
+    with pytest.raises(TypeError, match="diagonal_batch"):  # False is implemented: tests/kernels/test_diagonal_batch.py
+        kernel_fn(x, diagonal_batch="no")
     with pytest.raises(TypeError, match="diagonal_spatial"):
         kernel_fn(x, diagonal_spatial="yes")
     with pytest.raises(TypeError, match="colour"):
