@@ -87,6 +87,24 @@ def test_elementwise_numerical_refuses_a_degree_too_small():
     np.testing.assert_allclose(numerical(x(4, 3), None, "ntk"), closed(x(4, 3), None, "ntk"), rtol=1e-3)
 
 
+def test_elementwise_numerical_warns_between_1e3_and_its_tolerance():
+    """neural-tangents' elementwise_numerical example: GELU at deg 25, input variance about 3.
+    The estimated error (about 2e-3) is reported, the kernel is returned, and it agrees with
+    GELU's closed form to the example's own 1e-3; at tolerance=1e-3 it is refused instead."""
+    inputs = x(4, 3)
+    inputs = inputs / jnp.sqrt(jnp.mean(inputs ** 2, axis=1, keepdims=True))  # every input variance W_std^2
+    W_std = float(np.sqrt(3.2))
+    _, _, closed = stax.serial(stax.Dense(1, W_std=W_std), stax.Gelu())
+    with pytest.warns(UserWarning, match=r"ElementwiseNumerical\(deg=25\): at input variance .* estimated relative "
+                                         r"error is .*raise deg"):
+        _, _, numerical = stax.serial(stax.Dense(1, W_std=W_std), stax.ElementwiseNumerical(jax.nn.gelu, 25))
+        k = numerical(inputs, None, "nngp")
+    np.testing.assert_allclose(k, closed(inputs, None, "nngp"), atol=1e-3)
+    _, _, strict = stax.serial(stax.Dense(1, W_std=W_std), stax.ElementwiseNumerical(jax.nn.gelu, 25, tolerance=1e-3))
+    with pytest.raises(ValueError, match=r"deg=25 is too small for this function at input variance"):
+        strict(inputs, None, "nngp")
+
+
 @pytest.mark.parametrize("block_size, cases", [(0, ((0.5, True), (4.0, False))),
                                                pytest.param(1, ((4.0, False),), marks=pytest.mark.slow)])
 def test_elementwise_numerical_is_checked_at_the_variances_reached(block_size, cases):
