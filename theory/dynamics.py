@@ -294,6 +294,40 @@ def gradient_descent_mse_discrete(
     return predict_fn
 
 
+def _is_arrays(value) -> bool:
+    leaves = jax.tree_util.tree_leaves(value)
+    return bool(leaves) and all(isinstance(v, (np.ndarray, jax.Array)) for v in leaves)
+
+
+def _test_kwargs(where: str, train: dict, test: dict):
+    """``kernel_fn`` keywords for the test-train and test-test kernels, as neural-tangents pairs them.
+
+    A keyword given per input pair, ``(for x1, for x2)``, on both sides (e.g. `Aggregate`'s
+    ``pattern``) becomes ``(test's, train's)`` for the test-train kernel; another array keyword is
+    the test side's; any other keyword must be the same on both sides.
+    """
+    td, tt = dict(train), dict(train)
+    for name, v_test in test.items():
+        v_test_td = v_test
+        if name in train:
+            v_train = train[name]
+            if _is_arrays(v_train) and _is_arrays(v_test):
+                pairs = all(isinstance(v, tuple) and len(v) == 2 for v in (v_train, v_test))
+                v_test_td = (v_test[0], v_train[0]) if pairs else v_test
+            elif not (v_train is v_test or _same_value(v_train, v_test)):
+                raise arguments.argument_error(where, name, f"the same value for the train-train kernel "
+                                               f"({v_train!r}) and the test kernels", v_test)
+        td[name], tt[name] = v_test_td, v_test
+    return td, tt
+
+
+def _same_value(a, b) -> bool:
+    try:
+        return bool(a == b)
+    except (TypeError, ValueError):  # arrays of several entries, or values without ==
+        return False
+
+
 def _call_kernel(kernel_fn, x1, x2, names, kwargs):
     """kernel_fn with neural-tangents' `get`: returns {name: array}.
 
@@ -338,9 +372,11 @@ def gradient_descent_mse_ensemble(
         `gradient_descent_mse`.
       solver: keyword-only, as in `gradient_descent_mse` (means only;
         covariances always use the eigendecomposition).
-      **kernel_fn_train_train_kwargs: passed to `kernel_fn` for every kernel
-        (test-time keyword arguments of `predict_fn` override them for the
-        test-train and test-test kernels).
+      **kernel_fn_train_train_kwargs: passed to `kernel_fn` for every kernel.
+        `predict_fn`'s keyword arguments are the test inputs' (`_test_kwargs`):
+        one given per input pair on both sides, `(for x1, for x2)` such as
+        `Aggregate`'s `pattern`, is paired `(test's, train's)` for the
+        test-train kernel, as in neural-tangents.
 
     Returns:
       `predict_fn(t=None, x_test=None, get=None, compute_cov=False,
@@ -397,9 +433,9 @@ def gradient_descent_mse_ensemble(
 
         test = None
         if x_test is not None:
-            kwargs = {**kernel_fn_train_train_kwargs, **kernel_fn_test_test_kwargs}
-            raw_td = _call_kernel(kernel_fn, x_test, x_train, needed, kwargs)
-            raw_tt = _call_kernel(kernel_fn, x_test, None, ("nngp",), kwargs)["nngp"] if compute_cov else None
+            kwargs_td, kwargs_tt = _test_kwargs(predict_where, kernel_fn_train_train_kwargs, kernel_fn_test_test_kwargs)
+            raw_td = _call_kernel(kernel_fn, x_test, x_train, needed, kwargs_td)
+            raw_tt = _call_kernel(kernel_fn, x_test, None, ("nngp",), kwargs_tt)["nngp"] if compute_cov else None
             test = (raw_td, raw_tt)
 
         out = {}
