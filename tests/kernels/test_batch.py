@@ -262,7 +262,7 @@ def test_batching_a_kernel_fn_that_takes_params_and_keywords(tmp_path):
 
 # ----------------------------------------------------------------------------- a Kernel as the argument
 
-@pytest.mark.parametrize("given", [True, False])
+@pytest.mark.parametrize("given", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_batching_a_function_applied_to_a_kernel_equals_the_unbatched_call(given, tmp_path):
     # neural-tangents' nt.batch(kernel_fn)(kernel): tiles of the Kernel's arrays (nngp/ntk rows x columns,
     # cov1 rows, cov2 columns), short last tiles (11 = 4 + 4 + 3, 6 = 4 + 2), upper triangle for x2=None.

@@ -11,8 +11,7 @@ from kernels import batch, monte_carlo_kernel_fn, stax
 from tests.kernels.keywords2_reference import arrays, cases, close
 from tests.kernels.spec import network_from_spec
 
-DEFAULT = ("concat_mlp_channel_neg", "concat_mlp_batch_axis_x2none", "concat_conv1d_spatial",
-           "concat_conv_spatial_pairs_out", "concat_conv_batch_axis")  # the others are slow
+DEFAULT = ("concat_mlp_channel_neg", "concat_mlp_batch_axis_x2none", "concat_conv_spatial_pairs_out")  # others: slow
 
 
 def _cases():
@@ -79,16 +78,30 @@ BRANCH_A = stax.Conv(6, (2,), padding="VALID", W_std=1.2)  # 3 positions -> 2
 BRANCH_B = stax.Conv(6, (3,), padding="SAME", b_std=0.2)  # 3 positions -> 3
 
 
-def test_spatial_concat_of_different_lengths_matches_closed_form_and_monte_carlo():
-    # Average pooling of the concatenation of independent zero-mean branches of lengths 2 and 3 (5 positions):
-    # K = (2^2 K_a + 3^2 K_b) / 5^2 with K_a, K_b the branches' own pooled kernels (cross-branch terms vanish).
-    x = np.random.RandomState(3).randn(2, 3, 2)
-    init_fn, apply_fn, kernel_fn = stax.serial(*TRUNK, stax.FanOut(2), stax.parallel(BRANCH_A, BRANCH_B),
-                                               stax.FanInConcat(1), stax.GlobalAvgPool())
-    exact = np.asarray(kernel_fn(x, None, "nngp"))
+def _pooled_concat(x):
+    """The network pooling the concatenation of the branches, its nngp on ``x``, and the branches' own pooled nngps."""
+    net = stax.serial(*TRUNK, stax.FanOut(2), stax.parallel(BRANCH_A, BRANCH_B), stax.FanInConcat(1),
+                      stax.GlobalAvgPool())
     ka, kb = (np.asarray(stax.serial(*TRUNK, branch, stax.GlobalAvgPool())[2](x, None, "nngp"))
               for branch in (BRANCH_A, BRANCH_B))
+    return net, np.asarray(net[2](x, None, "nngp")), ka, kb
+
+
+X_SPATIAL = np.random.RandomState(3).randn(2, 3, 2)
+
+
+def test_spatial_concat_of_different_lengths_is_the_length_weighted_sum_of_the_branches():
+    # Average pooling of the concatenation of independent zero-mean branches of lengths 2 and 3 (5 positions):
+    # K = (2^2 K_a + 3^2 K_b) / 5^2 with K_a, K_b the branches' own pooled kernels (cross-branch terms vanish).
+    _, exact, ka, kb = _pooled_concat(X_SPATIAL)
     np.testing.assert_allclose(exact, (4 * ka + 9 * kb) / 25, rtol=1e-12)
+    assert not np.allclose(exact, (ka + kb) / 2, rtol=1e-2)  # equal weights: wrong
+
+
+@pytest.mark.slow
+def test_spatial_concat_of_different_lengths_matches_monte_carlo():
+    x = X_SPATIAL
+    (init_fn, apply_fn, _), exact, ka, kb = _pooled_concat(x)
     mc = np.asarray(monte_carlo_kernel_fn(init_fn, apply_fn, jax.random.PRNGKey(0), 300)(x, None, "nngp"))
     scale = np.abs(exact).max()
     assert np.abs(mc - exact).max() / scale < 0.08, np.abs(mc - exact).max() / scale

@@ -27,7 +27,7 @@ def _widekit(name):
     return k, ref
 
 
-DEFAULT = ("db_mlp", "db_mlp_x2none", "db_on_kernel_x2none", "db_conv_flatten_x2none")  # the others are slow
+DEFAULT = ("db_mlp", "db_mlp_x2none", "db_on_kernel_x2none")  # the others are slow
 
 
 @pytest.mark.parametrize("name", [n if n in DEFAULT else pytest.param(n, marks=pytest.mark.slow)
