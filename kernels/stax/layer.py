@@ -32,6 +32,21 @@ FIELD_NAMES = ("x1_is_x2", "is_gaussian", "is_reversed", "is_input", "diagonal_b
 Requirement = Union[bool, tuple]
 
 
+def own_rank_promotion(fn: Callable) -> Callable:
+    """``fn`` run under JAX's default rank promotion, whatever the caller's setting.
+
+    neural-tangents' tests, and careful users, set ``jax_numpy_rank_promotion='raise'`` for their
+    own code; the layers here broadcast a bias ``(C,)`` onto ``(N, ..., C)`` and kernels onto
+    their batch axes by design, so the public entry points (`guarded_apply`, `KernelFn.__call__`)
+    trace under ``'allow'`` and a user's strict setting never breaks them.
+    """
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        with jax.numpy_rank_promotion("allow"):
+            return fn(*args, **kwargs)
+    return wrapped
+
+
 def keep_requirement(out: Requirement) -> Requirement:
     """Pointwise layers (activations, Dense, Conv) need what their output needs."""
     return out
@@ -84,6 +99,12 @@ class KernelFn:
     whole_batch: bool = False
     input_axes: Optional[tuple] = None
 
+    @property
+    def __name__(self) -> str:
+        """The layer's name without its arguments (``Conv``), as neural-tangents names its functions."""
+        return self.name.split("(", 1)[0]
+
+    @own_rank_promotion
     def __call__(self, x1, x2=None, get=None, *, block_size=None, diagonal_batch=None, diagonal_spatial=False,
                  mask_constant=None, pattern=None, neural_tangents_axis_order=False, batch_axis=None,
                  channel_axis=None, **kwargs):
@@ -497,12 +518,28 @@ def checked(name: str, rule: Callable[[Kernel], Kernel]) -> Callable[[Kernel], K
     return wrapped
 
 
-class Layer(NamedTuple):
-    """A layer or network: unpacks as ``init_fn, apply_fn, kernel_fn``."""
-
+class _Functions(NamedTuple):
     init_fn: Callable
     apply_fn: Callable
     kernel_fn: KernelFn
+
+
+class Layer(_Functions):
+    """A layer or network: unpacks as ``init_fn, apply_fn, kernel_fn``.
+
+    The three functions are named after the layer (``Dense``, ``serial``), as neural-tangents
+    names them: code that branches on ``init_fn.__name__`` ports.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, init_fn: Callable, apply_fn: Callable, kernel_fn: KernelFn):
+        for fn in (init_fn, apply_fn):
+            try:
+                fn.__name__ = kernel_fn.__name__
+            except (AttributeError, TypeError):  # a callable object without a settable name
+                pass
+        return super().__new__(cls, init_fn, apply_fn, kernel_fn)
 
 
 def describe(layer_name: str, **kwargs) -> str:
@@ -665,6 +702,7 @@ def guarded_apply(name: str, apply_fn: Callable, keywords: tuple = (), masks=Non
     `Masked` values, and its outputs come back as arrays zero at masked positions (neural-tangents'
     ``unmask_fn(apply_fn)``); called by a combinator with `Masked` inputs, it returns `Masked`.
     """
+    @own_rank_promotion
     def apply(params, inputs, **kwargs):
         check_apply_keywords(name, kwargs, keywords)
         mask_constant = kwargs.pop("mask_constant", None)

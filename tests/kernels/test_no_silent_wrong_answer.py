@@ -194,8 +194,8 @@ def test_empirical_kernel_refuses_another_networks_params():
 
 def test_finite_kernel_options_are_checked_not_ignored():
     init_fn, apply_fn, _ = stax.serial(stax.Dense(4), stax.Relu())
-    with pytest.raises(ValueError, match="argument `vmap_axes`"):
-        empirical_kernel_fn(apply_fn, vmap_axes=1)
+    with pytest.raises(ValueError, match="argument `vmap_axes`"):  # an int, or neural-tangents' (in, out, kwargs) axes
+        empirical_kernel_fn(apply_fn, vmap_axes="examples")
     with pytest.raises(ValueError, match="argument `implementation`"):
         empirical_kernel_fn(apply_fn, implementation=7)
     with pytest.raises(ValueError, match="argument `batch_size`"):

@@ -1,0 +1,51 @@
+"""Conventions of neural-tangents that its users' code (and its own tests) rely on.
+
+- A user's ``jax_numpy_rank_promotion='raise'`` governs their own code, not the layers': a bias
+  ``(C,)`` added onto ``(N, ..., C)`` is the layer's design, so every network runs and gives the
+  same numbers under the strict setting, and the setting is the user's again afterwards.
+- ``init_fn``, ``apply_fn`` and ``kernel_fn`` carry the layer's name (``Relu``, ``serial``).
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kernels import stax
+
+NETWORKS = {
+    "dense": (lambda: stax.serial(stax.Dense(8, b_std=0.1), stax.Relu(), stax.Dense(1, b_std=0.1)), (3, 5)),
+    "conv_local": (lambda: stax.serial(stax.ConvLocal(8, (3,), b_std=0.1), stax.Erf(), stax.GlobalAvgPool(),
+                                       stax.Dense(1, b_std=0.1)), (3, 6, 2)),
+    "attention": (lambda: stax.serial(stax.Dense(8), stax.GlobalSelfAttention(8, 8, 8, 2, pos_emb_type="SUM"),
+                                      stax.GlobalAvgPool(), stax.Dense(1)), (3, 5, 2)),
+}
+
+
+@pytest.mark.parametrize("name", ["dense", pytest.param("conv_local", marks=pytest.mark.slow), "attention"])
+def test_strict_rank_promotion_changes_nothing(name):
+    build, shape = NETWORKS[name]
+    init_fn, apply_fn, kernel_fn = build()
+    x = jax.random.normal(jax.random.PRNGKey(0), shape)
+    _, params = init_fn(jax.random.PRNGKey(1), shape)
+    expected_out = apply_fn(params, x)
+    expected = kernel_fn(x, x[:2], ("nngp", "ntk"))
+    with jax.numpy_rank_promotion("raise"):
+        out = apply_fn(params, x)
+        k = kernel_fn(x, x[:2], ("nngp", "ntk"))
+        with pytest.raises(ValueError, match="rank_promotion"):  # the user's own code is still strict
+            jnp.ones((3, 4)) + jnp.ones(4)
+    np.testing.assert_array_equal(out, expected_out)
+    np.testing.assert_array_equal(k.nngp, expected.nngp)
+    np.testing.assert_array_equal(k.ntk, expected.ntk)
+
+
+def test_functions_are_named_after_their_layer():
+    cases = {"Relu": stax.Relu(), "Identity": stax.Identity(), "Conv": stax.Conv(3, (2, 2)),
+             "serial": stax.serial(stax.Dense(2), stax.Relu()), "parallel": stax.parallel(stax.Relu(), stax.Erf()),
+             "Flatten": stax.Flatten(), "Sin": stax.Sin()}
+    for name, layer in cases.items():
+        assert [f.__name__ for f in layer] == [name] * 3
+    # naming a network does not rename its parts
+    relu = stax.Relu()
+    stax.serial(relu, stax.Dense(1))
+    assert relu[0].__name__ == "Relu"
