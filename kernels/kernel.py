@@ -110,12 +110,12 @@ class Kernel:
     @property
     def shape1(self) -> tuple:
         """The shape of the finite layer's outputs on the first batch, ``(N1, *spatial, channels)`` (in `axes`' layout)."""
-        return self._shape(self.nngp.shape[0])
+        return self._shape(self._some_array().shape[0])
 
     @property
     def shape2(self) -> tuple:
         """The shape of the finite layer's outputs on the second batch, ``(N2, *spatial, channels)`` (in `axes`' layout)."""
-        return self._shape(self.nngp.shape[1])
+        return self._shape(self._some_array().shape[1])
 
     def _shape(self, n: int) -> tuple:
         if self.axes is None:
@@ -125,7 +125,12 @@ class Kernel:
                      for i in range(self.spatial_ndim + 2))
 
     def _spatial(self) -> tuple:
-        return tuple(self.nngp.shape[2::2]) if self.full else tuple(self.nngp.shape[2:])
+        a = self._some_array()
+        return tuple(a.shape[2::2]) if self.full else tuple(a.shape[2:])
+
+    def _some_array(self):
+        """The NNGP, or the NTK where ``get`` left the NNGP out: both have the same shape."""
+        return self.nngp if self.nngp is not None else self.ntk
 
     # neural-tangents' field that a custom layer's rule may read (`kernels.stax.custom`): widekit's kernels
     # are always computed from inputs, never the inputs themselves.

@@ -49,3 +49,13 @@ def test_functions_are_named_after_their_layer():
     relu = stax.Relu()
     stax.serial(relu, stax.Dense(1))
     assert relu[0].__name__ == "Relu"
+
+
+def test_shapes_without_the_nngp():
+    """``get=("ntk", "shape1", "shape2")`` reports the finite network's output shapes (neural-tangents'
+    LayerNorm tests ask for them without the NNGP)."""
+    init_fn, apply_fn, kernel_fn = stax.serial(stax.Conv(3, (2, 2)), stax.Relu(), stax.LayerNorm())
+    x1, x2 = jnp.ones((2, 4, 4, 3)), jnp.ones((1, 4, 4, 3))
+    _, params = init_fn(jax.random.PRNGKey(0), x1.shape)
+    k = kernel_fn(x1, x2, ("ntk", "shape1", "shape2"))
+    assert (k.shape1, k.shape2) == (apply_fn(params, x1).shape, apply_fn(params, x2).shape)
