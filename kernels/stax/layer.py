@@ -193,6 +193,13 @@ class KernelFn:
                     raise argument_error(where, argument, "None when x1 is a Kernel (it records its layout)", value)
             return self._on_kernel(where, x1, x2, request, arrays, block_size, diagonal_spatial, pattern,
                                    neural_tangents_axis_order)
+        for label, x in (("x1", x1), ("x2", x2)):
+            if isinstance(x, dict) or isinstance(x, (list, tuple)) and any(isinstance(e, (jax.Array, np.ndarray))
+                                                                          for e in x):  # not nested numbers:
+                # np.asarray would stack several inputs into one array
+                raise NotImplementedError(f"{where}: argument `{label}` must be one array; a network with several "
+                                          f"inputs (a {type(x).__name__} of arrays) has no closed-form kernel here "
+                                          "yet (monte_carlo_kernel_fn and the empirical kernels take them)")
         x1, x2, axes = _canonical_inputs(where, self.input_axes, x1, x2, batch_axis, channel_axis)
         x1, x2, masks = _check_inputs(x1, x2, mask_constant)
         patterns = check_pattern_keyword(where, self.keywords, pattern, x1, x2, block_size)

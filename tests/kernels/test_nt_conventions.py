@@ -59,3 +59,18 @@ def test_shapes_without_the_nngp():
     _, params = init_fn(jax.random.PRNGKey(0), x1.shape)
     k = kernel_fn(x1, x2, ("ntk", "shape1", "shape2"))
     assert (k.shape1, k.shape2) == (apply_fn(params, x1).shape, apply_fn(params, x2).shape)
+
+
+def test_several_inputs_are_refused_not_stacked():
+    """A list of input arrays (neural-tangents' networks that start with ``parallel``) would be
+    stacked by NumPy into one array with a spatial axis: refused by name instead. Nested lists of
+    numbers are still one array."""
+    _, _, kernel_fn = stax.serial(stax.Dense(2), stax.Relu())
+    x = jnp.ones((2, 3))
+    for inputs in ([x, x], (x, x), {"a": x}):
+        with pytest.raises(NotImplementedError, match=r"argument `x1` must be one array"):
+            kernel_fn(inputs, None, "nngp")
+    with pytest.raises(NotImplementedError, match=r"argument `x2` must be one array"):
+        kernel_fn(x, [x, x], "nngp")
+    np.testing.assert_array_equal(kernel_fn([[1., 0., 0.], [0., 1., 0.]], None, "nngp"),
+                                  kernel_fn(jnp.eye(3)[:2], None, "nngp"))
