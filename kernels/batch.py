@@ -72,7 +72,7 @@ import jax
 import numpy as np
 
 from kernels import tiling
-from kernels.checks import argument_error, check_examples, parse_get
+from kernels.checks import Get, argument_error, check_examples, parse_get
 from kernels.fingerprint import FingerprintError, array_digest, fingerprint as network_fingerprint
 from kernels.kernel import Kernel
 from kernels.tile_store import COLS, PAIRS, ROWS, Output, TileStore, python_version, tile_regions
@@ -113,7 +113,17 @@ def batch(kernel_fn: Callable, batch_size: int = 0, device_count: int = -1, stor
 
     Returns:
       ``batched_kernel_fn(x1, x2=None, get=None, *args, **kwargs)`` returning what ``kernel_fn``
-      returns. Further arguments go to every tile's ``kernel_fn`` call unchanged: e.g. the
+      returns, when ``kernel_fn`` takes ``get`` (its third positional parameter is named ``get``, as
+      for `kernels.stax` networks and the empirical and Monte Carlo ``kernel_fn``; ``get`` may also
+      be a keyword). Any other callable, e.g. ``empirical_ntk_fn(apply_fn)``'s ``ntk_fn(x1, x2,
+      params)`` or a ``kernel_fn(x1, x2, key)``, is called as neural-tangents' ``batch`` calls it,
+      ``kernel_fn(x1_tile, x2_tile, *args, **kwargs)`` with every argument after ``x1, x2`` passed on
+      unchanged; its result (a `Kernel`, an array or a pytree of arrays leading with the tile's
+      ``(b1, b2)`` examples) is assembled leaf by leaf, and with ``x2=None`` every tile of ``x1``
+      against itself is computed (its trailing axes, e.g. the output-axis pairs of ``trace_axes=()``,
+      are not mirrored). Inside a ``jax`` trace (``x1`` or ``x2`` a tracer, e.g. under ``jax.jit``)
+      ``kernel_fn`` is called once on the whole inputs: tiles cannot be copied to the host there
+      (and ``path`` is refused). Further arguments go to every tile's ``kernel_fn`` call unchanged: e.g. the
       ``params`` of an empirical kernel, ``kernel_fn(x1, x2, get, params)``, or keywords such as
       ``diagonal_spatial``; arrays among them are traced, anything else is fixed (and, with
       ``path``, part of the store's fingerprint, so tiles of other parameters are never reused).
@@ -158,7 +168,17 @@ def batch(kernel_fn: Callable, batch_size: int = 0, device_count: int = -1, stor
                          progress=progress, process_index=process_index if explicit else None,
                          process_count=process_count if explicit else None, fingerprint=fingerprint)
 
-    def batched_kernel_fn(x1, x2=None, get=None, *args, **kwargs):
+    takes_get = _takes_get(kernel_fn)
+
+    def batched_kernel_fn(x1, x2=None, *args, **kwargs):
+        if not takes_get:
+            return _pass_through(kernel_fn, batch_size, path, fingerprint, same_settings, devices, x1, x2, args, kwargs)
+        get, args = (args[0], args[1:]) if args else (kwargs.pop("get", None), args)
+        if _traced(x1, x2):
+            if path is not None:
+                raise argument_error("batch", "x1", "concrete arrays when path is given (a traced value cannot be "
+                                     "written to a tile store)", "a jax tracer", TypeError)
+            return kernel_fn(x1, x2, get, *args, **kwargs)  # inside a trace: one piece, no host copies
         request = parse_get(get, GET_NAMES, "batch")
         if kwargs.get("diagonal_batch") is False:
             def batched_in(name):
@@ -208,10 +228,88 @@ def batch(kernel_fn: Callable, batch_size: int = 0, device_count: int = -1, stor
             results = {n: jax.device_put(v, devices[0]) for n, v in results.items()}
         return _rebuild(template, request, results)
 
-    batched_kernel_fn.__doc__ = (f"Tiled ({batch_size} x {batch_size} examples) kernel_fn(x1, x2=None, get=None); "
-                                 "see kernels.batch.")
+    batched_kernel_fn.__doc__ = (f"Tiled ({batch_size} x {batch_size} examples) kernel_fn(x1, x2=None, "
+                                 f"{'get=None, ' if takes_get else ''}*args, **kwargs); see kernels.batch.")
     batched_kernel_fn.kernel_fn = kernel_fn
     return batched_kernel_fn
+
+
+# ----------------------------------------------------------------------------- functions without get
+
+def _takes_get(kernel_fn) -> bool:
+    """Whether ``kernel_fn`` follows the ``kernel_fn(x1, x2, get, ...)`` convention (a `kernels.stax` ``KernelFn``,
+    the empirical and Monte Carlo ``kernel_fn``): its third positional parameter is named ``get``. Any other
+    callable (e.g. ``empirical_ntk_fn``'s ``ntk_fn(x1, x2, params)``, a ``kernel_fn(x1, x2, key)``) gets the
+    arguments after ``x1, x2`` unchanged. A callable without a readable signature is taken to take ``get``."""
+    try:
+        parameters = list(inspect.signature(kernel_fn).parameters.values())
+    except (TypeError, ValueError):
+        return True
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 3 and positional[2].name == "get"
+
+
+def _traced(*values) -> bool:
+    return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(values))
+
+
+def _pass_through(kernel_fn, batch_size, path, fingerprint, settings: dict, devices, x1, x2, args: tuple,
+                  kwargs: dict):
+    """``kernel_fn(x1, x2, *args, **kwargs)`` tiled, for a ``kernel_fn`` that takes no ``get``.
+
+    Its result may be a `Kernel` or any pytree of arrays whose leaves lead with the tile's ``(b1, b2)``
+    examples. With ``x2=None`` every tile of ``x1`` against ``x1`` is computed (as neural-tangents' ``batch``
+    does): the trailing axes of an arbitrary function's output (e.g. output-axis pairs with
+    ``trace_axes=()``) cannot be mirrored safely.
+    """
+    if isinstance(x1, Kernel):
+        raise argument_error("batch", "x1", "an array of examples for a kernel_fn that takes no get (a Kernel input "
+                             "is for kernel_fn(x1, x2, get) functions)", "a Kernel", TypeError)
+    if _traced(x1, x2):
+        if path is not None:
+            raise argument_error("batch", "x1", "concrete arrays when path is given (a traced value cannot be "
+                                 "written to a tile store)", "a jax tracer", TypeError)
+        return kernel_fn(x1, x2, *args, **kwargs)
+    x1 = check_examples("batch", "x1", x1)
+    x2 = x1 if x2 is None else check_examples("batch", "x2", x2)
+    plan = tiling.make_plan(x1.shape[0], x2.shape[0], int(batch_size), False)
+    whole = _tile_functions_with(lambda a, b, _get, *rest, **kw: kernel_fn(a, b, *rest, **kw), None, args, kwargs)
+    template = _template(*whole, x1, x2, plan)
+    if all(isinstance(branch, Kernel) for _, branch in _branches(template)):
+        request, f_off, treedef = parse_get(None, GET_NAMES, "batch"), whole[1], None
+    else:
+        flat, treedef = jax.tree_util.tree_flatten(template)
+        request = Get(tuple(f"leaf{i}" for i in range(len(flat))), "tuple")
+        _, f_off = _tile_functions_with(
+            lambda a, b, _get, *rest, **kw: tuple(jax.tree_util.tree_leaves(kernel_fn(a, b, *rest, **kw))),
+            None, args, kwargs)
+        template = tuple(flat)
+    outputs = _outputs(template, request, plan, 0, mirrored=False)
+    process_index, process_count = settings["process_index"], settings["process_count"]
+    explicit = process_index is not None
+    if not explicit:
+        process_index, process_count = jax.process_index(), jax.process_count()
+    share = plan.share(process_index, process_count)
+    if path is None:
+        sink = _HostSink(outputs, fill_nan=process_count > 1)
+    else:
+        manifest = _manifest(kernel_fn, fingerprint, x1, x2, request, plan, outputs)
+        if args or kwargs:
+            manifest["arguments_sha256"] = _arguments_fingerprint(args, kwargs)
+        sink = TileStore(path, plan, outputs, manifest, process_index, share)
+    try:
+        _run_tiles(plan, outputs, share, sink, devices, None, f_off, x1, x2, request, settings["progress"])
+    finally:
+        sink.close()
+    if not explicit and process_count > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices("kernels.batch: all tiles written")
+    results = sink.results()
+    if settings["store_on_device"]:
+        results = {n: jax.device_put(v, devices[0]) for n, v in results.items()}
+    if treedef is None:
+        return _rebuild(template, request, results)
+    return jax.tree_util.tree_unflatten(treedef, [results[n] for n in request.names])
 
 
 # ----------------------------------------------------------------------------- steps
@@ -339,8 +437,9 @@ def _template(f_diag, f_off, x1, x2, plan):
     return jax.eval_shape(f_off, tile1, jax.ShapeDtypeStruct((plan.b2,) + x2.shape[1:], x2.dtype))
 
 
-def _outputs(template, request, plan, spatial_ndim: int) -> dict:
-    """name -> `Output` for every array the tiles fill."""
+def _outputs(template, request, plan, spatial_ndim: int, mirrored: bool = True) -> dict:
+    """name -> `Output` for every array the tiles fill (``mirrored=False``: every tile is computed, so how
+    the trailing axes would mirror is not asked)."""
     outputs = {}
     for path, branch in _branches(template):
         for name, leaf in _one_as_dict(branch, request).items():
@@ -352,7 +451,8 @@ def _outputs(template, request, plan, spatial_ndim: int) -> dict:
                 raise ValueError(f"batch: kernel_fn's {key!r} has shape {leaf.shape} for a {plan.b1} x {plan.b2} "
                                  f"tile; expected leading axes {expect}")
             tail = tuple(leaf.shape[len(lead):])
-            full = _keeps_pairs(len(tail), spatial_ndim, getattr(branch, "full", None)) if kind == PAIRS else False
+            full = _keeps_pairs(len(tail), spatial_ndim, getattr(branch, "full", None)) \
+                if kind == PAIRS and mirrored else False
             outputs[key] = Output(kind, lead + tail, np.dtype(leaf.dtype), full)
     return outputs
 

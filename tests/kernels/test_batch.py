@@ -300,3 +300,68 @@ def test_batching_a_kernel_refuses_x2_and_pattern():
         batch(then, TILE, progress=False)(k, inputs(X2, 1))
     with pytest.raises(ValueError, match="pattern"):
         batch(then, TILE, progress=False)(k, None, None, pattern=(None, None))
+
+
+# ----------------------------------------------------------------------------- functions that take no get
+
+@functools.lru_cache(maxsize=None)
+def finite_net():
+    init_fn, apply_fn, _ = stax.serial(stax.Dense(6, W_std=1.5, b_std=0.1), stax.Relu(), stax.Dense(3))
+    return apply_fn, init_fn(jax.random.PRNGKey(0), X1)[1]
+
+
+@pytest.mark.parametrize("trace_axes,given", [((), False), ((-1,), True),
+                                              pytest.param((), True, marks=pytest.mark.slow),
+                                              pytest.param((-1,), False, marks=pytest.mark.slow)])
+def test_batching_empirical_ntk_fn_passes_params_positionally(trace_axes, given):
+    """neural-tangents' examples/function_space.py: ``nt.batch(nt.empirical_ntk_fn(apply_fn, vmap_axes=0), ...)``
+    called as ``ntk(x_train, None, params)``; with ``trace_axes=()`` the output axes come in pairs (N1, N2, 3, 3)."""
+    from kernels.empirical import empirical_ntk_fn
+    apply_fn, params = finite_net()
+    ntk_fn = empirical_ntk_fn(apply_fn, trace_axes=trace_axes, vmap_axes=0)
+    x1, x2 = inputs(X1, 0), (inputs(X2, 1) if given else None)
+    got = batch(ntk_fn, TILE, device_count=0, progress=False)(x1, x2, params)
+    expected = ntk_fn(x1, x2, params)
+    assert got.shape == expected.shape == (X1[0], (X2 if given else X1)[0]) + (3, 3) * (trace_axes == ())
+    assert close(got, expected)
+    # params as a keyword of a partial, get absent: the same
+    keyword = batch(functools.partial(ntk_fn, params=params), TILE, progress=False)(x1, x2)
+    assert close(keyword, expected)
+    # a wrong pass-through (other parameters instead of the given ones) is caught by the comparison
+    other = jax.tree_util.tree_map(lambda p: 1.1 * p, params)
+    assert not close(batch(lambda a, b, _params: ntk_fn(a, b, other), TILE, progress=False)(x1, x2, params),
+                     expected)
+
+
+def scaled_dot(x1, x2, key):
+    """A Monte-Carlo-like kernel_fn(x1, x2, key): x1 x2^T times one standard normal draw of ``key``, and the
+    same for the norms as a second output (a pytree)."""
+    z = jax.random.normal(key, ())
+    x2 = x1 if x2 is None else x2
+    return {"dot": z * x1 @ x2.T, "pair": (z * x1.sum(1)[:, None] + x2.sum(1)[None, :])[..., None]}
+
+
+def test_a_function_of_x1_x2_key_gets_the_key():
+    key = jax.random.PRNGKey(7)
+    x1, x2 = inputs(X1, 0), inputs(X2, 1)
+    z = float(jax.random.normal(key, ()))  # the draw, independently of batch
+    truth = {"dot": z * x1 @ x2.T, "pair": (z * x1.sum(1)[:, None] + x2.sum(1)[None, :])[..., None]}
+    got = batch(scaled_dot, TILE, progress=False)(x1, x2, key)
+    assert set(got) == {"dot", "pair"} and all(close(got[n], truth[n]) for n in truth)
+    sym = batch(scaled_dot, TILE, progress=False)(x1, None, key)["dot"]
+    assert close(sym, z * x1 @ x1.T)
+    # a wrong pass-through (the key dropped for a fixed one) fails the same check
+    dropped = batch(lambda a, b, _key: scaled_dot(a, b, jax.random.PRNGKey(0)), TILE, progress=False)(x1, x2, key)
+    assert not close(dropped["dot"], truth["dot"])
+
+
+def test_get_as_keyword_and_traced_inputs():
+    x1, x2 = inputs(X1, 0), inputs(X2, 1)
+    expected = reference("mlp", True)
+    assert close(batch(net("mlp"), TILE, progress=False)(x1, x2, get="ntk"), expected.ntk)
+    traced = jax.jit(lambda a, b: batch(net("mlp"), TILE, progress=False)(a, b, "nngp"))(x1, x2)
+    assert close(traced, expected.nngp)
+    traced = jax.jit(lambda a, b: batch(scaled_dot, TILE, progress=False)(a, b, jax.random.PRNGKey(7)))(x1, x2)
+    assert close(traced["dot"], scaled_dot(x1, x2, jax.random.PRNGKey(7))["dot"])
+    with pytest.raises(TypeError, match="batch: argument `x1`"):
+        batch(scaled_dot, TILE, progress=False)(reference("mlp", True), None, jax.random.PRNGKey(7))
