@@ -173,7 +173,7 @@ def masked_inputs(name, shape, masking):
 def case(name, spec, x1_shape, x2_shape, masking):
     x1, x2 = masked_inputs(name + "/x1", x1_shape, masking), masked_inputs(name + "/x2", x2_shape, masking)
     constant = masking[1]
-    decays = any(kwargs.get("pos_emb_decay_fn") for _, kwargs in spec)
+    decays = any(isinstance(kwargs, dict) and kwargs.get("pos_emb_decay_fn") for _, kwargs in spec)
     # Specs without a decay function are built flat, so that init_fn's parameters come layer by layer.
     init_fn, apply_fn, kernel_fn = (reference_attention if decays else reference).network_from_spec(spec)
     k12 = kernel_fn(x1, x2, mask_constant=constant)

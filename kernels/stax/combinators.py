@@ -12,8 +12,9 @@ import numpy as np
 
 from kernels.checks import argument_error
 from kernels.kernel import Kernel, majority_parity
-from kernels.stax.layer import (PASS_MASKS, KernelFn, Layer, any_requirement, describe, guarded_apply, input_axes_of,
-                                keywords_for, keywords_of, leaf)
+from kernels.stax import masking
+from kernels.stax.layer import (PASS_MASKS, KernelFn, Layer, any_requirement, checked, describe, guarded_apply,
+                                input_axes_of, keywords_for, keywords_of, leaf)
 
 
 def serial(*layers) -> Layer:
@@ -28,7 +29,7 @@ def serial(*layers) -> Layer:
             rng, key = jax.random.split(rng)
             input_shape, p = layer.init_fn(key, input_shape)
             params.append(p)
-        return input_shape, tuple(params)
+        return input_shape, params  # a list, as neural-tangents' (jax.example_libraries) serial
 
     def apply_fn(params, x, **kwargs):
         for layer, p, kw in zip(layers, params, _split_rng(kwargs, len(layers))):
@@ -61,12 +62,16 @@ def _split_rng(kwargs: dict, n: int) -> list:
 
 def repeat(layer, n: int) -> Layer:
     """``layer`` applied ``n`` times, each time with its own weights; ``n=0`` is the identity
-    (as in neural-tangents)."""
+    (as in neural-tangents). The keywords the network takes are ``layer``'s for every ``n``: the
+    identity of ``n=0`` accepts (and has no use for) e.g. the ``pattern`` of a ``layer`` with an
+    `Aggregate`, as neural-tangents' ``repeat`` does, so that one call serves every depth."""
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
         raise ValueError(f"repeat: n must be a non-negative integer, got {n!r}")
+    layer = Layer(*layer)
     if n == 0:
-        from kernels.stax.linear import Identity
-        return Identity()
+        return leaf(f"repeat({layer.kernel_fn.name}, 0)", lambda rng, input_shape: (input_shape, ()),
+                    lambda params, x, **kwargs: x, lambda k: k, keywords=layer.kernel_fn.keywords,
+                    masks=masking.POINTWISE)
     return serial(*[layer] * int(n))
 
 
@@ -105,14 +110,23 @@ def parallel(*layers) -> Layer:
 
 
 def FanOut(num: int) -> Layer:
-    """Copies its input into ``num`` branches."""
+    """Copies its input into ``num`` branches (with masked inputs, each copy keeps the mask, as in
+    neural-tangents)."""
+    name = describe("FanOut", num=num)
+
     def needs_full(out):
         return any_requirement(out)
-    return leaf(describe("FanOut", num=num), lambda rng, shape: ([shape] * num, ()),
-                lambda params, x, **kwargs: [x] * num, lambda k: (k.replace(own_weights=False),) * num, needs_full)
+
+    def rule(k):
+        return (k.replace(own_weights=False),) * num
+    return Layer(lambda rng, shape: ([shape] * num, ()),
+                 guarded_apply(name, lambda params, x, **kwargs: [x] * num, (), PASS_MASKS),
+                 KernelFn(name, checked(name, rule), needs_full))
 
 
-def _fan_in(name, init_fn, apply_fn, combine):
+def _fan_in(name, init_fn, apply_fn, combine, merge_masks=masking.masked_in_all):
+    """A fan-in layer; with masked inputs each branch is zero at its own masked positions (as its
+    last layer left it) and ``merge_masks(masks)`` gives the output's mask (`kernels.stax.masking`)."""
     def rule(ks):
         if isinstance(ks, Kernel) or len(ks) < 1:
             raise ValueError(f"{name}: expects a list of branches (after FanOut and parallel)")
@@ -120,8 +134,17 @@ def _fan_in(name, init_fn, apply_fn, combine):
         if len(shapes) != 1:
             raise ValueError(f"{name}: branches' kernels differ in shape {sorted(shapes)}; "
                              "their outputs must have the same spatial shape")
-        return combine(ks)
-    return Layer(init_fn, guarded_apply(name, apply_fn), KernelFn(name, rule))
+        if not masking.is_masked(ks):
+            return combine(ks)
+        ks = [masking.zero_masked(k) for k in ks]
+        return combine(ks).replace(**masking.merged_kernel_masks(name, ks, merge_masks))
+
+    def masked_apply(params, xs, **kwargs):
+        if masking.carries_masks(xs):
+            values, mask = masking.merged_branches(name, xs, merge_masks)
+            return masking.Masked(apply_fn(params, values, **kwargs), mask)
+        return apply_fn(params, xs, **kwargs)
+    return Layer(init_fn, guarded_apply(name, masked_apply, (), PASS_MASKS), KernelFn(name, rule))
 
 
 def _block_diagonal(arrays, ax1: int, ax2: int):
@@ -336,9 +359,14 @@ def FanInConcat(axis: int = -1) -> Layer:
                              own_weights=all(k.own_weights for k in ks),
                              odd_convolutions=majority_parity(ks), **_combined_means(ks, join))
 
-    def rule(ks):
-        if isinstance(ks, Kernel) or len(ks) < 1:
-            raise ValueError(f"{name}: expects a list of branches (after FanOut and parallel)")
+    def merge_for(ax: int, ndim: int, channel_axis: int):
+        """How the branches' masks merge (`kernels.stax.masking`): ``ax`` of the outputs, masks ``(N, *S)``
+        in the outputs' order of non-channel axes."""
+        if ax == channel_axis:
+            return masking.masked_in_all
+        return masking.concatenated_along(ax if ax < channel_axis else ax - 1)
+
+    def combine(ks):
         ndim = ks[0].spatial_ndim + 2
         layouts = {(k.spatial_ndim + 2, k.batch_axis % ndim, k.channel_axis % ndim) for k in ks}
         if len(layouts) != 1:
@@ -347,11 +375,27 @@ def FanInConcat(axis: int = -1) -> Layer:
         (_, batch_axis, channel_axis), = layouts
         ax = resolve(ndim)
         if ax == channel_axis:
-            return channel_concat(ks)
+            return channel_concat(ks), masking.masked_in_all
         if ax == batch_axis:
-            return batch_concat(ks)
+            return batch_concat(ks), None
         spatial_axes = [i for i in range(ndim) if i not in (batch_axis, channel_axis)]
-        return spatial_concat(ks, spatial_axes.index(ax))
+        dim = spatial_axes.index(ax)
+        return spatial_concat(ks, dim), masking.concatenated_along(1 + dim)  # masks: (N, *S) in the kernel's order
 
-    return Layer(init_fn, guarded_apply(name, lambda params, xs, **kwargs: jnp.concatenate(xs, axis)),
-                 KernelFn(name, rule, whole_batch=axis == 0))
+    def rule(ks):
+        if isinstance(ks, Kernel) or len(ks) < 1:
+            raise ValueError(f"{name}: expects a list of branches (after FanOut and parallel)")
+        if not masking.is_masked(ks):
+            return combine(ks)[0]
+        ks = [masking.zero_masked(k) for k in ks]
+        out, merge = combine(ks)
+        return out.replace(**masking.merged_kernel_masks(name, ks, merge))
+
+    def apply_fn(params, xs, **kwargs):
+        if not masking.carries_masks(xs):
+            return jnp.concatenate(xs, axis)
+        ndim = xs[0].value.ndim
+        values, mask = masking.merged_branches(name, xs, merge_for(resolve(ndim), ndim, ndim - 1))
+        return masking.Masked(jnp.concatenate(values, axis), mask)
+
+    return Layer(init_fn, guarded_apply(name, apply_fn, (), PASS_MASKS), KernelFn(name, rule, whole_batch=axis == 0))

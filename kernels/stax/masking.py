@@ -251,3 +251,48 @@ def apply_leaf(name: str, masking: Masking, apply_fn: Callable, params, inputs, 
     value = zero_at(inputs.value, inputs.mask)
     extra = dict(mask=inputs.mask) if masking.apply_takes_mask else {}
     return Masked(apply_fn(params, value, **extra, **kwargs), masking.mask_fn(inputs.mask))
+
+
+# ------------------------------------------------------------------------------- branches
+
+def masked_in_all(masks):
+    """Mask of a sum, product or channel concatenation of branches: a position is masked when it is
+    masked in every branch (neural-tangents 0.6.5's ``_sum_masks``; after a channel concatenation its
+    per-channel mask is collapsed by the next layer the same way). A position masked in some branches
+    only holds their zeros there."""
+    out = masks[0]
+    for m in masks[1:]:
+        out = out & m
+    return out
+
+
+def concatenated_along(axis: int):
+    """Mask of a concatenation of branches along a non-channel ``axis`` of the ``(N, *S)`` mask:
+    the branches' masks side by side (neural-tangents 0.6.5's ``_concat_masks``)."""
+    return lambda masks: jnp.concatenate(masks, axis=axis)
+
+
+def _filled(masks):
+    """Branch masks with a branch that carries none (``None``) taken as unmasked."""
+    shape = next(m.shape for m in masks if m is not None)
+    return [jnp.zeros(shape, bool) if m is None else m for m in masks]
+
+
+def merged_kernel_masks(name: str, ks, merge: Callable) -> dict:
+    """``mask1``/``mask2`` of the kernel of merged branches ``ks`` by ``merge`` (a list of masks -> one)."""
+    if any(k.mask2 is not None for k in ks) and any(k.mask2 is None for k in ks):
+        raise ValueError(f"{name}: branches disagree on whether x2 is given")
+    mask1 = merge(_filled([k.mask1 for k in ks]))
+    mask2 = None if ks[0].mask2 is None else merge(_filled([k.mask2 for k in ks]))
+    return dict(mask1=mask1, mask2=mask2)
+
+
+def merged_branches(name: str, xs, merge: Callable):
+    """``(values, mask)`` of branches ``xs`` (`Masked` or arrays) entering a fan-in layer's ``apply_fn``:
+    each value zero at its branch's masked positions, and the merged mask."""
+    if isinstance(xs, Masked) or not isinstance(xs, (list, tuple)):
+        raise ValueError(f"{name}: apply_fn expects a list of branches (after FanOut and parallel)")
+    if not all(isinstance(x, Masked) for x in xs):
+        raise NotImplementedError(f"{name}: apply_fn: masked inputs (argument `mask_constant`) reach only some "
+                                  "of the branches; every branch must come from the masked inputs")
+    return [zero_at(x.value, x.mask) for x in xs], merge([x.mask for x in xs])

@@ -368,3 +368,39 @@ def test_half_precision_per_branch():
 def test_half_precision_overflow_names_the_branch():
     with pytest.raises(FloatingPointError, match=r"\(branch 1\): the kernel's nngp exceeds the range of float16"):
         half_precision_network(1e3)[2](inputs((3, 5), 0).astype(jnp.float16))
+
+
+# ----------------------------------------------------------------- repeat's keywords, serial's parameters (issue 14)
+
+def test_repeat_takes_its_layers_keywords_at_every_depth_including_zero():
+    """neural-tangents' combinators_test::test_repeat_agg calls ``repeat(layer, n)`` for n = 0..3 with
+    the same ``pattern``: the identity of n = 0 accepts the keywords of ``layer`` (an `Aggregate`
+    here). Its kernel is the inputs' (that of `Identity`); a network without an `Aggregate` refuses
+    ``pattern`` by name at every depth."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 4, 2))
+    pattern = (rng.random((3, 4, 4)) < 0.5).astype(float)
+    layer = stax.serial(stax.Dense(8, 1.3, 0.1), stax.Aggregate(), stax.Relu())
+    for n in range(4):
+        net = stax.repeat(layer, n)
+        k = net.kernel_fn(x, None, "nngp", pattern=(pattern, None))
+        assert k.shape == (3, 3, 4, 4)
+        _, params = net.init_fn(jax.random.PRNGKey(n), x.shape)
+        out = net.apply_fn(params, x, pattern=pattern)
+        assert out.shape == (3, 4, 8 if n else 2)
+        if n == 0:  # the identity: the inputs' kernel, the inputs themselves
+            np.testing.assert_allclose(k, stax.Identity().kernel_fn(x, None, "nngp"), rtol=1e-12)
+            np.testing.assert_array_equal(out, x)
+    for n in (0, 2):
+        with pytest.raises(TypeError, match="pattern"):
+            stax.repeat(stax.Dense(2), n).kernel_fn(x, None, "nngp", pattern=(pattern, None))
+
+
+def test_serial_parameters_are_a_list_as_in_neural_tangents():
+    """neural-tangents 0.6.5's ``serial`` takes ``init_fn`` from ``jax.example_libraries.stax.serial``,
+    whose parameters are a list (one entry per layer); the masking reference files store parameters
+    layer by layer, not their container, so the type is checked directly."""
+    net = stax.serial(stax.Dense(3), stax.Relu(), stax.Dense(1))
+    _, params = net.init_fn(jax.random.PRNGKey(0), (2, 4))
+    assert type(params) is list and len(params) == 3
+    assert net.apply_fn(params, np.ones((2, 4))).shape == (2, 1)

@@ -33,7 +33,7 @@ def network_from_spec(spec):
     """The reference spec's network; a ``pos_emb_decay_fn`` is a name of `DECAY_FNS` there."""
     spec = json.loads(spec) if isinstance(spec, str) else spec
     for _, kwargs in spec:
-        if isinstance(kwargs.get("pos_emb_decay_fn"), str):
+        if isinstance(kwargs, dict) and isinstance(kwargs.get("pos_emb_decay_fn"), str):
             kwargs["pos_emb_decay_fn"] = DECAY_FNS[kwargs["pos_emb_decay_fn"]][1]
     return _network_from_json(spec)
 
@@ -355,7 +355,7 @@ def test_masked_image_kernel_matches_monte_carlo_of_finite_networks():
 # ----------------------------------------------------------------- refusals
 
 @pytest.mark.parametrize("layer, pattern", [
-    (stax.serial(stax.FanOut(2), stax.FanInSum()), r"FanOut\("),
+    (stax.serial(stax.FanOut(2), stax.parallel(stax.Identity(), stax.Dropout(0.5)), stax.FanInSum()), r"Dropout\("),
     (stax.GlobalSelfAttention(4, 4, 4, 1, linear_scaling=False, n_samples=8), r"GlobalSelfAttention\("),
 ])
 def test_layers_without_mask_support_refuse_by_name(layer, pattern):
@@ -367,10 +367,11 @@ def test_layers_without_mask_support_refuse_by_name(layer, pattern):
 
 def test_apply_fn_of_a_layer_without_mask_support_refuses_by_name():
     x = _padded(7)
-    for layer, pattern in ((stax.FanOut(2), r"FanOut\("), (stax.serial(stax.Identity(), stax.FanOut(2)),
-                                                          r"FanOut\(")):
+    resize = stax.ImageResize((4, 6, 3), "linear")
+    for layer, pattern in ((resize, r"ImageResize\("),
+                           (stax.serial(stax.FanOut(2), stax.parallel(stax.Identity(), resize)), r"ImageResize\(")):
         with pytest.raises(NotImplementedError, match=pattern + ".*mask_constant"):
-            layer.apply_fn(((), ()), x, mask_constant=PAD)  # refused before the parameters are read
+            layer.apply_fn([(), ((), ())], x, mask_constant=PAD)  # refused before the parameters are read
 
 
 def test_bad_mask_arguments_are_refused_by_name():
@@ -386,3 +387,60 @@ def test_bad_mask_arguments_are_refused_by_name():
     _, params = POOLED.init_fn(jax.random.PRNGKey(0), x.shape)
     with pytest.raises(TypeError, match="mask_constant"):
         POOLED.apply_fn(params, x, mask_constant=jnp.ones(3))
+
+
+# ----------------------------------------------------------------- branching networks (issue 14)
+
+BRANCH_DATA = os.path.join(os.path.dirname(__file__), "..", "data", "nt_masking_branches_reference.npz")
+
+
+@pytest.fixture(scope="module")
+def branches():
+    return np.load(BRANCH_DATA)
+
+
+# Residual MLP and CNN (FanOut, parallel, FanInSum), FanInProd, FanInConcat along channels and positions;
+# the default suite checks the concatenation along positions (a FanOut, two branches, the mask merged
+# side by side), the rest are `slow`.
+@pytest.mark.parametrize("name", [name if name == "seq_concat_positions" else pytest.param(name, marks=pytest.mark.slow)
+                                  for name in json.loads(str(np.load(BRANCH_DATA)["_cases"]))])
+def test_branching_kernels_match_neural_tangents(branches, name):
+    """FanOut copies the mask to each branch; FanInSum/FanInProd/channel FanInConcat mask a position
+    masked in every branch; FanInConcat along a position axis places the branches' masks side by side."""
+    test_kernels_match_neural_tangents(branches, name)
+
+
+def test_a_wrong_mask_rule_for_branches_fails_the_reference(branches, monkeypatch):
+    """The mask ignored (masked entries zeroed, then treated as data), and a concatenation along
+    positions whose second branch's positions are all taken as unmasked: both far from neural-tangents."""
+    name = "seq_concat_positions"
+    net = network_from_spec(str(branches[f"{name}/spec"]))
+    x1, x2 = (branches[f"{name}/{x}"] for x in ("x1", "x2"))
+    ignored = net.kernel_fn(np.where(x1 == PAD, 0., x1), np.where(x2 == PAD, 0., x2), "nngp")
+    assert relative_error(ignored, branches[f"{name}/nngp"]) > 1e-2
+    monkeypatch.setattr(masking, "concatenated_along", lambda axis: lambda masks: jnp.concatenate(
+        [masks[0]] + [jnp.zeros_like(m) for m in masks[1:]], axis=axis))
+    net = network_from_spec(str(branches[f"{name}/spec"]))
+    wrong = net.kernel_fn(x1, x2, "nngp", mask_constant=PAD)
+    assert relative_error(wrong, branches[f"{name}/nngp"]) > 1e-2
+
+
+@pytest.mark.slow
+def test_finite_branching_networks_on_padded_inputs_equal_them_on_truncated_ones():
+    """A residual block and a concatenation along positions, then pooling: masked apply_fn equals
+    the same network on each example's unmasked positions alone."""
+    residual = stax.serial(stax.Dense(16, 1.2, 0.1), stax.FanOut(2),
+                           stax.parallel(stax.Identity(), stax.serial(stax.Relu(), stax.Dense(16, 1.3, 0.2))),
+                           stax.FanInSum(), stax.Relu(), stax.GlobalAvgPool(), stax.Dense(1))
+    concat = stax.serial(stax.Dense(16, 1.2, 0.1), stax.FanOut(2),
+                         stax.parallel(stax.Dense(16), stax.serial(stax.Erf(), stax.Dense(8))),
+                         stax.FanInConcat(-1), stax.FanOut(3),
+                         stax.parallel(stax.Dense(8), stax.Dense(8), stax.serial(stax.Relu(), stax.Dense(8))),
+                         stax.FanInConcat(1), stax.Relu(), stax.GlobalAvgPool(), stax.Dense(1))
+    x = _padded(3)
+    for net in (residual, concat):
+        _, params = net.init_fn(jax.random.PRNGKey(4), x.shape)
+        padded = net.apply_fn(params, x, mask_constant=PAD)
+        truncated = np.concatenate([net.apply_fn(params, x[n:n + 1, :ell]) for n, ell in enumerate(LENGTHS)])
+        np.testing.assert_allclose(padded, truncated, rtol=1e-10, atol=1e-12)
+        assert np.max(np.abs(net.apply_fn(params, np.where(x == PAD, 0., x)) - truncated)) > 1e-2
