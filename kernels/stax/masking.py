@@ -23,6 +23,10 @@ its unpadded size with ``normalize_edges``), as in neural-tangents. Which of the
 masked is neural-tangents' rule too: `window_centres` for windows that read the input (an output
 is masked when the input at its window's centre is), `transposed_reach` for a transposed
 convolution (when any masked input reaches it through the filter).
+
+Branching networks (neural-tangents 0.6.5's ``FanOut``, ``parallel`` and fan-in layers): each branch
+carries its own mask, `FanOut` copying its input's; `masked_in_all` and `concatenated_along` merge
+them at a fan-in layer, each branch entering it zero at its own masked positions.
 """
 from __future__ import annotations
 
