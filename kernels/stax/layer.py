@@ -337,6 +337,9 @@ def _public(k: Kernel, names: tuple, x1_is_x2: bool, interleave: bool) -> Kernel
         pattern1=None, pattern2=None,  # inputs, not results
         mask1=None, mask2=None,  # the outputs are zero at masked positions already
         x1_is_x2=x1_is_x2,
+        # Nothing to reverse without positions: neural-tangents' Flatten and global pooling clear it,
+        # so a network's flag does not depend on whether its first half ran on pairs or a diagonal.
+        odd_convolutions=k.odd_convolutions and k.spatial_ndim > 0,
     )
 
 

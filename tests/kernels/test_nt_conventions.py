@@ -74,3 +74,17 @@ def test_several_inputs_are_refused_not_stacked():
         kernel_fn(x, [x, x], "nngp")
     np.testing.assert_array_equal(kernel_fn([[1., 0., 0.], [0., 1., 0.]], None, "nngp"),
                                   kernel_fn(jnp.eye(3)[:2], None, "nngp"))
+
+
+def test_odd_convolutions_is_the_same_composed_or_chained():
+    """neural-tangents' composition test: serial(Block, Readout) and Readout(Block(x)) agree, the
+    static flag too (Flatten and global pooling clear it, as neural-tangents' do)."""
+    x = jax.random.normal(jax.random.PRNGKey(0), (3, 5, 5, 3))
+    block = stax.serial(stax.Conv(4, (3, 3)), stax.Relu())
+    for readout in (stax.serial(stax.Flatten(), stax.Dense(2)),
+                    stax.serial(stax.Conv(4, (3, 3)), stax.GlobalAvgPool(), stax.Dense(2))):
+        composed = stax.serial(block, readout).kernel_fn(x)
+        chained = readout.kernel_fn(block.kernel_fn(x))
+        assert composed.odd_convolutions == chained.odd_convolutions is False
+        np.testing.assert_allclose(chained.ntk, composed.ntk, rtol=1e-12)
+    assert block.kernel_fn(x).odd_convolutions  # one convolution on position pairs
