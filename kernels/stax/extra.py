@@ -121,6 +121,8 @@ def ExpNormalized(gamma: float = 1., shift: float = -1., do_clip: bool = False):
       do_clip: clip the normalized covariance to ``[-1, 1]``.
     """
     name = describe("ExpNormalized", gamma=gamma, shift=shift, do_clip=do_clip)
+    # A bool shift is its number, as in neural-tangents (whose own tests pass do_clip in shift's place).
+    shift = float(shift) if isinstance(shift, (bool, np.bool_)) else shift
     gamma, shift = finite_real(name, "gamma", gamma), finite_real(name, "shift", shift)
     if not isinstance(do_clip, (bool, np.bool_)):
         raise argument_error(name, "do_clip", "True or False", do_clip, TypeError)

@@ -88,3 +88,13 @@ def test_odd_convolutions_is_the_same_composed_or_chained():
         assert composed.odd_convolutions == chained.odd_convolutions is False
         np.testing.assert_allclose(chained.ntk, composed.ntk, rtol=1e-12)
     assert block.kernel_fn(x).odd_convolutions  # one convolution on position pairs
+
+
+def test_exp_normalized_takes_a_bool_shift_as_its_number():
+    """neural-tangents' own tests call ``ExpNormalized(gamma, do_clip)``, putting a bool in ``shift``'s
+    place; neural-tangents reads it as 0 or 1, and so does widekit."""
+    x = jax.random.normal(jax.random.PRNGKey(0), (3, 4))
+    for flag in (True, False):
+        as_bool = stax.serial(stax.Dense(2), stax.ExpNormalized(1.0, flag)).kernel_fn(x, None, "nngp")
+        as_number = stax.serial(stax.Dense(2), stax.ExpNormalized(1.0, float(flag))).kernel_fn(x, None, "nngp")
+        np.testing.assert_array_equal(as_bool, as_number)
