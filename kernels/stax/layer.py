@@ -193,13 +193,10 @@ class KernelFn:
                     raise argument_error(where, argument, "None when x1 is a Kernel (it records its layout)", value)
             return self._on_kernel(where, x1, x2, request, arrays, block_size, diagonal_spatial, pattern,
                                    neural_tangents_axis_order)
-        for label, x in (("x1", x1), ("x2", x2)):
-            if isinstance(x, dict) or isinstance(x, (list, tuple)) and any(isinstance(e, (jax.Array, np.ndarray))
-                                                                          for e in x):  # not nested numbers:
-                # np.asarray would stack several inputs into one array
-                raise NotImplementedError(f"{where}: argument `{label}` must be one array; a network with several "
-                                          f"inputs (a {type(x).__name__} of arrays) has no closed-form kernel here "
-                                          "yet (monte_carlo_kernel_fn and the empirical kernels take them)")
+        if _several(x1) or _several(x2):
+            return self._on_inputs(where, x1, x2, request, arrays, diagonal_spatial, neural_tangents_axis_order,
+                                   block_size=block_size, mask_constant=mask_constant, pattern=pattern,
+                                   batch_axis=batch_axis, channel_axis=channel_axis)
         x1, x2, axes = _canonical_inputs(where, self.input_axes, x1, x2, batch_axis, channel_axis)
         x1, x2, masks = _check_inputs(x1, x2, mask_constant)
         patterns = check_pattern_keyword(where, self.keywords, pattern, x1, x2, block_size)
@@ -267,6 +264,35 @@ class KernelFn:
                              "Kernel keeps only equal positions; compute it without diagonal_spatial=True")
         k = k.replace(cov2=None if k.x1_is_x2 else k.cov2, selves=None)
         out = map_branches(lambda path, o: _public(o, arrays, k.x1_is_x2, interleave=True), self._jitted_rule(k))
+
+        def result(path, o):
+            o = _finish(o, diagonal_spatial, neural_tangents_axis_order)
+            return request.pack({n: getattr(o, n) for n in request.names}, whole=o)
+        return map_branches(result, out)
+
+    def _on_inputs(self, where, x1, x2, request, arrays, diagonal_spatial, neural_tangents_axis_order, **others):
+        """A network with several inputs (it starts with `parallel`): ``x1`` a list or tuple of arrays,
+        one per input, ``x2`` ``None`` or one of the same length, as neural-tangents takes them.
+        The network's rule runs on the inputs' kernels, in one piece."""
+        for argument, value in others.items():
+            if value not in (None, 0) or argument != "block_size" and value is not None:
+                raise argument_error(where, argument, "None with several inputs (a list of arrays)", value)
+        for label, x in (("x1", x1), ("x2", x2)):
+            if x is not None and not (isinstance(x, (list, tuple)) and len(x) and _several(x)):
+                raise argument_error(where, label, "a list or tuple of arrays, one per input" +
+                                     (", like x1" if label == "x2" else ""), type(x).__name__, TypeError)
+        if x2 is not None and len(x2) != len(x1):
+            raise argument_error(where, "x2", f"{len(x1)} arrays, one per input like x1", f"{len(x2)} arrays")
+        req = self.needs_full(not diagonal_spatial)
+        kernels = []
+        for i, (a, b) in enumerate(zip(x1, [None] * len(x1) if x2 is None else x2)):
+            a, b, _ = _check_inputs(a, b)
+            needs = req[i] if isinstance(req, tuple) and len(req) == len(x1) else req
+            kernels.append(input_kernel(a, b, a.ndim > 2 and any_requirement(needs)))
+        x1_is_x2 = x2 is None
+        out = map_branches(lambda path, o: _public(o, arrays, x1_is_x2, interleave=True),
+                           self._jitted_rule(tuple(kernels)))
+        map_branches(lambda path, o: _refuse_non_finite(where + branch_label(path), o), out)
 
         def result(path, o):
             o = _finish(o, diagonal_spatial, neural_tangents_axis_order)
@@ -409,6 +435,18 @@ def _narrow(name: str, out: Kernel, names: tuple, dtype) -> Kernel:
                                      f"(largest |value| {float(jnp.max(jnp.abs(getattr(out, n)))):.3g}); "
                                      "pass float32 inputs")
     return out.replace(**cast)
+
+
+def _several(x) -> bool:
+    """Several input arrays (a list or tuple of them), not one array written as nested numbers."""
+    return isinstance(x, (list, tuple)) and any(isinstance(e, (jax.Array, np.ndarray)) for e in x)
+
+
+def _refuse_non_finite(where: str, k: Kernel) -> None:
+    for name in ("nngp", "ntk"):
+        a = getattr(k, name)
+        if a is not None and _is_concrete(a) and not np.isfinite(np.asarray(a)).all():
+            raise FloatingPointError(f"{where}: the {name} has non-finite values")
 
 
 def _check_inputs(x1, x2, mask_constant=None):

@@ -61,17 +61,9 @@ def test_shapes_without_the_nngp():
     assert (k.shape1, k.shape2) == (apply_fn(params, x1).shape, apply_fn(params, x2).shape)
 
 
-def test_several_inputs_are_refused_not_stacked():
-    """A list of input arrays (neural-tangents' networks that start with ``parallel``) would be
-    stacked by NumPy into one array with a spatial axis: refused by name instead. Nested lists of
-    numbers are still one array."""
+def test_nested_numbers_are_one_array():
+    """Several arrays are several inputs (below); nested lists of numbers are still one array."""
     _, _, kernel_fn = stax.serial(stax.Dense(2), stax.Relu())
-    x = jnp.ones((2, 3))
-    for inputs in ([x, x], (x, x), {"a": x}):
-        with pytest.raises(NotImplementedError, match=r"argument `x1` must be one array"):
-            kernel_fn(inputs, None, "nngp")
-    with pytest.raises(NotImplementedError, match=r"argument `x2` must be one array"):
-        kernel_fn(x, [x, x], "nngp")
     np.testing.assert_array_equal(kernel_fn([[1., 0., 0.], [0., 1., 0.]], None, "nngp"),
                                   kernel_fn(jnp.eye(3)[:2], None, "nngp"))
 
@@ -98,3 +90,30 @@ def test_exp_normalized_takes_a_bool_shift_as_its_number():
         as_bool = stax.serial(stax.Dense(2), stax.ExpNormalized(1.0, flag)).kernel_fn(x, None, "nngp")
         as_number = stax.serial(stax.Dense(2), stax.ExpNormalized(1.0, float(flag))).kernel_fn(x, None, "nngp")
         np.testing.assert_array_equal(as_bool, as_number)
+
+
+def test_several_inputs():
+    """A network that starts with ``parallel`` takes a list of inputs, one per branch, as in
+    neural-tangents. Independent truth: a Dense layer on raw inputs has NNGP = NTK = W_std^2 x x'/d,
+    so parallel Dense layers merged by FanInSum give the sum of the two; an unmerged network gives
+    each branch's own kernel, and swapped inputs give a different one."""
+    xa = jax.random.normal(jax.random.PRNGKey(0), (3, 4))
+    xb = jax.random.normal(jax.random.PRNGKey(1), (3, 5))
+    _, _, merged = stax.serial(stax.parallel(stax.Dense(7, W_std=1.3), stax.Dense(7, W_std=0.7)), stax.FanInSum())
+    for x2a, x2b in ((xa, xb), (xa[:2], xb[:2])):
+        k = merged([xa, xb], None if x2a is xa else [x2a, x2b], ("nngp", "ntk"))
+        expected = 1.3 ** 2 * xa @ x2a.T / 4 + 0.7 ** 2 * xb @ x2b.T / 5
+        np.testing.assert_allclose(k.nngp, expected, rtol=1e-12)
+        np.testing.assert_allclose(k.ntk, expected, rtol=1e-12)
+    ya = jax.random.normal(jax.random.PRNGKey(2), (3, 6, 2))
+    branches = stax.parallel(stax.Dense(7), stax.serial(stax.Conv(3, (2,)), stax.Relu(), stax.GlobalAvgPool()))
+    out = branches.kernel_fn((xa, ya), None, "ntk")
+    np.testing.assert_allclose(out[0], stax.Dense(7).kernel_fn(xa, None, "ntk"), rtol=1e-12)
+    np.testing.assert_allclose(out[1], stax.serial(stax.Conv(3, (2,)), stax.Relu(), stax.GlobalAvgPool()).kernel_fn(
+        ya, None, "ntk"), rtol=1e-12)
+    swapped = merged([xb[:, :4], xa], None, "nngp")  # the first branch's width on the other input
+    assert not np.allclose(swapped, merged([xa, xb], None, "nngp"), rtol=1e-3)
+    with pytest.raises(TypeError, match=r"argument `x2` must be a list or tuple of arrays"):
+        merged([xa, xb], xa)
+    with pytest.raises(ValueError, match=r"argument `block_size` must be None with several inputs"):
+        merged([xa, xb], None, block_size=2)
