@@ -258,15 +258,26 @@ def _check_scales(scales, params):
     """`learning_rate_scales` as arrays in the dtype of their parameters, or an error naming it."""
     if scales is None:
         return jax.tree_util.tree_map(lambda p: jnp.ones((), p.dtype), params)
-    expected = jax.tree_util.tree_structure(params)
-    if jax.tree_util.tree_structure(scales) != expected:
+    # Lists and tuples are one kind of sequence here: `serial` returns a list of its layers' parameters
+    # (as neural-tangents does), a user may write the scales as tuples.
+    expected = jax.tree_util.tree_structure(_sequences_as_tuples(params))
+    if jax.tree_util.tree_structure(_sequences_as_tuples(scales)) != expected:
         raise ValueError(f"train: argument `learning_rate_scales` must have the structure of one network's "
-                         f"params, {expected}; received {jax.tree_util.tree_structure(scales)}")
+                         f"params, {jax.tree_util.tree_structure(params)}; received "
+                         f"{jax.tree_util.tree_structure(scales)}")
     values = [np.asarray(s, np.float64) for s in jax.tree_util.tree_leaves(scales)]
     if any(v.shape != () or not np.isfinite(v) or v <= 0 for v in values):
         raise ValueError(f"train: argument `learning_rate_scales` must hold one positive finite number "
                          f"per parameter array; received {[v.tolist() for v in values]}")
-    return jax.tree_util.tree_map(lambda s, p: jnp.asarray(s, p.dtype), scales, params)
+    leaves = jax.tree_util.tree_leaves(params)
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(params),
+                                        [jnp.asarray(v, p.dtype) for v, p in zip(values, leaves)])
+
+
+def _sequences_as_tuples(tree):
+    if isinstance(tree, (list, tuple)) and not hasattr(tree, "_fields"):
+        return tuple(_sequences_as_tuples(t) for t in tree)
+    return tree
 
 
 def _run(apply_fn, params, x_train, y_train, learning_rate, record_steps,

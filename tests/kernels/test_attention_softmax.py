@@ -253,8 +253,11 @@ def test_deterministic_symmetric_and_the_same_in_blocks():
         a = np.asarray(getattr(whole, name))
         np.testing.assert_array_equal(np.asarray(getattr(again, name)), a)
         np.testing.assert_array_equal(np.asarray(getattr(k21, name)), np.asarray(getattr(k12, name)).transpose(1, 0, 3, 2))
-        np.testing.assert_allclose(np.asarray(getattr(blocks, name)), a, rtol=1e-12, atol=1e-14)
-        np.testing.assert_allclose(np.asarray(getattr(k12, name)), a[:2, 2:], rtol=1e-12, atol=1e-14)
+        # Same draws in other XLA programs: they agree to 1e-12 under XLA's default pipeline, to 5e-7
+        # under the cheap one the tests compile with (tests/conftest.py); other draws per block would
+        # differ by the Monte Carlo error, ~1e-2.
+        np.testing.assert_allclose(np.asarray(getattr(blocks, name)), a, rtol=2e-6, atol=1e-9)
+        np.testing.assert_allclose(np.asarray(getattr(k12, name)), a[:2, 2:], rtol=2e-6, atol=1e-9)
 
 
 @pytest.mark.slow
