@@ -77,6 +77,7 @@ def test_cov1_is_the_nngp_of_the_batch_with_itself(diagonal_spatial):
     np.testing.assert_array_equal(k.ntk, own.ntk)
 
 
+@pytest.mark.slow  # default: the reference parity and cov1 = nngp(x1, x1) checks
 def test_get_forms_blocks_and_branches():
     kernel_fn = MLP[2]
     whole = kernel_fn(Y1, Y2, None, diagonal_batch=False)
@@ -90,6 +91,7 @@ def test_get_forms_blocks_and_branches():
         np.testing.assert_allclose(ours, ref, rtol=1e-12)
 
 
+@pytest.mark.slow  # default: the reference parity and cov1 = nngp(x1, x1) checks
 def test_kernel_fn_of_a_kernel_and_batch():
     net = stax.serial(MLP, MLP_HEAD)[2]
     first = MLP[2](Y1, Y2, None, diagonal_batch=False)

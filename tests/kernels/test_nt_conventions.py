@@ -21,7 +21,8 @@ NETWORKS = {
 }
 
 
-@pytest.mark.parametrize("name", ["dense", pytest.param("conv_local", marks=pytest.mark.slow), "attention"])
+@pytest.mark.parametrize("name", ["dense", pytest.param("conv_local", marks=pytest.mark.slow),
+                                  pytest.param("attention", marks=pytest.mark.slow)])
 def test_strict_rank_promotion_changes_nothing(name):
     build, shape = NETWORKS[name]
     init_fn, apply_fn, kernel_fn = build()
