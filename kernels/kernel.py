@@ -105,6 +105,12 @@ class Kernel:
     axes: Optional[tuple] = dataclasses.field(metadata=dict(static=True), default=None)
 
     def replace(self, **changes) -> "Kernel":
+        for name in ("shape1", "shape2"):  # neural-tangents' fields; derived from the arrays here
+            if name in changes:
+                given = changes.pop(name)
+                if given is not None and tuple(given) != getattr(self, name):
+                    raise ValueError(f"Kernel.replace: argument `{name}` is read from the kernel's arrays, "
+                                     f"{getattr(self, name)}, and cannot be set to {tuple(given)}")
         return dataclasses.replace(self, **changes)
 
     @property

@@ -118,3 +118,12 @@ def test_several_inputs():
         merged([xa, xb], xa)
     with pytest.raises(ValueError, match=r"argument `block_size` must be None with several inputs"):
         merged([xa, xb], None, block_size=2)
+
+
+def test_replace_of_a_derived_shape():
+    """neural-tangents' tests call ``Kernel.replace(shape1=...)``; here the shapes are read from the
+    arrays: the same shape is accepted, another is refused by name."""
+    k = stax.Dense(3).kernel_fn(jnp.ones((2, 4)), jnp.ones((1, 4)))
+    assert k.replace(shape1=(2, 3), shape2=(1, 3)).shape2 == (1, 3)
+    with pytest.raises(ValueError, match=r"Kernel.replace: argument `shape1` is read from the kernel's arrays"):
+        k.replace(shape1=(5, 3))
