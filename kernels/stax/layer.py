@@ -275,7 +275,7 @@ class KernelFn:
         one per input, ``x2`` ``None`` or one of the same length, as neural-tangents takes them.
         The network's rule runs on the inputs' kernels, in one piece."""
         for argument, value in others.items():
-            if value not in (None, 0) or argument != "block_size" and value is not None:
+            if value is not None and not (argument == "block_size" and value == 0):
                 raise argument_error(where, argument, "None with several inputs (a list of arrays)", value)
         for label, x in (("x1", x1), ("x2", x2)):
             if x is not None and not (isinstance(x, (list, tuple)) and len(x) and _several(x)):
