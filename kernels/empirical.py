@@ -131,14 +131,14 @@ def _all_none(x) -> bool:
     return x is None or not jax.tree.leaves(x)
 
 
-def _check_private_rules(where, _j_rules, _s_rules, _fwd):
-    """neural-tangents' private switches of structured derivatives: accepted at their defaults only
-    (widekit's rules are always on, and the order of each contraction is chosen by FLOPs)."""
-    for name, value, default in (("_j_rules", _j_rules, True), ("_s_rules", _s_rules, True),
-                                 ("_fwd", _fwd, None)):
-        if value is not default:
-            raise argument_error(where, name, f"{default} (widekit's structured-derivative rules cannot be "
-                                 "switched)", value)
+def _check_private_rules(where, _j_rules, _s_rules, _fwd) -> "structured_ntk.Switches":
+    """neural-tangents' private switches of structured derivatives, as `structured_ntk.Switches`."""
+    for name, value in (("_j_rules", _j_rules), ("_s_rules", _s_rules)):
+        if not isinstance(value, (bool, np.bool_)):
+            raise argument_error(where, name, "True or False", value)
+    if _fwd is not None and not isinstance(_fwd, (bool, np.bool_)):
+        raise argument_error(where, "_fwd", "None (by FLOPs), True (forward mode) or False (reverse mode)", _fwd)
+    return structured_ntk.Switches(bool(_j_rules), bool(_s_rules), None if _fwd is None else bool(_fwd))
 
 
 def _output_axes(where, ndim, trace_axes, diagonal_axes):
@@ -180,8 +180,11 @@ def empirical_kernel_fn(f, trace_axes=(-1,), diagonal_axes=(), vmap_axes=None, i
         alone, which lets every implementation work one example (pair) at a time.
       implementation: `NtkImplementation` or its int, 0 (AUTO) to 3 (structured derivatives); all
         give the same NTK; ``None`` means 1.
-      _j_rules, _s_rules, _fwd: neural-tangents' private switches, accepted at their defaults
-        (True, True, None) and refused otherwise.
+      _j_rules, _s_rules, _fwd: neural-tangents' private switches of structured derivatives
+        (implementations 0 and 3), which change how the same NTK is computed: ``_s_rules=False``
+        takes weight matrices and convolution kernels by their Jacobians, ``_j_rules=False``
+        takes biases and other broadcast parameters by theirs, ``_fwd`` computes the derivatives
+        in forward (True) or reverse (False) mode, or whichever costs fewer FLOPs (None).
       batch_size: examples of ``x1`` and of ``x2`` per chunk (without ``vmap_axes``), which bounds
         memory to ``2 * batch_size * outputs * parameters``. ``None`` does all at once.
 
@@ -193,7 +196,7 @@ def empirical_kernel_fn(f, trace_axes=(-1,), diagonal_axes=(), vmap_axes=None, i
     where = "empirical_kernel_fn"
     method = _parse_implementation(where, implementation)
     axes = _parse_vmap_axes(where, vmap_axes)
-    _check_private_rules(where, _j_rules, _s_rules, _fwd)
+    switches = _check_private_rules(where, _j_rules, _s_rules, _fwd)
     trace_axes, diagonal_axes = tuple(trace_axes), tuple(diagonal_axes)
     if batch_size is not None:
         positive_int(where, "batch_size", batch_size)
@@ -270,7 +273,7 @@ def empirical_kernel_fn(f, trace_axes=(-1,), diagonal_axes=(), vmap_axes=None, i
             out["nngp"] = blocks(lambda a, c: _pair(g(params, *a)[..., None], g(params, *c)[..., None], letters),
                                  x1, kw1, x2, kw2, b in diagonal, p)
         if "ntk" in names:
-            out["ntk"] = blocks(lambda a, c: _ntk_block(method, *h(a), *h(c), params, letters, counts),
+            out["ntk"] = blocks(lambda a, c: _ntk_block(method, *h(a), *h(c), params, letters, counts, switches),
                                 x1, kw1, x2, kw2, b in diagonal, p)
         return out
 
@@ -327,9 +330,10 @@ def _traced_size(shape, letters):
     return math.prod(n for c, n in zip(u1, shape) if c not in out)
 
 
-def _ntk_block(method, ha, xa, hb, xb, params, letters, counts):
+def _ntk_block(method, ha, xa, hb, xb, params, letters, counts, switches):
     """The NTK of ``ha(params, xa)`` and ``hb(params, xb)`` (one network on two batches, each with
-    its keyword arguments) by implementation ``method`` (0-3)."""
+    its keyword arguments) by implementation ``method`` (0-3); ``switches``: structured derivatives'
+    `structured_ntk.Switches`."""
     if method in (0, 3):
         leaves, tree = jax.tree.flatten(params)
 
@@ -337,13 +341,13 @@ def _ntk_block(method, ha, xa, hb, xb, params, letters, counts):
             return lambda ls, x: h(jax.tree.unflatten(tree, ls), x)
 
         closed_a, closed_b = structured_ntk.trace(flat(ha), leaves, xa), structured_ntk.trace(flat(hb), leaves, xb)
-        rules_a, rules_b = structured_ntk.agreed_rules(closed_a, closed_b, len(leaves))
+        rules_a, rules_b = structured_ntk.agreed_rules(closed_a, closed_b, len(leaves), switches)
         if method == 0:
             flops = structured_ntk.estimated_flops(closed_a, closed_b, rules_a, rules_b, letters, counts)
             method = min(flops, key=lambda m: (flops[m], m))
         if method == 3:
-            side_a = structured_ntk.factors(closed_a, leaves, xa, rules_a)
-            side_b = structured_ntk.factors(closed_b, leaves, xb, rules_b)
+            side_a = structured_ntk.factors(closed_a, leaves, xa, rules_a, switches.fwd)
+            side_b = structured_ntk.factors(closed_b, leaves, xb, rules_b, switches.fwd)
             shape_a = closed_a.jaxpr.outvars[0].aval.shape
             return structured_ntk.contract(side_a, side_b, letters, counts, _traced_size(shape_a, letters))
     if method == 2:

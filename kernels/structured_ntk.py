@@ -53,6 +53,29 @@ class Rule:
         return self.eqn.outvars[0]
 
 
+@dataclasses.dataclass(frozen=True)
+class Switches:
+    """neural-tangents' private switches of structured derivatives (``empirical_ntk_fn``'s
+    ``_j_rules``, ``_s_rules``, ``_fwd``), with widekit's meaning; none changes the NTK.
+
+    s_rules: weights of a matrix product or convolution contracted through their structure
+      ("bilinear"/"conv" rules); False takes them by their Jacobians.
+    j_rules: parameters entering through a broadcast (biases) differentiated as the summed
+      cotangent of the broadcast ("broadcast" rule, a hand-written Jacobian); False takes them by
+      the Jacobian of the whole network.
+    fwd: derivatives in forward mode (True), reverse mode (False), or the one whose cost, the
+      number of perturbed inputs against the number of outputs, is smaller (None).
+    """
+    j_rules: bool = True
+    s_rules: bool = True
+    fwd: Optional[bool] = None
+
+    def allows(self, rule: Optional[Rule]) -> bool:
+        if rule is None:
+            return False
+        return self.j_rules if rule.kind == "broadcast" else self.s_rules
+
+
 def trace(h, leaves, x):
     """The jaxpr of ``h(leaves, x)`` with every inner ``jit`` inlined (so parameters are visible)."""
     shapes = [jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)) for a in leaves]
@@ -133,10 +156,12 @@ def evaluate(closed, args, perturb: dict, keep: list):
     return [read(v) for v in closed.jaxpr.outvars], [read(v) for v in keep]
 
 
-def factors(closed, leaves, x, rules):
+def factors(closed, leaves, x, rules, fwd: Optional[bool] = None):
     """Per leaf of one side: ``("jacobian", J)`` with ``J: (*Y, P)``, or ``("bilinear", dz, xc, c)``
     with ``dz: (*Y, B, M, R)``, ``xc: (B, M, K)`` and ``c`` the constant the weight was scaled by
-    (``Y`` the shape of the output of ``closed``, the network traced by `trace` on ``leaves, x``)."""
+    (``Y`` the shape of the output of ``closed``, the network traced by `trace` on ``leaves, x``).
+    ``fwd``: differentiate in forward mode (True), reverse mode (False), or by size (None:
+    forward when the perturbed values have fewer entries than the output)."""
     targets = [r.target if r is not None else None for r in rules]
     keep = []
     for r in rules:
@@ -156,7 +181,11 @@ def factors(closed, leaves, x, rules):
         return out, kept
 
     eps = [jnp.zeros(targets[i].aval.shape, targets[i].aval.dtype) for i in fixed]
-    (d_eps, d_free), kept_values = jax.jacrev(run, argnums=(0, 1), has_aux=True)(eps, [leaves[i] for i in free])
+    free_leaves = [leaves[i] for i in free]
+    if fwd is None:
+        fwd = sum(jnp.size(a) for a in eps + free_leaves) < math.prod(closed.jaxpr.outvars[0].aval.shape)
+    derivative = jax.jacfwd if fwd else jax.jacrev
+    (d_eps, d_free), kept_values = derivative(run, argnums=(0, 1), has_aux=True)(eps, free_leaves)
     kept = dict(zip(keep, kept_values))
     out_ndim = len(closed.jaxpr.outvars[0].aval.shape)
     result = [None] * len(leaves)
@@ -354,11 +383,11 @@ def _canonical_shapes(rule, out_shape):
     return tuple(s.shape for s in shapes)
 
 
-def agreed_rules(closed1, closed2, n_leaves: int):
+def agreed_rules(closed1, closed2, n_leaves: int, switches: Switches = Switches()):
     """Both sides' rules, a leaf kept structured only where both sides' networks agree on how it
-    enters (their jaxprs may differ in shape-dependent details)."""
+    enters (their jaxprs may differ in shape-dependent details) and ``switches`` allow its rule."""
     rules1, rules2 = plan(closed1, n_leaves), plan(closed2, n_leaves)
-    same = [a is not None and b is not None and (a.kind, a.operand) == (b.kind, b.operand)
+    same = [switches.allows(a) and switches.allows(b) and (a.kind, a.operand) == (b.kind, b.operand)
             for a, b in zip(rules1, rules2)]
     return ([a if s else None for a, s in zip(rules1, same)],
             [b if s else None for b, s in zip(rules2, same)])

@@ -119,8 +119,33 @@ def test_auto_estimates_structured_derivatives_cheapest_for_a_wide_convolution()
     assert flops[3] < flops[1] and flops[3] < flops[2]  # measured 9.0x faster than 1 (RESULTS.md); estimated 1.8x
 
 
-@pytest.mark.parametrize("name, value", [("_j_rules", False), ("_s_rules", False), ("_fwd", True)])
-def test_private_switches_other_than_their_defaults_are_refused_by_name(name, value):
+@pytest.mark.parametrize("j_rules, s_rules, fwd", [(True, True, True), (False, True, False), (True, False, None),
+                                                    (False, False, True)])
+def test_private_switches_change_the_computation_not_the_ntk(j_rules, s_rules, fwd):
+    """neural-tangents' ``_j_rules``/``_s_rules``/``_fwd``: each combination gives the full Jacobian's
+    NTK, and the rules it turns off are really off (else the switch would be accepted and ignored)."""
+    truth, (apply_fn, params, x1, x2) = expected("cnn-trace")
+    ntk = empirical_ntk_fn(apply_fn, (-1,), (), 0, 3, _j_rules=j_rules, _s_rules=s_rules, _fwd=fwd)(x1, x2, params)
+    np.testing.assert_allclose(ntk, truth, rtol=0, atol=1e-10 * np.abs(truth).max())
+    leaves, tree = jax.tree.flatten(params)
+    closed = structured_ntk.trace(lambda ls, x: apply_fn(jax.tree.unflatten(tree, ls), x), leaves, x1)
+    switches = structured_ntk.Switches(j_rules, s_rules, fwd)
+    rules, _ = structured_ntk.agreed_rules(closed, closed, len(leaves), switches)
+    kinds = [r and r.kind for r in rules]
+    assert kinds == [k if (k == "broadcast" and j_rules) or (k == "conv" and s_rules) else None
+                     for k in ["conv", "broadcast", "conv"]]
+    if fwd is not None:  # the mode asked for is the one used
+        used = []
+        for name in ("jacfwd", "jacrev"):
+            original = getattr(jax, name)
+            with pytest.MonkeyPatch.context() as m:
+                m.setattr(jax, name, lambda *a, _o=original, _n=name, **k: used.append(_n) or _o(*a, **k))
+                structured_ntk.factors(closed, leaves, x1, rules, fwd)
+        assert used == ["jacfwd" if fwd else "jacrev"]
+
+
+@pytest.mark.parametrize("name, value", [("_j_rules", None), ("_s_rules", "yes"), ("_fwd", 1)])
+def test_private_switches_other_than_bools_are_refused_by_name(name, value):
     with pytest.raises(ValueError, match=f"empirical_kernel_fn: argument `{name}`"):
         empirical_kernel_fn(MLP[0][1], **{name: value})
 

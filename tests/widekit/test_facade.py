@@ -45,10 +45,12 @@ def test_empirical_ntk_nngp_and_vector_products_of_a_linear_model():
 
 
 @pytest.mark.parametrize("name", ["_j_rules", "_s_rules", "_fwd"])
-def test_private_switches_refused_away_from_their_defaults(name):
-    f, *_ = linear_model()
+def test_private_switches_reach_structured_derivatives(name):
+    f, w, x1, x2 = linear_model()
+    ntk = nt.empirical_ntk_fn(f, implementation=3, **{name: False})(x1, x2, w)
+    np.testing.assert_allclose(ntk, np.asarray(x1 @ x2.T), rtol=1e-5)
     with pytest.raises(ValueError, match=name):
-        nt.empirical_ntk_fn(f, **{name: False})
+        nt.empirical_ntk_fn(f, **{name: "no"})
 
 
 def test_linearize_and_taylor_expand_against_the_series_of_sin():
