@@ -12,6 +12,12 @@ and the NTK the same way (no parameters are added). A Gaussian field stays Gauss
 channel means map by ``M_n``. `linear_kernel` computes this with the layer's own position map
 applied twice, treating the other side's examples and positions as channels, so the kernel
 and the finite network share one definition of ``M``.
+
+Masked inputs (``mask_constant``, `kernels.stax.masking`), as neural-tangents 0.6.5: both layers
+see zeros at masked positions, so a masked position contributes nothing to any output. `DotGeneral`
+masks an output that reads no unmasked input with a nonzero weight (`unreached`); `Aggregate`
+keeps its vertices' mask (a padded vertex stays padded whatever the graph's edges to it), its
+outputs zero there.
 """
 from __future__ import annotations
 
@@ -25,6 +31,7 @@ from jax import lax
 
 from kernels.checks import argument_error, default_layout
 from kernels.kernel import HIGHEST, Kernel
+from kernels.stax import masking
 from kernels.stax.extra import AggregateImplementation
 from kernels.stax.layer import describe, keep_requirement, leaf, needs_pairs, spatial_description
 from kernels.stax.layout import in_layout
@@ -78,6 +85,22 @@ def linear_kernel(k: Kernel, map1: PositionMap, map2: PositionMap) -> Kernel:
     return out.replace(full=out.nngp.ndim > 2)
 
 
+def unreached(reach: PositionMap) -> Callable:
+    """``mask_fn`` of a linear map of positions: an output is masked when no unmasked input reaches
+    it, ``reach`` being the map with every nonzero weight set to one. neural-tangents 0.6.5's
+    `DotGeneral` rule ``~dot_general(~mask, constant != 0)`` (a boolean product: any unmasked input
+    read with a nonzero weight); e.g. a constant's row of zeros gives an always masked output, a zero
+    scalar masks everything.
+
+    Masks are per position here and per entry there; the rule commutes with collapsing channels
+    (a position masked when all its channels are), because every channel is mapped alike.
+    """
+    def mask_fn(mask):
+        counts = reach((~mask)[..., None].astype(jnp.float32))  # exact small integers
+        return counts[..., 0] < 0.5
+    return mask_fn
+
+
 # ----------------------------------------------------------------------------- DotGeneral
 
 def _dimension_numbers(name: str, dimension_numbers) -> tuple:
@@ -110,6 +133,10 @@ def DotGeneral(*, lhs=None, rhs=None, dimension_numbers=(((), ()), ((), ())), pr
     alike. Contracting the channel axis is refused (it is infinitely wide), so are the batch
     axis in ``dimension_numbers`` (a per-example constant: the kernel's examples would not be
     independent of the tiling) and a layout other than batch first, channels last.
+
+    Masked inputs (``mask_constant``): they enter as zeros, and an output is masked when it reads
+    no unmasked input with a nonzero weight of the constant (`unreached`, neural-tangents 0.6.5's
+    rule: a zero scalar masks every output).
 
     Args:
       lhs: a constant (array or number) on the left of the inputs, or ``None``.
@@ -150,17 +177,18 @@ def DotGeneral(*, lhs=None, rhs=None, dimension_numbers=(((), ()), ((), ())), pr
                                       f"per example, or a sum over examples); received {dimension_numbers}. "
                                       "Multiply the inputs by that constant before the network instead")
 
-    def raw(x, dot_precision):
-        c = constant.astype(x.dtype)
+    def raw(x, factor, dot_precision):
+        c = factor.astype(x.dtype)
         args = (c, x) if is_lhs else (x, c)
         return lax.dot_general(*args, numbers, precision=dot_precision)
 
-    def position_map(x, dot_precision=precision):
-        """``x`` ``(N, *S, C)`` -> ``(N, *O, C)``: `raw`, its batch and channel axes put back."""
+    def position_map(x, dot_precision=precision, factor=constant):
+        """``x`` ``(N, *S, C)`` -> ``(N, *O, C)``: `raw` by ``factor`` (the constant, or another of its
+        shape), its batch and channel axes put back."""
         if constant is None:
             return x
         check_axes(x.ndim)
-        y = raw(x, dot_precision)
+        y = raw(x, factor, dot_precision)
         batch_out, channel_out = _axis_after_dot(x.ndim, constant.ndim, numbers, is_lhs)
         return jnp.moveaxis(y, (batch_out, channel_out), (0, -1))
 
@@ -192,9 +220,11 @@ def DotGeneral(*, lhs=None, rhs=None, dimension_numbers=(((), ()), ((), ())), pr
         return linear_kernel(k, m, m)
 
     scalar = constant is None or np.ndim(constant) == 0  # a scalar has no axes to contract
+    nonzero = None if constant is None else constant != 0
+    masks = masking.Masking(unreached(lambda z: position_map(z, HIGHEST, nonzero)))
     # in_layout: refuses inputs that an earlier layer left in another layout (kernels.stax.layout)
     return in_layout(name, batch_axis, channel_axis, leaf(name, init_fn, apply_fn, rule,
-                                                          keep_requirement if scalar else needs_pairs))
+                                                          keep_requirement if scalar else needs_pairs, masks=masks))
 
 
 def _axis_after_dot(ndim: int, other_ndim: int, numbers: tuple, is_lhs: bool) -> tuple:
@@ -234,6 +264,11 @@ def Aggregate(aggregate_axis=None, batch_axis: int = 0, channel_axis: int = -1,
     Kernel (`linear_kernel`): ``K'[n1, n2] = A_{n1}^T K[n1, n2] A_{n2}`` over the aggregated
     positions (Du et al. 2019, eq. 4), the NTK alike, ``cov1``/``cov2`` with each example's own
     graph on both sides; the layer needs position pairs.
+
+    Masked inputs (``mask_constant``): a masked vertex (a padded node) sends zeros along its edges
+    and stays masked, its outputs and covariances zero, whatever reaches it; so with pooling over
+    the unmasked vertices a padded graph gives the kernel and outputs of the graph without its
+    padding, for every ``implementation`` (neural-tangents 0.6.5's rule).
 
     Args:
       aggregate_axis: the spatial axes of the vertices (an int or a tuple, axes of the inputs
@@ -332,7 +367,13 @@ def Aggregate(aggregate_axis=None, batch_axis: int = 0, channel_axis: int = -1,
         return linear_kernel(k, lambda z: map1(z, HIGHEST), lambda z: map2(z, HIGHEST))
 
     return in_layout(name, batch_axis, channel_axis, leaf(name, lambda rng, input_shape: (tuple(input_shape), ()),
-                                                          apply_fn, rule, needs_pairs, keywords=("pattern",)))
+                                                          apply_fn, rule, needs_pairs, keywords=("pattern",),
+                                                          masks=AGGREGATE_MASKING))
+
+
+# neural-tangents 0.6.5's Aggregate keeps the mask of its inputs (a padded vertex stays padded
+# whatever edges reach it) and zeroes the kernel there (``remask_kernel=True``): masking.through.
+AGGREGATE_MASKING = masking.POINTWISE
 
 
 def _edges(name: str, pattern, n: int, k: int) -> tuple:
