@@ -73,6 +73,7 @@ import numpy as np
 
 from kernels import tiling
 from kernels.checks import Get, argument_error, check_examples, parse_get
+from kernels.checks import device_count as check_device_count
 from kernels.fingerprint import FingerprintError, array_digest, fingerprint as network_fingerprint
 from kernels.kernel import Kernel
 from kernels.tile_store import COLS, PAIRS, ROWS, Output, TileStore, python_version, tile_regions
@@ -96,7 +97,7 @@ def batch(kernel_fn: Callable, batch_size: int = 0, device_count: int = -1, stor
         entries, i.e. examples ``x1[i*b:(i+1)*b]`` against ``x2[j*b:(j+1)*b]``). ``N1`` and
         ``N2`` need not be multiples of it. ``0`` means one tile of the whole matrix.
       device_count: how many of ``jax.local_devices()`` to spread tiles over; ``-1`` all of
-        them, ``0`` the default device only.
+        them, ``0`` the default device only; more than there are uses them all, with a warning.
       store_on_device: return ``jax.Array`` s on the first device (assembled on the host
         first) instead of NumPy arrays; not with ``path``. ``None`` (default): on the device
         without ``path`` (neural-tangents' default), host memmaps with it.
@@ -185,8 +186,11 @@ def batch(kernel_fn: Callable, batch_size: int = 0, device_count: int = -1, stor
                 return batch(kernel_fn, path=None if path is None else os.path.join(path, name), **same_settings)
             return _with_batch_covariances(batched_kernel_fn, batched_in, request, x1, x2, get, args, kwargs)
         given = x1 if isinstance(x1, Kernel) else None
+        inputs = (x1, x2) if given is None and isinstance(x1, (list, tuple)) else None  # several inputs
         if given is not None:
             x1, x2, args = _kernel_as_examples(given, x2, args, kwargs)
+        elif inputs is not None:
+            x1, x2, args, spatial_ndim = _inputs_as_examples(x1, x2, args, kwargs)
         else:
             x1 = check_examples("batch", "x1", x1)
             x2 = None if x2 is None else check_examples("batch", "x2", x2)
@@ -195,6 +199,8 @@ def batch(kernel_fn: Callable, batch_size: int = 0, device_count: int = -1, stor
         patterns = _pattern_rows(kwargs.pop("pattern", None), x1, x2)
         if given is not None:  # the tile's part of the Kernel, by the tile's example indices
             f_diag, f_off = _tile_functions_with(_on_kernel_tile(kernel_fn), get, args, kwargs)
+        elif inputs is not None:  # the tile's examples of every input, by their indices
+            f_diag, f_off = _tile_functions_with(_on_inputs_tile(kernel_fn), get, args, kwargs)
         elif patterns is None:
             f_diag, f_off = tile_fns(get) if not (args or kwargs) else _tile_functions_with(kernel_fn, get, args, kwargs)
         else:  # the graphs are per-example data, sliced with the tile's examples
@@ -203,7 +209,8 @@ def batch(kernel_fn: Callable, batch_size: int = 0, device_count: int = -1, stor
         if patterns is not None:  # the tile functions take the tile's example indices
             f_diag, f_off = _indexed_tiles(f_diag, f_off, plan, symmetric)
         template = _template(f_diag, f_off, x1, x2, plan)
-        outputs = _outputs(template, request, plan, x1.ndim - 2 if given is None else given.spatial_ndim)
+        outputs = _outputs(template, request, plan, given.spatial_ndim if given is not None else
+                           spatial_ndim if inputs is not None else x1.ndim - 2)
         share = plan.share(process_index, process_count)
         if path is None:
             sink = _HostSink(outputs, fill_nan=process_count > 1)
@@ -213,6 +220,10 @@ def batch(kernel_fn: Callable, batch_size: int = 0, device_count: int = -1, stor
                 args = args[1:]
                 manifest["kernel_sha256"] = array_digest(*jax.tree_util.tree_leaves(given))
                 manifest["kernel_structure"] = str(jax.tree_util.tree_structure(given))
+            if inputs is not None:  # x1, x2 are the examples' indices; the inputs come first among args
+                args = args[1:]
+                manifest["inputs_sha256"] = array_digest(*jax.tree_util.tree_leaves(inputs))
+                manifest["inputs_structure"] = str(jax.tree_util.tree_structure(inputs))
             if args or kwargs:
                 manifest["arguments_sha256"] = _arguments_fingerprint(args, kwargs)
             sink = TileStore(path, plan, outputs, manifest, process_index, share)
@@ -262,27 +273,34 @@ def _pass_through(kernel_fn, batch_size, path, fingerprint, settings: dict, devi
     does): the trailing axes of an arbitrary function's output (e.g. output-axis pairs with
     ``trace_axes=()``) cannot be mirrored safely.
     """
-    if isinstance(x1, Kernel):
-        raise argument_error("batch", "x1", "an array of examples for a kernel_fn that takes no get (a Kernel input "
-                             "is for kernel_fn(x1, x2, get) functions)", "a Kernel", TypeError)
     if _traced(x1, x2):
         if path is not None:
             raise argument_error("batch", "x1", "concrete arrays when path is given (a traced value cannot be "
                                  "written to a tile store)", "a jax tracer", TypeError)
         return kernel_fn(x1, x2, *args, **kwargs)
-    x1 = check_examples("batch", "x1", x1)
-    x2 = x1 if x2 is None else check_examples("batch", "x2", x2)
+
+    def call(a, b, _get, *rest, **kw):
+        return kernel_fn(a, b, *rest, **kw)
+    if isinstance(x1, Kernel):  # a function of a Kernel (e.g. a kernel_fn with get bound by partial)
+        x1, x2, args = _kernel_as_examples(x1, x2, args, kwargs)
+        call = _on_kernel_tile(call)
+    elif isinstance(x1, (list, tuple)):  # several inputs, arrays or Kernels
+        x1, x2, args, _ = _inputs_as_examples(x1, x2, args, kwargs)
+        call = _on_inputs_tile(call)
+    else:
+        x1 = check_examples("batch", "x1", x1)
+        x2 = None if x2 is None else check_examples("batch", "x2", x2)
+    x2 = x1 if x2 is None else x2  # every tile is computed
     plan = tiling.make_plan(x1.shape[0], x2.shape[0], int(batch_size), False)
-    whole = _tile_functions_with(lambda a, b, _get, *rest, **kw: kernel_fn(a, b, *rest, **kw), None, args, kwargs)
+    whole = _tile_functions_with(call, None, args, kwargs)
     template = _template(*whole, x1, x2, plan)
     if all(isinstance(branch, Kernel) for _, branch in _branches(template)):
         request, f_off, treedef = parse_get(None, GET_NAMES, "batch"), whole[1], None
     else:
         flat, treedef = jax.tree_util.tree_flatten(template)
         request = Get(tuple(f"leaf{i}" for i in range(len(flat))), "tuple")
-        _, f_off = _tile_functions_with(
-            lambda a, b, _get, *rest, **kw: tuple(jax.tree_util.tree_leaves(kernel_fn(a, b, *rest, **kw))),
-            None, args, kwargs)
+        _, f_off = _tile_functions_with(lambda *a, **kw: tuple(jax.tree_util.tree_leaves(call(*a, **kw))),
+                                        None, args, kwargs)
         template = tuple(flat)
     outputs = _outputs(template, request, plan, 0, mirrored=False)
     process_index, process_count = settings["process_index"], settings["process_count"]
@@ -314,16 +332,10 @@ def _pass_through(kernel_fn, batch_size, path, fingerprint, settings: dict, devi
 
 # ----------------------------------------------------------------------------- steps
 
-def _devices(device_count: int) -> list:
+def _devices(count) -> list:
     local = jax.local_devices()
-    if device_count == -1:
-        return list(local)
-    if device_count == 0:
-        return [local[0]]
-    if isinstance(device_count, (int, np.integer)) and 0 < device_count <= len(local):
-        return list(local[:device_count])
-    raise argument_error("batch", "device_count", f"-1 (all), 0 (the default device) or 1..{len(local)} "
-                         f"(there are {len(local)} local devices)", device_count)
+    count = check_device_count("batch", count)
+    return list(local) if count == -1 else [local[0]] if count == 0 else list(local[:count])
 
 
 def _tile_functions(kernel_fn) -> Callable:
@@ -578,6 +590,62 @@ def _kernel_as_examples(k: Kernel, x2, args: tuple, kwargs: dict):
     rows = np.arange(n1, dtype=np.int32)[:, None]
     cols = None if k.x1_is_x2 else np.arange(n2, dtype=np.int32)[:, None]
     return rows, cols, (k,) + tuple(args)
+
+
+def _inputs_as_examples(x1, x2, args: tuple, kwargs: dict):
+    """``(x1, x2, args, spatial_ndim)`` standing for several inputs (a list or tuple, possibly nested,
+    of arrays or of `Kernel`s, for a network that starts with ``parallel``): ``x1``/``x2`` the indices
+    ``(N, 1)`` of their examples, as `_kernel_as_examples`; the inputs ``(x1, x2)`` go first among the
+    arguments of the tile functions; ``spatial_ndim`` the inputs' spatial axes (one number for all)."""
+    if "pattern" in kwargs:
+        raise argument_error("batch", "pattern", "absent with several inputs", "a pattern")
+    is_leaf = lambda e: isinstance(e, Kernel)  # noqa: E731
+    leaves = jax.tree_util.tree_leaves(x1, is_leaf=is_leaf)
+    if not leaves:
+        raise argument_error("batch", "x1", "a list or tuple of inputs with at least one array", "no arrays")
+    if not any(e is not None for e in jax.tree_util.tree_leaves(x2, is_leaf=is_leaf)):
+        x2 = None
+    kernels = [e for e in leaves if isinstance(e, Kernel)]
+    if kernels and (len(kernels) != len(leaves) or x2 is not None):
+        raise argument_error("batch", "x1", "a list of arrays (x2 None or arrays alike) or a list of Kernels "
+                             "(x2 None)", "a mixture")
+    if kernels:
+        for k in kernels:
+            _kernel_as_examples(k, None, (), kwargs)  # the same checks as for one Kernel
+        n1, n2 = kernels[0].nngp.shape[:2]
+        same = all(k.x1_is_x2 for k in kernels)
+        spatial = {k.spatial_ndim for k in kernels}
+    else:
+        checked = [check_examples("batch", "x1", a) for a in leaves]
+        n1 = checked[0].shape[0]
+        n2 = n1 if x2 is None else jax.tree_util.tree_leaves(x2)[0].shape[0]
+        same = x2 is None
+        spatial = {a.ndim - 2 for a in checked}
+    rows = np.arange(n1, dtype=np.int32)[:, None]
+    cols = None if same else np.arange(n2, dtype=np.int32)[:, None]
+    return rows, cols, ((x1, x2),) + tuple(args), (spatial.pop() if len(spatial) == 1 else -1)
+
+
+def _on_inputs_tile(kernel_fn):
+    """``f(rows, cols, get, (x1, x2), ...)``: ``kernel_fn`` applied to examples ``rows`` x ``cols``
+    (index arrays ``(b, 1)``; ``cols`` ``None``: ``rows`` with themselves) of several inputs."""
+    on_kernel = _on_kernel_tile(lambda k, _x2, _get: k)
+
+    def on_tile(rows, cols, get, inputs, *args, **kwargs):
+        x1, x2 = inputs
+        is_leaf = lambda e: isinstance(e, Kernel)  # noqa: E731
+        if any(isinstance(e, Kernel) for e in jax.tree_util.tree_leaves(x1, is_leaf=is_leaf)):
+            part = jax.tree_util.tree_map(lambda k: on_kernel(rows, cols, None, k), x1, is_leaf=is_leaf)
+            return kernel_fn(part, None, get, *args, **kwargs)
+        r = rows[:, 0]
+        if x2 is None:
+            a = jax.tree_util.tree_map(lambda e: e[r], x1)
+            b = None if cols is None else jax.tree_util.tree_map(lambda e: e[cols[:, 0]], x1)
+        else:
+            a = jax.tree_util.tree_map(lambda e: e[r], x1)
+            b = jax.tree_util.tree_map(lambda e: e[cols[:, 0]], x2)
+        return kernel_fn(a, b, get, *args, **kwargs)
+    return on_tile
 
 
 def _on_kernel_tile(kernel_fn):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import warnings
 from typing import Iterable, NamedTuple, Optional
 
 import jax
@@ -157,6 +158,21 @@ def check_examples(where: str, label: str, x, min_ndim: int = 2, floating: bool 
             raise argument_error(where, label, "finite (no NaN or infinite values)",
                                  f"a non-finite value at index {first} (shape {array.shape})")
     return array
+
+
+def device_count(where: str, value) -> int:
+    """``device_count`` (-1: all local devices, 0: the default one, k: the first k) as a number of local
+    devices to use. More than there are (a script written for a larger machine) uses them all and
+    warns, naming the argument: the results do not depend on the number of devices."""
+    local = jax.local_device_count()
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < -1:
+        raise argument_error(where, "device_count", f"-1 (all), 0 (the default device) or a positive int "
+                             f"(there are {local} local devices)", value)
+    if value > local:
+        warnings.warn(f"{where}: device_count={value} but there are {local} local devices; using {local}",
+                      stacklevel=3)
+        return local
+    return int(value)
 
 
 def positive_int(where: str, argument: str, value) -> int:

@@ -19,6 +19,7 @@ import numpy as np
 
 from kernels import structured_ntk
 from kernels.checks import argument_error, parse_get, positive_int
+from kernels.checks import device_count as check_device_count
 
 NAMES = ("nngp", "ntk")
 
@@ -355,7 +356,7 @@ def _ntk_block(method, ha, xa, hb, xb, params, letters, counts, switches):
 
     def jacobian(h, x):
         j = jax.jacrev(lambda p: h(p, x))(params)
-        return [leaf.reshape(leaf.shape[:len(letters[0])] + (-1,)) for leaf in jax.tree.leaves(j)]
+        return [structured_ntk.flat_after(leaf, len(letters[0])) for leaf in jax.tree.leaves(j)]
     return sum(_pair(a, b, letters) for a, b in zip(jacobian(ha, xa), jacobian(hb, xb)))
 
 
@@ -473,7 +474,7 @@ def monte_carlo_kernel_fn(init_fn, apply_fn, key, n_samples: Union[int, Iterable
         returns a generator of running averages at those counts).
       batch_size: if positive, examples per chunk of the Jacobian contraction.
       device_count, store_on_device: samples run on the default device and results are
-        device arrays; ``device_count`` must name existing devices (``-1``: all), and
+        device arrays; ``device_count`` is checked as `kernels.batch` checks it, and
         ``store_on_device=False`` returns NumPy arrays.
       trace_axes, diagonal_axes, vmap_axes, implementation: as in `empirical_kernel_fn`.
 
@@ -484,9 +485,7 @@ def monte_carlo_kernel_fn(init_fn, apply_fn, key, n_samples: Union[int, Iterable
     where = "monte_carlo_kernel_fn"
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 0:
         raise argument_error(where, "batch_size", "a non-negative int (0: no chunking)", batch_size)
-    if not isinstance(device_count, int) or not -1 <= device_count <= jax.local_device_count():
-        raise argument_error(where, "device_count", f"-1 (all) or 0..{jax.local_device_count()} local devices",
-                             device_count)
+    check_device_count(where, device_count)
     empirical = empirical_kernel_fn(apply_fn, trace_axes, diagonal_axes, vmap_axes, implementation,
                                     batch_size=batch_size if batch_size > 0 else None)
     try:

@@ -190,7 +190,7 @@ def factors(closed, leaves, x, rules, fwd: Optional[bool] = None):
     out_ndim = len(closed.jaxpr.outvars[0].aval.shape)
     result = [None] * len(leaves)
     for i, d in zip(free, d_free):
-        result[i] = ("jacobian", d.reshape(d.shape[:out_ndim] + (-1,)))
+        result[i] = ("jacobian", flat_after(d, out_ndim))
     for i, dz in zip(fixed, d_eps):
         r = rules[i]
         c = math.prod(_value(s, kept) for s in r.scales) / math.prod(_value(s, kept) for s in r.inverse) \
@@ -203,6 +203,12 @@ def factors(closed, leaves, x, rules, fwd: Optional[bool] = None):
             dz_c, x_c = (_canonical_dot if r.kind == "bilinear" else _canonical_conv)(dz, other, r, out_ndim)
             result[i] = ("bilinear", dz_c, x_c, c)
     return result
+
+
+def flat_after(a, n: int):
+    """``a`` with its axes after the first ``n`` flattened into one (explicit size: an empty output
+    or parameter has no ``-1`` to infer)."""
+    return a.reshape(a.shape[:n] + (math.prod(a.shape[n:]),))
 
 
 def _value(v, kept):
@@ -218,7 +224,7 @@ def _unbroadcast(dz, eqn, out_ndim):
     summed = [a for a in range(len(z_shape)) if a not in dims] + [
         d for d, n in zip(dims, operand_shape) if n == 1 and z_shape[d] != 1]
     reduced = dz.sum(axis=tuple(out_ndim + a for a in summed))
-    return reduced.reshape(dz.shape[:out_ndim] + (-1,))
+    return flat_after(reduced, out_ndim)
 
 
 def _canonical_dot(dz, other, rule, out_ndim):

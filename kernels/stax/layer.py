@@ -251,6 +251,13 @@ class KernelFn:
             if value not in allowed:
                 raise argument_error(where, argument, f"{' or '.join(map(repr, allowed))} when x1 is a Kernel "
                                      "(its pairs of examples are already chosen)", value)
+        k = self._internal_kernel(where, k, self.needs_full(not diagonal_spatial))
+        return self._output(where, self._jitted_rule(k), request, arrays, k.x1_is_x2, diagonal_spatial,
+                            neural_tangents_axis_order)
+
+    @staticmethod
+    def _internal_kernel(where, k: Kernel, needs) -> Kernel:
+        """A public `Kernel` (another network's output, ``get=None``) as this network's rules take it."""
         missing = [f for f in ("nngp", "ntk", "cov1") if getattr(k, f) is None]
         if missing:
             raise argument_error(where, "x1", "a Kernel with nngp, ntk and cov1 (kernel_fn(..., get=None) "
@@ -258,12 +265,16 @@ class KernelFn:
         d = k.spatial_ndim
         if k.full and d:  # neural-tangents' interleaved position pairs -> (S, S')
             k = k.map_arrays(from_neural_tangents_layout)
-        if d and not k.full and any_requirement(self.needs_full(not diagonal_spatial)):
+        if d and not k.full and any_requirement(needs):
             raise ValueError(f"{where}: this network mixes positions (pooling, attention, a readout that is not "
                              "Flatten) and needs the covariances of every pair of positions, but the given "
                              "Kernel keeps only equal positions; compute it without diagonal_spatial=True")
-        k = k.replace(cov2=None if k.x1_is_x2 else k.cov2, selves=None)
-        out = map_branches(lambda path, o: _public(o, arrays, k.x1_is_x2, interleave=True), self._jitted_rule(k))
+        return k.replace(cov2=None if k.x1_is_x2 else k.cov2, selves=None)
+
+    def _output(self, where, out, request, arrays, x1_is_x2, diagonal_spatial, neural_tangents_axis_order):
+        """The rule's output kernel(s) (one per branch) as `kernel_fn` returns them."""
+        out = map_branches(lambda path, o: _public(o, arrays, x1_is_x2, interleave=True), out)
+        map_branches(lambda path, o: _refuse_non_finite(where + branch_label(path), o), out)
 
         def result(path, o):
             o = _finish(o, diagonal_spatial, neural_tangents_axis_order)
@@ -271,33 +282,43 @@ class KernelFn:
         return map_branches(result, out)
 
     def _on_inputs(self, where, x1, x2, request, arrays, diagonal_spatial, neural_tangents_axis_order, **others):
-        """A network with several inputs (it starts with `parallel`): ``x1`` a list or tuple of arrays,
-        one per input, ``x2`` ``None`` or one of the same length, as neural-tangents takes them.
-        The network's rule runs on the inputs' kernels, in one piece."""
+        """A network with several inputs (it starts with `parallel`): ``x1`` a list or tuple with one
+        entry per input, each an array, a `Kernel` (another network's output) or, for a nested
+        `parallel`, again such a list; ``x2`` ``None`` (or a structure of ``None``) or arrays in
+        ``x1``'s structure, as neural-tangents takes them. The network's rule runs on the inputs'
+        kernels, in one piece."""
         for argument, value in others.items():
             if value is not None and not (argument == "block_size" and value == 0):
                 raise argument_error(where, argument, "None with several inputs (a list of arrays)", value)
-        for label, x in (("x1", x1), ("x2", x2)):
-            if x is not None and not (isinstance(x, (list, tuple)) and len(x) and _several(x)):
-                raise argument_error(where, label, "a list or tuple of arrays, one per input" +
-                                     (", like x1" if label == "x2" else ""), type(x).__name__, TypeError)
-        if x2 is not None and len(x2) != len(x1):
-            raise argument_error(where, "x2", f"{len(x1)} arrays, one per input like x1", f"{len(x2)} arrays")
-        req = self.needs_full(not diagonal_spatial)
-        kernels = []
-        for i, (a, b) in enumerate(zip(x1, [None] * len(x1) if x2 is None else x2)):
-            a, b, _ = _check_inputs(a, b)
-            needs = req[i] if isinstance(req, tuple) and len(req) == len(x1) else req
-            kernels.append(input_kernel(a, b, a.ndim > 2 and any_requirement(needs)))
-        x1_is_x2 = x2 is None
-        out = map_branches(lambda path, o: _public(o, arrays, x1_is_x2, interleave=True),
-                           self._jitted_rule(tuple(kernels)))
-        map_branches(lambda path, o: _refuse_non_finite(where + branch_label(path), o), out)
+        if not any(b is not None for b in jax.tree.leaves(x2, is_leaf=_is_input)):
+            x2 = None  # neural-tangents' "same inputs": None, or a structure of None
+        same = []
 
-        def result(path, o):
-            o = _finish(o, diagonal_spatial, neural_tangents_axis_order)
-            return request.pack({n: getattr(o, n) for n in request.names}, whole=o)
-        return map_branches(result, out)
+        def kernels(a, b, needs, label):
+            if isinstance(a, (list, tuple)) and len(a):
+                if b is not None and not (isinstance(b, (list, tuple)) and len(b) == len(a)):
+                    raise argument_error(where, "x2", f"a list or tuple of {len(a)} entries, one per input like "
+                                         f"x1{label}",
+                                         f"{type(b).__name__} {b if not _is_input(b) else ''}".strip(), TypeError)
+                parts = needs if isinstance(needs, tuple) and len(needs) == len(a) else (needs,) * len(a)
+                return tuple(kernels(e, None if b is None else b[i], parts[i], f"{label}[{i}]")
+                             for i, e in enumerate(a))
+            if isinstance(a, Kernel):
+                if b is not None:
+                    raise argument_error(where, "x2", f"None at x1{label}, a Kernel (its pairs are chosen)", b)
+                same.append(a.x1_is_x2)
+                return self._internal_kernel(where, a, needs)
+            if not isinstance(a, (jax.Array, np.ndarray)):
+                raise argument_error(where, "x1", "a list or tuple of arrays or Kernels, one per input",
+                                     f"{type(a).__name__} at x1{label}", TypeError)
+            a, b, _ = _check_inputs(a, b)
+            same.append(b is None)
+            return input_kernel(a, b, a.ndim > 2 and any_requirement(needs))
+        if not isinstance(x1, (list, tuple)):
+            raise argument_error(where, "x1", "a list or tuple of inputs, like x2", type(x1).__name__, TypeError)
+        inputs = kernels(x1, x2, self.needs_full(not diagonal_spatial), "")
+        return self._output(where, self._jitted_rule(inputs), request, arrays, all(same), diagonal_spatial,
+                            neural_tangents_axis_order)
 
     def _with_batch_covariances(self, x1, x2, get, diagonal_batch: bool, keywords: dict):
         """``kernel_fn(x1, x2, get, diagonal_batch=False, **keywords)``: the kernels for
@@ -437,9 +458,14 @@ def _narrow(name: str, out: Kernel, names: tuple, dtype) -> Kernel:
     return out.replace(**cast)
 
 
+def _is_input(x) -> bool:
+    return isinstance(x, (jax.Array, np.ndarray, Kernel))
+
+
 def _several(x) -> bool:
-    """Several input arrays (a list or tuple of them), not one array written as nested numbers."""
-    return isinstance(x, (list, tuple)) and any(isinstance(e, (jax.Array, np.ndarray)) for e in x)
+    """Several inputs (a list or tuple of arrays or Kernels, possibly nested), not one array written
+    as nested numbers."""
+    return isinstance(x, (list, tuple)) and any(_is_input(e) for e in jax.tree.leaves(x, is_leaf=_is_input))
 
 
 def _refuse_non_finite(where: str, k: Kernel) -> None:

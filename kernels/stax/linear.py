@@ -428,7 +428,9 @@ def _global_pool(layer_name, average):
         pooled = k.map_all(lambda a: spatial.global_pool_positions(a, d, average)).replace(full=False)
         return pooled.map_means(lambda m: apply_fn((), m[..., None])[..., 0])
 
-    return leaf(name, init_fn, apply_fn, rule, needs_pairs, Requires(spatial=True),
+    # Inputs without spatial axes (N, C) pass unchanged: the mean (sum) over no axes, as in neural-tangents,
+    # so a readout written for any input (e.g. after Flatten) ports.
+    return leaf(name, init_fn, apply_fn, rule, needs_pairs, Requires(),
                 masks=masking.Masking(masking.all_positions, apply_takes_mask=True))
 
 

@@ -164,3 +164,15 @@ def test_bad_options_are_refused_by_name():
         empirical_kernel_fn(apply_fn, trace_axes=(-1,), diagonal_axes=(1,))(x1, x2, "ntk", params)
     with pytest.raises(ValueError, match="argument `x2`"):
         empirical_kernel_fn(apply_fn, diagonal_axes=(0,))(x1, x2, "ntk", params)
+
+
+@pytest.mark.parametrize("implementation", [1, 2, 3])
+def test_empty_outputs_and_parameters(implementation):
+    """neural-tangents' tests slice outputs to nothing: an empty output gives an empty kernel, and an
+    empty parameter adds nothing (the NTK of x @ w is the Gram matrix of x)."""
+    x = jax.random.normal(KEY, (2, 3))
+    empty = empirical_ntk_fn(lambda p, x: (p * x)[:, :0], (), (), None, implementation)(x, x, jnp.ones(()))
+    assert empty.shape == (2, 2, 0, 0)
+    ntk = empirical_ntk_fn(lambda p, x: x @ p[0][:, None], (), (), None, implementation)(
+        x, x, [jnp.ones(3), jnp.ones((0,))])
+    np.testing.assert_allclose(ntk[:, :, 0, 0], x @ x.T, rtol=1e-12)

@@ -1,4 +1,5 @@
 """Bad input gets a clear error naming the layer, the argument or the shapes; never a NaN kernel."""
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -64,10 +65,14 @@ def test_activation_needs_gaussian_input():
         kernel_fn(x(2, 3))
 
 
-def test_pooling_an_mlp_and_global_pool_without_space():
-    _, _, kernel_fn = stax.serial(stax.Dense(4), stax.GlobalAvgPool())
-    with pytest.raises(ValueError, match=r"GlobalAvgPool\(\): needs inputs with spatial axes"):
-        kernel_fn(x(2, 3))
+def test_global_pool_without_space_is_the_identity():
+    """neural-tangents pools (N, C) inputs over no axes: the kernel and outputs pass unchanged."""
+    init_fn, apply_fn, kernel_fn = stax.serial(stax.Dense(4), stax.Relu(), stax.Dense(3))
+    for pool in (stax.GlobalAvgPool(), stax.GlobalSumPool()):
+        _, pooled_apply, pooled = stax.serial(stax.Dense(4), stax.Relu(), stax.Dense(3), pool)
+        np.testing.assert_array_equal(pooled(x(2, 3), x(3, 3), "ntk"), kernel_fn(x(2, 3), x(3, 3), "ntk"))
+        _, params = init_fn(jax.random.PRNGKey(0), (2, 3))
+        np.testing.assert_array_equal(pooled_apply(params + [()], x(2, 3)), apply_fn(params, x(2, 3)))
 
 
 def test_non_finite_kernel_is_an_error_naming_the_layer():

@@ -203,7 +203,11 @@ def test_finite_kernel_options_are_checked_not_ignored():
     with pytest.raises(ValueError, match="argument `n_samples`"):
         monte_carlo_kernel_fn(init_fn, apply_fn, jax.random.PRNGKey(0), 0)
     with pytest.raises(ValueError, match="argument `device_count`"):
-        monte_carlo_kernel_fn(init_fn, apply_fn, jax.random.PRNGKey(0), 2, device_count=99)
+        monte_carlo_kernel_fn(init_fn, apply_fn, jax.random.PRNGKey(0), 2, device_count=-2)
+    with pytest.warns(UserWarning, match="device_count=99 but there are 1 local devices; using 1"):
+        many = monte_carlo_kernel_fn(init_fn, apply_fn, jax.random.PRNGKey(0), 2, device_count=99)
+    np.testing.assert_array_equal(many(x(3, 2), None, "ntk"),
+                                  monte_carlo_kernel_fn(init_fn, apply_fn, jax.random.PRNGKey(0), 2)(x(3, 2), None, "ntk"))
     host = monte_carlo_kernel_fn(init_fn, apply_fn, jax.random.PRNGKey(0), 2, store_on_device=False)(x(3, 2), None, "ntk")
     assert isinstance(host, np.ndarray)
 

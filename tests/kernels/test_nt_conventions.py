@@ -114,7 +114,8 @@ def test_several_inputs():
         ya, None, "ntk"), rtol=1e-12)
     swapped = merged([xb[:, :4], xa], None, "nngp")  # the first branch's width on the other input
     assert not np.allclose(swapped, merged([xa, xb], None, "nngp"), rtol=1e-3)
-    with pytest.raises(TypeError, match=r"argument `x2` must be a list or tuple of arrays"):
+    np.testing.assert_array_equal(merged((xa, xb), (None, None), "ntk"), merged([xa, xb], None, "ntk"))
+    with pytest.raises(TypeError, match=r"argument `x2` must be a list or tuple of 2 entries"):
         merged([xa, xb], xa)
     with pytest.raises(ValueError, match=r"argument `block_size` must be None with several inputs"):
         merged([xa, xb], None, block_size=2)
@@ -127,3 +128,27 @@ def test_replace_of_a_derived_shape():
     assert k.replace(shape1=(2, 3), shape2=(1, 3)).shape2 == (1, 3)
     with pytest.raises(ValueError, match=r"Kernel.replace: argument `shape1` is read from the kernel's arrays"):
         k.replace(shape1=(5, 3))
+
+
+@pytest.mark.parametrize("path", ["direct", pytest.param("batch", marks=pytest.mark.slow)])
+def test_nested_inputs_through_kernel_fn_and_batch(path):
+    """neural-tangents' nested ``parallel`` takes nested inputs, and its tests batch a network applied to
+    another's list of Kernels. Truth: Dense(W_std=1) on raw inputs has NNGP x x'^T/d, and a second
+    Dense(W_std=1) of a Dense keeps it; every path (direct, jitted, batched by 2) must give it."""
+    from functools import partial
+
+    from kernels import batch
+    keys = jax.random.split(jax.random.PRNGKey(3), 6)
+    xs1 = [jax.random.normal(k, (5, d)) for k, d in zip(keys[:3], (2, 3, 4))]
+    xs2 = [jax.random.normal(k, (3, d)) for k, d in zip(keys[3:], (2, 3, 4))]
+
+    def net(n):
+        return stax.parallel(stax.Dense(n), stax.parallel(stax.Dense(n + 1), stax.Dense(n + 2)))[2]
+    readin, readout = net(8), partial(net(1), get="nngp")
+    nested1, nested2 = (xs1[0], (xs1[1], xs1[2])), (xs2[0], (xs2[1], xs2[2]))
+    cases = ([(readout(readin(nested1, nested2)), xs2), (readout(readin(nested1, (None, (None, None)))), xs1)]
+             if path == "direct" else [(batch(readout, 2)(batch(readin, 2)(nested1)), xs1),
+                                       (batch(readin, 4)(nested1, nested2, "nngp"), xs2)])
+    for out, b in cases:
+        for got, a, c in zip(jax.tree.leaves(out), xs1, b):
+            np.testing.assert_allclose(got, a @ c.T / a.shape[1], rtol=1e-12, atol=1e-14)
