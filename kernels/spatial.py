@@ -41,12 +41,18 @@ def pad_amounts(size: int, window: int, stride: int, padding: str) -> tuple:
 
 
 def _pad(a, axes, amounts, padding):
+    """``a`` padded along ``axes``, materialized for the shifted slices that read it.
+
+    The optimization barrier keeps XLA from fusing ``a``'s elementwise producers (an activation's
+    dual map) into each of those slices: fused, they were recomputed once per filter offset and
+    layer, and the fused kernels grew with depth. A 21-layer 3x3 CNN's kernel compiled in 441 s
+    (seconds with the barrier); see experiments/benchmarks/RESULTS.md.
+    """
     widths = [(0, 0)] * a.ndim
     for ax in axes:
         widths[ax] = amounts
-    if padding == "CIRCULAR":
-        return jnp.pad(a, widths, mode="wrap")
-    return jnp.pad(a, widths)
+    padded = jnp.pad(a, widths, mode="wrap") if padding == "CIRCULAR" else jnp.pad(a, widths)
+    return lax.optimization_barrier(padded)
 
 
 def _strided(a, axis, start, count, stride):

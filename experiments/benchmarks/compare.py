@@ -1,6 +1,6 @@
 """widekit vs neural-tangents 0.6.5, side by side (issue 4 item 3, issue 3 W5).
 
-    python experiments/benchmarks/compare.py [--workloads W1,W2,W3,W3b,W4,W5] [--repeats 3]
+    python experiments/benchmarks/compare.py [--workloads W1,W2,W3,W3b,W4,W5,W6] [--repeats 3]
         [--timeout 900] [--mem-gb 20] [--json out.json]
 
 For each workload, in order, runs ``worker.py`` once per side, each in a fresh
@@ -22,7 +22,9 @@ side and their ratio (whole process; neural-tangents' process also holds
 TensorFlow, imported by ``import neural_tangents``, ~0.5 GB), the same ratio for
 the increment over the RSS right after imports (``dRSS``), and the max relative
 difference ``max|ours - nt| / max|nt|`` over the NNGP and NTK (W5: over the
-predicted means; plus each side's error against the float64 reference).
+predicted means; plus each side's error against the float64 reference).  ``first s``
+and ``first nt/ours``: the warm-up call, compilation included (W1-W4, W6; W6, a 21-layer
+CNN, is there to measure compilation).
 ``--ours-tile W3b=4`` runs ours on the named workloads through
 ``kernels.batch(kernel_fn, 4, device_count=0)`` (rows marked ``b4``).
 """
@@ -40,7 +42,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 WORKER = os.path.join(HERE, "worker.py")
-ALL = ("W1", "W2", "W3", "W3b", "W4", "W5")
+ALL = ("W1", "W2", "W3", "W3b", "W4", "W5", "W6")
 OURS_ONLY = {"W3b"}
 
 
@@ -169,7 +171,8 @@ def main():
             rows.append(row)
 
     print()
-    hdr = (f"| {'workload':8} | {'ours s':>9} | {'nt s':>9} | {'t nt/ours':>9} | {'ours RSS GB':>11} | "
+    hdr = (f"| {'workload':8} | {'ours s':>9} | {'nt s':>9} | {'t nt/ours':>9} | {'ours first s':>12} | "
+           f"{'nt first s':>10} | {'first nt/ours':>13} | {'ours RSS GB':>11} | "
            f"{'nt RSS GB':>9} | {'RSS nt/ours':>11} | {'dRSS nt/ours':>12} | {'max rel diff':>12} |")
     print(hdr)
     print("|" + "|".join("-" * (len(c)) for c in hdr.split("|")[1:-1]) + "|")
@@ -181,9 +184,13 @@ def main():
                 return "n/a"
             return r.get("error") or f"{r['best_s']:.4g}"
 
-        tr = rr = dr = "-"
+        def first(r):
+            return f"{r['warmup_s']:.4g}" if r and "warmup_s" in r else "-"
+
+        tr = rr = dr = fr = "-"
         if n is not None and "error" not in o and "error" not in n:
             tr = f"{n['best_s'] / o['best_s']:.2f}"
+            fr = f"{n['warmup_s'] / o['warmup_s']:.2f}" if "warmup_s" in o else "-"
             rr = f"{n['peak_rss_bytes'] / o['peak_rss_bytes']:.2f}"
             do = o["peak_rss_bytes"] - o["rss_after_imports_bytes"]
             dn = n["peak_rss_bytes"] - n["rss_after_imports_bytes"]
@@ -194,7 +201,8 @@ def main():
             if extra:
                 diff += " (" + "; ".join(extra) + ")"
         name = row["workload"] + (f" b{o['tile']}" if o.get("tile") else "")
-        print(f"| {name:8} | {t(o):>9} | {t(n):>9} | {tr:>9} | {gb(o.get('peak_rss_bytes')):>11} | "
+        print(f"| {name:8} | {t(o):>9} | {t(n):>9} | {tr:>9} | {first(o):>12} | {first(n):>10} | {fr:>13} | "
+              f"{gb(o.get('peak_rss_bytes')):>11} | "
               f"{gb(n.get('peak_rss_bytes')) if n else 'n/a':>9} | {rr:>11} | {dr:>12} | {diff:>12} |")
     load = os.getloadavg()
     print(f"\nload average at end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")

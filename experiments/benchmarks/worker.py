@@ -12,7 +12,8 @@ arguments, from the same float32 inputs (``numpy.random.default_rng(0)``).
 
 Timed region (W1-W4): ``jax.jit(kernel_fn, static_argnames="get")`` called as
 ``kernel_fn(x, None, get=("nngp", "ntk"))``, one warm-up call (compilation) excluded,
-best of ``--repeats`` calls, each ended by ``block_until_ready``.  W5 (issue 3):
+best of ``--repeats`` calls, each ended by ``block_until_ready``; the warm-up's time is
+reported too (``warmup_s``: compilation included, what W6 is for).  W5 (issue 3):
 building ``gradient_descent_mse_ensemble(kernel_fn, x_train, y_train, diag_reg=1e-4)``
 with the jitted ``kernel_fn`` and getting the NTK mean on ``x_test`` at
 t in {1, 10, 100, 1000} (one call with an array of times) and t = None; the whole
@@ -34,7 +35,7 @@ import time
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-WORKLOADS = ("W1", "W2", "W3", "W3b", "W4", "W5")
+WORKLOADS = ("W1", "W2", "W3", "W3b", "W4", "W5", "W6")
 
 
 def peak_rss_bytes():
@@ -81,6 +82,11 @@ def network(stax, name):
             stax.GlobalAvgPool(),
             stax.Dense(1),
         )
+    if name == "W6":  # neural-tangents README's "Performance" network: deep, so compilation dominates
+        layers = []
+        for _ in range(21):
+            layers += [stax.Conv(1, (3, 3), (1, 1), "SAME"), stax.Relu()]
+        return stax.serial(*layers, stax.GlobalAvgPool())
     raise ValueError(name)
 
 
@@ -90,6 +96,7 @@ SHAPES = {
     "W3": (8, 32, 32, 3),
     "W3b": (24, 32, 32, 3),
     "W4": (64, 32, 16),
+    "W6": (4, 8, 8, 3),
 }
 
 
