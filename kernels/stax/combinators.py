@@ -349,9 +349,9 @@ def FanInConcat(axis: int = -1) -> Layer:
         if first.selves is not None:
             raise NotImplementedError(f"{name}: concatenation along the batch axis must be evaluated in one piece; "
                                       "pass block_size=0 to kernel_fn (or write axis=0, which implies it)")
-        if first.pattern1 is not None or first.mask1 is not None:
-            raise NotImplementedError(f"{name}: concatenation along the batch axis of graphs (pattern) or masked "
-                                      "inputs is not implemented")
+        if first.pattern1 is not None:
+            raise NotImplementedError(f"{name}: concatenation along the batch axis of graphs (pattern) is not "
+                                      "implemented")
         join = lambda f: jnp.concatenate(_fields(ks, f), axis=0)
         return first.replace(nngp=_block_diagonal(_fields(ks, "nngp"), 0, 1),
                              ntk=_block_diagonal(_fields(ks, "ntk"), 0, 1), cov1=join("cov1"),
@@ -376,8 +376,8 @@ def FanInConcat(axis: int = -1) -> Layer:
         ax = resolve(ndim)
         if ax == channel_axis:
             return channel_concat(ks), masking.masked_in_all
-        if ax == batch_axis:
-            return batch_concat(ks), None
+        if ax == batch_axis:  # masks: the branches' examples one after another
+            return batch_concat(ks), masking.concatenated_along(0)
         spatial_axes = [i for i in range(ndim) if i not in (batch_axis, channel_axis)]
         dim = spatial_axes.index(ax)
         return spatial_concat(ks, dim), masking.concatenated_along(1 + dim)  # masks: (N, *S) in the kernel's order
