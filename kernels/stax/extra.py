@@ -24,6 +24,7 @@ from jax import lax
 from kernels import duals
 from kernels.checks import argument_error, finite_real
 from kernels.kernel import Kernel
+from kernels.stax import masking
 from kernels.stax.attention import _mechanism
 from kernels.stax.elementwise import _activation, activation_rule
 from kernels.stax.layer import (Requires, describe, keep_requirement, leaf, needs_pairs,
@@ -162,6 +163,10 @@ def Dropout(rate: float, mode: str = "train"):
     the network's own (no Dense, Conv or attention layer before it since the input or the last
     `FanOut`): there the masks do not average out and the next layer's outputs are not Gaussian.
 
+    Masked inputs (``mask_constant``, `kernels.stax.masking`): a pointwise layer, as in
+    neural-tangents 0.6.5 (its outputs masked where its inputs are). Masked positions carry zeros,
+    which dropout keeps zero, and their covariances are zero, which the factor keeps zero.
+
     Args:
       rate: the keep probability, ``0 < rate <= 1``.
       mode: ``"train"`` or ``"test"``.
@@ -186,7 +191,7 @@ def Dropout(rate: float, mode: str = "train"):
         return jnp.where(keep, x / rate, jnp.zeros((), x.dtype))
 
     if mode == "test":
-        return leaf(name, init_fn, apply_fn, lambda k: k)
+        return leaf(name, init_fn, apply_fn, lambda k: k, masks=masking.POINTWISE)
 
     def rule(k: Kernel) -> Kernel:
         if not k.own_weights:
@@ -202,7 +207,7 @@ def Dropout(rate: float, mode: str = "train"):
             return None if cov is None else cov * (1 + boost * positions)
         return k.replace(nngp=k.nngp * pair, ntk=k.ntk * pair, cov1=self_cov(k.cov1), cov2=self_cov(k.cov2),
                          is_gaussian=False)
-    return leaf(name, init_fn, apply_fn, rule)
+    return leaf(name, init_fn, apply_fn, rule, masks=masking.POINTWISE)
 
 
 def _position_identity(k: Kernel) -> jax.Array:
@@ -296,6 +301,15 @@ def Index(idx, batch_axis: int = 0, channel_axis: int = -1):
     ``kernel_fn`` of a network indexing its batch equals ``kernel_fn(x1[i], x2[i])`` of the
     network without it, which is how to compute it here.
 
+    Masked inputs (``mask_constant``, `kernels.stax.masking`): the mask is indexed as the inputs
+    are, ``mask[idx]`` without the channel entry (neural-tangents 0.6.5's ``mask_fn``); a channel
+    slice keeps every position's mask. An int on the channel axis is refused with masks: the
+    outputs' channels would be the inputs' last spatial axis, whose positions are masked one by
+    one, which a mask per position can not say (neural-tangents keeps a mask per entry there).
+    (Partly masked positions of the network's inputs count as unmasked, as everywhere here;
+    neural-tangents masks their entries one by one until a Dense or Conv collapses them, so a
+    channel slice of such raw inputs can differ there.)
+
     Args:
       idx: an int, a slice, an Ellipsis or a tuple of them, e.g. ``stax.Slice[:, 1:5, ::2]``, indexing the
         inputs' axes as they come.
@@ -347,7 +361,21 @@ def _index(name, items):
                         cov2=None if k.cov2 is None else k.cov2[(slice(None),) + pairs])
         out = out.map_means(lambda m: m[(slice(None),) + spatial])
         return out.replace(full=False) if out.nngp.ndim == 2 else out  # every spatial axis indexed away
-    return leaf(name, init_fn, apply_fn, rule)
+    return leaf(name, init_fn, apply_fn, rule, masks=masking.Masking(_index_mask(name, items)))
+
+
+def _index_mask(name, items):
+    """`Index`'s ``mask_fn``: the mask ``(N, *S)`` indexed by ``items`` without their channel entry."""
+    def mask_fn(mask):
+        full = _canonical_index(name, items, mask.ndim + 1)
+        if isinstance(full[-1], (int, np.integer)):
+            raise NotImplementedError(
+                f"{name}: masked inputs (argument `mask_constant`) can not be indexed by an int on the channel "
+                f"axis (received {full[-1]!r}): the outputs' channels would be the inputs' last spatial axis, "
+                f"whose positions are masked one by one; keep the channel axis with a slice, e.g. "
+                f"{full[-1]}:{full[-1] + 1 if full[-1] != -1 else ''}")
+        return mask[full[:-1]]
+    return mask_fn
 
 
 # ----------------------------------------------------------------------------- ImageResize
@@ -363,6 +391,13 @@ def ImageResize(shape, method, antialias: bool = True, precision=lax.Precision.H
     tangents does the same for ``"linear"`` and ``"nearest"`` and refuses the others, which are
     linear too.) Nearest-neighbour resizing only repeats positions and keeps what the next
     layer needs; the other methods mix positions, so need position pairs.
+
+    Masked inputs (``mask_constant``, `kernels.stax.masking`), as neural-tangents 0.6.5: the inputs
+    enter as zeros, and an output is masked when it reads no unmasked input, i.e. where the resize of
+    the unmasked positions' indicator (in float32, as neural-tangents resizes the inverted boolean
+    mask) is exactly zero: content wins over the mask, so a resize does not grow the mask. The
+    kernel is then zeroed at masked outputs (its ``remask_kernel=True``). Every method, and a resize
+    of the batch axis in ``apply_fn``, resizes the mask alike.
 
     Args:
       shape: the output shape, ``(N, *S, C)`` (in the inputs' layout); ``-1`` leaves an axis as it is.
@@ -433,5 +468,14 @@ def _image_resize(name, shape, resize_method, antialias, precision):
                         cov2=None if k.cov2 is None else batch_resize(k.cov2, 1))
         return out.map_means(lambda m: resize(m, m.shape[:1] + new))
 
+    def mask_fn(mask):  # (N, *S) -> (N', *S')
+        return _reads_no_unmasked(resize, mask, resolved(mask.shape + (1,))[:-1])
+
     return leaf(name, init_fn, apply_fn, rule, keep_requirement if nearest or not resizes_space else needs_pairs,
-                Requires())
+                Requires(), masks=masking.Masking(mask_fn))
+
+
+def _reads_no_unmasked(resize, mask, out_shape):
+    """`ImageResize`'s ``mask_fn``: an output is masked where the resize of the unmasked positions'
+    indicator is exactly zero (in float32, as neural-tangents 0.6.5 resizes its inverted boolean mask)."""
+    return resize((~mask).astype(jnp.float32), out_shape) == 0

@@ -66,14 +66,14 @@ def test_x1_is_x2_field():
 
 def test_unimplemented_keywords_are_refused_by_name():
     # Masks are implemented for Dense, Conv, activations, pooling, attention (tests/kernels/test_masking.py);
-    # a layer without mask support (here ImageResize) refuses them by name.
-    init_fn, apply_fn, kernel_fn = stax.serial(stax.Conv(3, (2,)), stax.ImageResize((-1, 6, -1), "linear"),
-                                               stax.Relu(), stax.GlobalAvgPool())
+    # a layer without mask support (here ExpNormalized) refuses them by name.
+    init_fn, apply_fn, kernel_fn = stax.serial(stax.Conv(3, (2,)), stax.Relu(), stax.ExpNormalized(),
+                                               stax.GlobalAvgPool())
     x = jnp.ones((2, 4, 3))
     _, params = init_fn(jax.random.PRNGKey(0), x.shape)
-    with pytest.raises(NotImplementedError, match=r"ImageResize\(.*mask_constant"):
+    with pytest.raises(NotImplementedError, match=r"ExpNormalized\(.*mask_constant"):
         apply_fn(params, x, mask_constant=0.0)
-    with pytest.raises(NotImplementedError, match=r"ImageResize\(.*mask_constant"):
+    with pytest.raises(NotImplementedError, match=r"ExpNormalized\(.*mask_constant"):
         kernel_fn(x, mask_constant=0.0)
     with pytest.raises(TypeError, match="diagonal_batch"):  # False is implemented: tests/kernels/test_diagonal_batch.py
         kernel_fn(x, diagonal_batch="no")

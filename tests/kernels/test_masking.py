@@ -356,7 +356,8 @@ def test_masked_image_kernel_matches_monte_carlo_of_finite_networks():
 # ----------------------------------------------------------------- refusals
 
 @pytest.mark.parametrize("layer, pattern", [
-    (stax.serial(stax.FanOut(2), stax.parallel(stax.Identity(), stax.Dropout(0.5)), stax.FanInSum()), r"Dropout\("),
+    (stax.serial(stax.FanOut(2), stax.parallel(stax.Identity(), stax.ExpNormalized()), stax.FanInSum()),
+     r"ExpNormalized\("),
     (stax.GlobalSelfAttention(4, 4, 4, 1, linear_scaling=False, n_samples=8), r"GlobalSelfAttention\("),
 ])
 def test_layers_without_mask_support_refuse_by_name(layer, pattern):
@@ -368,9 +369,9 @@ def test_layers_without_mask_support_refuse_by_name(layer, pattern):
 
 def test_apply_fn_of_a_layer_without_mask_support_refuses_by_name():
     x = _padded(7)
-    resize = stax.ImageResize((4, 6, 3), "linear")
-    for layer, pattern in ((resize, r"ImageResize\("),
-                           (stax.serial(stax.FanOut(2), stax.parallel(stax.Identity(), resize)), r"ImageResize\(")):
+    unmasked = stax.ExpNormalized()
+    for layer, pattern in ((unmasked, r"ExpNormalized\("),
+                           (stax.serial(stax.FanOut(2), stax.parallel(stax.Identity(), unmasked)), r"ExpNormalized\(")):
         with pytest.raises(NotImplementedError, match=pattern + ".*mask_constant"):
             layer.apply_fn([(), ((), ())], x, mask_constant=PAD)  # refused before the parameters are read
 
