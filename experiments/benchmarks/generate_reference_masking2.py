@@ -1,5 +1,5 @@
 """neural-tangents 0.6.5 reference values of masked inputs (``mask_constant``) through `Dropout`,
-`Index` (`Slice`) and `ImageResize`.
+`Index` (`Slice`), `ImageResize` and `ExpNormalized`.
 
 Run with the reference environment's python (see ``reference_env.sh``)::
 
@@ -81,6 +81,11 @@ def _cases():
     add("img_resize_nearest_up_conv_gap", relu + [resize((-1, 7, 9, -1), "nearest"),
                                                   conv(64, (2, 2), "SAME", W_std=1.2), act("Relu"), GAP, READOUT],
         IMG, "pixels")
+    # ExpNormalized, a kernel map (no finite network): zero at masked positions (remasked, as neural-tangents).
+    add("seq_expnormalized_conv_gap", [conv(64, (2,), "SAME", W_std=1.3, b_std=0.1),
+                                       act("ExpNormalized", gamma=0.7, shift=-0.5), GAP, READOUT])
+    add("img_expnormalized_clip_spatial_output", [dense(64, 1.2, 0.1), act("ExpNormalized", do_clip=True),
+                                                  conv(64, (2, 2), "SAME", W_std=1.1), act("Relu")], IMG, "pixels")
     return c
 
 

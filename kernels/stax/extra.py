@@ -114,7 +114,8 @@ def ExpNormalized(gamma: float = 1., shift: float = -1., do_clip: bool = False):
     inputs' variances; ``Theta' = gamma Theta exp(gamma (rho + shift))`` (`exp_normalized_dual`).
     Like neural-tangents it has no finite network (``apply_fn`` raises ``NotImplementedError``);
     being a map of covariances, it applies to any input, Gaussian or not. (At unit input variance
-    it is the kernel of ``Exp(a=exp(gamma (shift - 1) / 2), b=sqrt(gamma))``.)
+    it is the kernel of ``Exp(a=exp(gamma (shift - 1) / 2), b=sqrt(gamma))``.) Masked positions
+    (``mask_constant``) stay zero, as neural-tangents re-masks this layer's kernel.
 
     Args:
       gamma: the exponent's scale.
@@ -132,7 +133,7 @@ def ExpNormalized(gamma: float = 1., shift: float = -1., do_clip: bool = False):
         raise NotImplementedError(f"{name}: apply_fn: a kernel map without a finite network (as in "
                                   "neural-tangents); only kernel_fn is defined")
     return leaf(name, lambda rng, input_shape: (input_shape, ()), apply_fn,
-                activation_rule(exp_normalized_dual(gamma, shift, bool(do_clip)), None))
+                activation_rule(exp_normalized_dual(gamma, shift, bool(do_clip)), None), masks=masking.POINTWISE)
 
 
 # ----------------------------------------------------------------------------- Dropout

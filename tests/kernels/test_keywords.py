@@ -64,16 +64,22 @@ def test_x1_is_x2_field():
     assert kernel_fn(x).x1_is_x2 and not kernel_fn(x, x).x1_is_x2
 
 
+@stax.layer
+def UserScale():
+    """A user's custom layer (neural-tangents' `stax.layer`): it declares no mask rule."""
+    return (lambda rng, shape: (shape, ()), lambda params, x, **kwargs: 2. * x,
+            lambda k, **kwargs: k.replace(nngp=4. * k.nngp, ntk=4. * k.ntk))
+
+
 def test_unimplemented_keywords_are_refused_by_name():
     # Masks are implemented for Dense, Conv, activations, pooling, attention (tests/kernels/test_masking.py);
-    # a layer without mask support (here ExpNormalized) refuses them by name.
-    init_fn, apply_fn, kernel_fn = stax.serial(stax.Conv(3, (2,)), stax.Relu(), stax.ExpNormalized(),
-                                               stax.GlobalAvgPool())
+    # a layer without mask support (here a user's custom layer, which declares no mask rule) refuses them by name.
+    init_fn, apply_fn, kernel_fn = stax.serial(stax.Conv(3, (2,)), stax.Relu(), UserScale(), stax.GlobalAvgPool())
     x = jnp.ones((2, 4, 3))
     _, params = init_fn(jax.random.PRNGKey(0), x.shape)
-    with pytest.raises(NotImplementedError, match=r"ExpNormalized\(.*mask_constant"):
+    with pytest.raises(NotImplementedError, match=r"UserScale.*mask_constant"):
         apply_fn(params, x, mask_constant=0.0)
-    with pytest.raises(NotImplementedError, match=r"ExpNormalized\(.*mask_constant"):
+    with pytest.raises(NotImplementedError, match=r"UserScale.*mask_constant"):
         kernel_fn(x, mask_constant=0.0)
     with pytest.raises(TypeError, match="diagonal_batch"):  # False is implemented: tests/kernels/test_diagonal_batch.py
         kernel_fn(x, diagonal_batch="no")

@@ -42,9 +42,9 @@ def _kernels(reference, name, suffixes=("", "_11", "_xx")):
     return out
 
 
-# The default suite checks the network with all three layers (three kernel_fn calls, ~1 s of CPU
-# each); the rest are `slow`.
-DEFAULT_CASES = ("seq_dropout_index_resize_gap",)
+# The default suite checks the network with all three layers and one with ExpNormalized (three kernel_fn calls,
+# ~1 s of CPU each, per network); the rest are `slow`.
+DEFAULT_CASES = ("seq_dropout_index_resize_gap", "seq_expnormalized_conv_gap")
 KERNEL_CASES = [name if name in DEFAULT_CASES else pytest.param(name, marks=pytest.mark.slow)
                 for name in json.loads(str(np.load(DATA)["_cases"]))]
 
