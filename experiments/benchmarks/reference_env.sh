@@ -55,6 +55,15 @@ else
   check_imports
 fi
 
+# neural-tangents' example programs (experiments/benchmarks/nt_examples/run.py reads them from
+# its source distribution; they are not part of this repository).
+if [[ ! -d "$venv/src/neural-tangents-0.6.5/examples" ]]; then
+  mkdir -p "$venv/src"
+  "$venv/bin/python" -m pip download --quiet --no-deps --no-binary :all: \
+    "neural-tangents==0.6.5" -d "$venv/src"
+  tar -xzf "$venv/src/neural-tangents-0.6.5.tar.gz" -C "$venv/src"
+fi
+
 cat <<EOF
 
 Use it with its own python (it does not need activating):
