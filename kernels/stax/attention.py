@@ -42,6 +42,11 @@ no weight (logit ``-1e20`` under softmax, 0 otherwise), and the embeddings are z
 so ``R`` is zero wherever either position is masked. This counts where logits are Gaussian
 (``linear_scaling=False``): ``<K_Z, K_Y>`` sums over every pair of positions. The Monte Carlo kernels
 refuse masks (neural-tangents has no kernel there).
+
+Layouts (``batch_axis``, ``channel_axis``: `kernels.stax.layout`): the layer computes on canonical
+``(N, *S, C)`` inputs. Its embeddings are kept in the inputs' layout, as neural-tangents draws them
+(``(1, *S, C_E)`` with the batch and channel axes moved where the inputs have theirs); ``R`` is the same
+in any layout, as distances between positions do not depend on the order of the spatial axes.
 """
 from __future__ import annotations
 
@@ -57,7 +62,7 @@ from kernels.kernel import HIGHEST, Kernel
 from kernels.stax.attention_sampled import logit_draws, sampled_kernels, sampling_arguments
 from kernels.stax import masking
 from kernels.stax.layer import Requires, describe, leaf, needs_pairs
-from kernels.stax.layout import in_layout
+from kernels.stax.layout import Layout, check_axis_argument, layout_shape, to_canonical, with_layout
 
 MECHANISMS = ("SOFTMAX", "IDENTITY", "ABS", "RELU")
 POSITIONAL_EMBEDDINGS = ("NONE", "SUM", "CONCAT")
@@ -238,9 +243,6 @@ def GlobalSelfAttention(n_chan_out: int, n_chan_key: int, n_chan_val: int, n_hea
     _check_embedding_arguments(name, pos_emb_type, dict(
         pos_emb_p_norm=pos_emb_p_norm, pos_emb_decay_fn=pos_emb_decay_fn, n_chan_pos_emb=n_chan_pos_emb,
         W_pos_emb_std=W_pos_emb_std, val_pos_emb=val_pos_emb))
-    if pos_emb_type != "NONE" and (batch_axis, channel_axis) != (0, -1):  # embeddings are drawn (1, *S, C_E)
-        raise argument_error(name, "batch_axis" if batch_axis != 0 else "channel_axis", "its default (batch first, "
-                             "channels last) with positional embeddings", batch_axis if batch_axis != 0 else channel_axis)
     for argument, value in dict(n_chan_out=n_chan_out, n_chan_key=n_chan_key, n_chan_val=n_chan_val,
                                 n_heads=n_heads).items():
         positive_int(name, argument, value)
@@ -261,7 +263,15 @@ def GlobalSelfAttention(n_chan_out: int, n_chan_key: int, n_chan_val: int, n_hea
     def covariance_root(shape):
         return None if pos_emb_decay_fn is None else _covariance_root(covariance(shape))
 
-    def init_fn(rng, input_shape):
+    def make(perm):
+        """The canonical layer for inputs in layout ``perm`` (`kernels.stax.layout.with_layout`): its
+        embeddings, a parameter, are kept in the inputs' layout, ``(1, *S, C_E)`` with the batch and
+        channel axes where the inputs have theirs, as neural-tangents 0.6.5 draws and keeps them."""
+        perm = () if perm is None else perm  # canonical: no transposition
+        return leaf(name, functools.partial(init_fn, perm=perm), functools.partial(apply_fn, perm=perm), rule,
+                    needs_pairs, Requires(spatial=True), masks=masking.Masking(apply_takes_mask=True))
+
+    def init_fn(rng, input_shape, perm):
         if len(input_shape) < 3:
             raise ValueError(f"{name}: needs inputs with spatial axes (N, *S, C); got shape {tuple(input_shape)}")
         c = c_keys = c_values = input_shape[-1]
@@ -273,7 +283,8 @@ def GlobalSelfAttention(n_chan_out: int, n_chan_key: int, n_chan_val: int, n_hea
                 _check_sum_channels(name, n_chan_pos_emb, c)
             c_e = c if n_chan_pos_emb is None else n_chan_pos_emb
             covariance(tuple(input_shape[1:-1]))  # refuses a decay_fn that gives no covariance, now
-            embedding = jax.random.normal(ke, (1,) + tuple(input_shape[1:-1]) + (c_e,), dtype)
+            shape = (1,) + tuple(input_shape[1:-1]) + (c_e,)  # canonical; drawn in the inputs' layout
+            embedding = jax.random.normal(ke, layout_shape(shape, perm), dtype)
             if pos_emb_type == "CONCAT":
                 c_keys += c_e
                 c_values += c_e if val_pos_emb else 0
@@ -310,8 +321,10 @@ def GlobalSelfAttention(n_chan_out: int, n_chan_key: int, n_chan_val: int, n_hea
         fill = masking.MASKED_LOGIT if attention_mechanism == "SOFTMAX" else 0.
         return jnp.where(key_mask, jnp.asarray(fill, logits.dtype), logits)
 
-    def apply_fn(params, x, mask=None, **kwargs):
+    def apply_fn(params, x, mask=None, perm=None, **kwargs):
         queries, keys, values, out, bias, embedding = params
+        if embedding is not None and len(perm) == embedding.ndim:  # else embed() names the shapes that differ
+            embedding = to_canonical(embedding, perm)
         n, spatial_shape = x.shape[0], x.shape[1:-1]
         z, y = embed(x.reshape(n, -1, x.shape[-1]), embedding, spatial_shape)
         if mask is not None:  # masked positions' embeddings are zero too, as in neural-tangents
@@ -395,6 +408,5 @@ def GlobalSelfAttention(n_chan_out: int, n_chan_key: int, n_chan_val: int, n_hea
         return k.replace(**{f: unflat(a) for f, a in new.items()}, channels=n_chan_out,
                          is_gaussian=True, own_weights=True).with_zero_means()  # W_out has mean zero
 
-    return in_layout(name, batch_axis, channel_axis, leaf(name, init_fn, apply_fn, rule, needs_pairs,
-                                                          Requires(spatial=True),
-                                                          masks=masking.Masking(apply_takes_mask=True)))
+    return with_layout(Layout(check_axis_argument(name, "batch_axis", batch_axis),
+                              check_axis_argument(name, "channel_axis", channel_axis)), make)

@@ -46,9 +46,9 @@ def serial(*layers) -> Layer:
             out = layer.kernel_fn.needs_full(out)
         return out
 
-    keywords = keywords_of(layers)
-    return Layer(init_fn, guarded_apply(name, apply_fn, keywords, PASS_MASKS),
-                 KernelFn(name, rule, needs_full, keywords=keywords, input_axes=input_axes_of(layers),
+    keywords, input_axes = keywords_of(layers), input_axes_of(layers)
+    return Layer(init_fn, guarded_apply(name, apply_fn, keywords, PASS_MASKS, input_axes),
+                 KernelFn(name, rule, needs_full, keywords=keywords, input_axes=input_axes,
                           whole_batch=any(layer.kernel_fn.whole_batch for layer in layers)))
 
 
@@ -103,9 +103,9 @@ def parallel(*layers) -> Layer:
         outs = out if isinstance(out, tuple) else (out,) * len(layers)
         return tuple(layer.kernel_fn.needs_full(o) for layer, o in zip(layers, outs))
 
-    keywords = keywords_of(layers)
-    return Layer(init_fn, guarded_apply(name, apply_fn, keywords, PASS_MASKS),
-                 KernelFn(name, rule, needs_full, keywords=keywords, input_axes=input_axes_of(layers),
+    keywords, input_axes = keywords_of(layers), input_axes_of(layers)
+    return Layer(init_fn, guarded_apply(name, apply_fn, keywords, PASS_MASKS, input_axes),
+                 KernelFn(name, rule, needs_full, keywords=keywords, input_axes=input_axes,
                           whole_batch=any(layer.kernel_fn.whole_batch for layer in layers)))
 
 

@@ -767,13 +767,16 @@ def check_pattern_keyword(where: str, keywords: tuple, pattern, x1, x2, block_si
 PASS_MASKS = "parts"
 
 
-def guarded_apply(name: str, apply_fn: Callable, keywords: tuple = (), masks=None) -> Callable:
+def guarded_apply(name: str, apply_fn: Callable, keywords: tuple = (), masks=None,
+                  input_axes: Optional[tuple] = None) -> Callable:
     """``apply_fn`` that checks its keywords (`check_apply_keywords`) before running, and handles
     ``mask_constant`` (`kernels.stax.masking`).
 
     ``masks``: a leaf's `Masking` (``None``: masked inputs refused by name), or `PASS_MASKS` for a
-    combinator. Called by the user with ``mask_constant``, the inputs are masked, the layer runs on
-    `Masked` values, and its outputs come back as arrays zero at masked positions (neural-tangents'
+    combinator. ``input_axes``: a combinator's `KernelFn.input_axes` (its inputs' batch and channel
+    axes, over which masks of positions are taken: `kernels.stax.layout.masked_inputs`).
+    Called by the user with ``mask_constant``, the inputs are masked, the layer runs on `Masked`
+    values, and its outputs come back as arrays zero at masked positions (neural-tangents'
     ``unmask_fn(apply_fn)``); called by a combinator with `Masked` inputs, it returns `Masked`.
     """
     @own_rank_promotion
@@ -781,7 +784,10 @@ def guarded_apply(name: str, apply_fn: Callable, keywords: tuple = (), masks=Non
         check_apply_keywords(name, kwargs, keywords)
         mask_constant = kwargs.pop("mask_constant", None)
         outermost = mask_constant is not None and not masking.carries_masks(inputs)
-        if outermost:
+        if outermost and input_axes not in (None, (0, -1)):
+            from kernels.stax import layout  # layout builds on this module's Layer
+            inputs = layout.masked_inputs(f"{name}: apply_fn", inputs, mask_constant, input_axes)
+        elif outermost:
             inputs = masking.mask_inputs(inputs, mask_constant)
         if not masking.carries_masks(inputs):
             return apply_fn(params, inputs, **kwargs)

@@ -14,6 +14,15 @@ take a spatial axis for the channels, and the infinite-width limit of that is an
 (neural-tangents refuses it the same way). A convolution's ``out_spec`` may order the spatial axes
 unlike its ``lhs_spec``; its kernel's position axes are permuted as its outputs' are.
 
+Masked inputs (``mask_constant``, `kernels.stax.masking`): a position is masked when every entry along
+the layout's channel axis is (neural-tangents 0.6.5 keeps a mask per entry, and each layer reduces it
+over its own ``channel_axis``; `masked_inputs`). A kernel's masks ``(N, *S)`` order positions as its
+arrays do, so they need no transposition either; a layer whose ``out_spec`` reorders the spatial axes
+reorders them with its kernel's (`permute_positions`). Between the layers of ``apply_fn`` masked values
+in a layout other than the canonical one carry their mask in the values' layout, of their rank with
+size 1 on the channel axis (`layout_mask`), so that layers that know no layout (activations) broadcast
+it; each layer takes it back to the canonical ``(N, *S)`` at its boundary.
+
 A layout is a permutation ``perm`` of the axes: canonical axis ``j`` is axis ``perm[j]`` of the
 layout, ``x_canonical = jnp.transpose(x, perm)``.
 """
@@ -155,12 +164,54 @@ def permute_positions(k: Kernel, order: tuple) -> Kernel:
     return out.replace(mask1=per_position(k.mask1), mask2=per_position(k.mask2))
 
 
+def out_order(perm: tuple) -> tuple:
+    """``order`` with layout ``perm``'s spatial axis ``i`` canonical spatial axis ``order[i]``."""
+    return tuple(perm.index(p) - 1 for p in sorted(perm[1:-1]))
+
+
 def relayout_kernel(k: Kernel, perm: tuple) -> Kernel:
     """A canonical output kernel ``k`` as that of outputs in layout ``perm``: its axes recorded, its
-    position axes in the layout's spatial order."""
-    spatial = sorted(perm[1:-1])
-    order = tuple(perm.index(p) - 1 for p in spatial)  # layout spatial axis i is canonical spatial axis order[i]
-    return permute_positions(k, order).replace(axes=kernel_axes(perm))
+    position axes (and masks) in the layout's spatial order."""
+    return permute_positions(k, out_order(perm)).replace(axes=kernel_axes(perm))
+
+
+def layout_mask(mask, perm: tuple):
+    """A canonical mask of positions ``(N, *S)`` as masked values in layout ``perm`` carry it between layers:
+    of their rank, size 1 on the channel axis (neural-tangents' per-entry masks, reduced over channels),
+    so that layers that know no layout (activations, `FanOut`, the final unmasking) broadcast it. In the
+    canonical layout: ``mask`` itself."""
+    return mask if is_canonical(perm) else from_canonical(mask[..., None], perm)
+
+
+def canonical_mask(where: str, x: "masking.Masked", perm: tuple):
+    """The mask of positions ``(N, *S)``, canonical, of masked values ``x`` in layout ``perm``: from one of
+    their rank (`layout_mask`) a position is masked when its every entry along this layer's channel axis
+    is, as neural-tangents 0.6.5's per-entry masks are reduced (``Flatten``, which takes any axis but the
+    batch axis for the channels, reads them so too); in the canonical layout a mask of positions is one."""
+    shape = canonical_shape(x.value.shape, perm)
+    if x.mask.ndim == x.value.ndim:
+        entries = to_canonical(jnp.broadcast_to(x.mask, x.value.shape), perm)
+        return jnp.all(entries, axis=-1)
+    if is_canonical(perm) and tuple(x.mask.shape) == shape[:-1]:
+        return x.mask
+    raise ValueError(f"{where}: apply_fn: masked inputs of shape {tuple(x.value.shape)} carry a mask of shape "
+                     f"{tuple(x.mask.shape)}, which does not fit this layer's layout (batch axis {perm[0]}, channel "
+                     f"axis {perm[-1]}): the layer before it keeps its batch or channel axis elsewhere; give the "
+                     "layers one layout")
+
+
+def masked_inputs(where: str, inputs, mask_constant, axes: tuple):
+    """A network's inputs (an array or a list of them) in the layout whose ``(batch_axis,
+    channel_axis)`` are ``axes``, as `masking.Masked` values: entries equal to ``mask_constant`` zeroed,
+    in the inputs' layout, and masked positions those whose every entry along the channel axis is, the
+    mask in `layout_mask`'s form (neural-tangents 0.6.5 reduces its per-entry mask over the first
+    layer's ``channel_axis``; `kernels.stax.masking.input_mask` for channels last)."""
+    if isinstance(inputs, (list, tuple)) and not isinstance(inputs, masking.Masked):
+        return type(inputs)(masked_inputs(where, x, mask_constant, axes) for x in inputs)
+    x = jnp.asarray(inputs)
+    perm = axes_perm(where, x.ndim, *axes)
+    value, mask = masking.input_mask(to_canonical(x, perm), mask_constant)
+    return masking.Masked(from_canonical(value, perm), layout_mask(mask, perm))
 
 
 def with_layout(layout: Layout, make: Callable[[Optional[tuple]], Layer]) -> Layer:
@@ -168,8 +219,7 @@ def with_layout(layout: Layout, make: Callable[[Optional[tuple]], Layer]) -> Lay
 
     ``make(perm)`` returns the canonical layer for inputs in layout ``perm`` (``None``: canonical
     inputs; a layer whose arguments name axes, such as ``LayerNorm(axis)``, translates them by
-    ``perm``). Masked inputs (``mask_constant``) are refused by name in a layout other than the
-    canonical one.
+    ``perm``). Masked inputs (``mask_constant``) keep their position masks (module docstring).
     """
     base = Layer(*make(None))
     name = base.kernel_fn.name
@@ -191,14 +241,15 @@ def with_layout(layout: Layout, make: Callable[[Optional[tuple]], Layer]) -> Lay
         value = x.value if isinstance(x, masking.Masked) else x
         perm = layout.inputs(name, value.ndim)
         layer, out_perm = inner(perm), layout.outputs(perm)
-        if not is_canonical(perm) and (isinstance(x, masking.Masked) or kwargs.get("mask_constant") is not None):
-            raise masking.refuse(f"{name}: apply_fn (inputs in layout {perm}, not batch first and channels last)")
-        out = layer.apply_fn(params, to_canonical(x, perm), **kwargs)
+        if isinstance(x, masking.Masked):
+            x = masking.Masked(to_canonical(x.value, perm), canonical_mask(name, x, perm))
+        else:  # a plain array, masked (mask_constant) by the canonical layer along the right channel axis
+            x = to_canonical(x, perm)
+        out = layer.apply_fn(params, x, **kwargs)
         if is_canonical(out_perm):
             return out
-        if isinstance(out, masking.Masked):  # positions keep the order the outputs' layout gives them
-            order = tuple(out_perm.index(p) for p in sorted(out_perm[1:-1]))
-            return masking.Masked(from_canonical(out.value, out_perm), jnp.transpose(out.mask, (0,) + order))
+        if isinstance(out, masking.Masked):
+            return masking.Masked(from_canonical(out.value, out_perm), layout_mask(out.mask, out_perm))
         return from_canonical(out, out_perm)
 
     def rule(k):
@@ -209,8 +260,6 @@ def with_layout(layout: Layout, make: Callable[[Optional[tuple]], Layer]) -> Lay
         layer, out_perm = inner(perm), layout.outputs(perm)
         if k.axes is None and is_canonical(perm) and is_canonical(out_perm):
             return layer.kernel_fn.rule(k)
-        if masking.is_masked(k) and not is_canonical(perm):
-            raise masking.refuse(f"{name}: kernel_fn (inputs in layout {perm}, not batch first and channels last)")
         return relayout_kernel(layer.kernel_fn.rule(k.replace(axes=None)), out_perm)
 
     return Layer(init_fn, apply_fn, KernelFn(name, rule, base.kernel_fn.needs_full, base.kernel_fn.requires,

@@ -205,14 +205,16 @@ def test_a_layout_neural_tangents_rejects_is_refused_naming_the_argument(make, a
         layer.kernel_fn(x)
 
 
-def test_masks_in_another_layout_are_refused_by_name():
+def test_masks_in_another_layout_are_taken():
+    """Masked inputs in a layout (once refused here) are taken; tests/kernels/test_layout_masks.py checks them
+    against neural-tangents and against channels-last twins. Here: the masks count."""
     x1, _ = _images()
+    x1[0, :, 1:] = 0.  # image 0 keeps one row of the padding value 0
     net = stax.serial(stax.Dense(4, channel_axis=1), stax.Relu(), stax.GlobalAvgPool(channel_axis=1))
-    with pytest.raises(NotImplementedError, match="mask_constant"):
-        net.kernel_fn(x1, mask_constant=0.)
+    masked, unmasked = net.kernel_fn(x1, None, "nngp", mask_constant=0.), net.kernel_fn(x1, None, "nngp")
+    assert relative_error(masked, np.asarray(unmasked)) > 1e-2
     _, params = net.init_fn(jax.random.PRNGKey(0), x1.shape)
-    with pytest.raises(NotImplementedError, match="mask_constant"):
-        net.apply_fn(params, x1, mask_constant=0.)
+    assert relative_error(net.apply_fn(params, x1, mask_constant=0.), np.asarray(net.apply_fn(params, x1))) > 1e-2
 
 
 def test_kernel_fn_layout_keywords():
