@@ -18,6 +18,11 @@ see zeros at masked positions, so a masked position contributes nothing to any o
 masks an output that reads no unmasked input with a nonzero weight (`unreached`); `Aggregate`
 keeps its vertices' mask (a padded vertex stays padded whatever the graph's edges to it), its
 outputs zero there.
+
+Layouts other than batch first, channels last (``batch_axis``, ``channel_axis``) are the canonical
+layer between transpositions (`kernels.stax.layout.with_layout`), the axes its arguments name
+(``dimension_numbers``, ``aggregate_axis``) translated from the inputs' layout to the canonical one;
+masked inputs in those layouts go through as `with_layout` takes them.
 """
 from __future__ import annotations
 
@@ -29,12 +34,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from kernels.checks import argument_error, default_layout
+from kernels.checks import argument_error
 from kernels.kernel import HIGHEST, Kernel
 from kernels.stax import masking
 from kernels.stax.extra import AggregateImplementation
 from kernels.stax.layer import describe, keep_requirement, leaf, needs_pairs, spatial_description
-from kernels.stax.layout import in_layout
+from kernels.stax.layout import Layout, axes_perm, check_axis_argument, with_layout
 
 __all__ = ["Aggregate", "DotGeneral", "linear_kernel"]
 
@@ -123,16 +128,23 @@ def DotGeneral(*, lhs=None, rhs=None, dimension_numbers=(((), ()), ((), ())), pr
 
     ``apply_fn`` is ``lax.dot_general(inputs, rhs, dimension_numbers, precision)`` when ``rhs`` is
     given, ``lax.dot_general(lhs, inputs, ...)`` when ``lhs`` is (neither: the identity), with
-    the inputs' batch and channel axes moved back to the front and the end where the constant's
-    free axes displace them (neural-tangents returns ``lax.dot_general``'s own order there, in
-    which the next layer would read another axis as the channels; its docstring shows the
+    the inputs' batch and channel axes moved back to ``batch_axis`` and ``channel_axis`` where the
+    constant's free axes displace them (neural-tangents returns ``lax.dot_general``'s own order there,
+    in which the next layer would read another axis as the channels; its docstring shows the
     order returned here). The remaining axes, in ``lax.dot_general``'s order, are the outputs'
     positions.
 
+    Layouts (neural-tangents' meaning): ``dimension_numbers`` name axes of the inputs as they are
+    given, in the layout ``batch_axis``/``channel_axis`` declare, and the outputs keep the batch
+    axis at ``batch_axis`` and the channel axis at ``channel_axis`` of the outputs' rank (a negative
+    one counted from the end), so the next layer declares the same layout. Where lax's order puts
+    them there this is neural-tangents' output; a declared axis that the outputs' rank does not
+    have is refused by name (count it from the other end).
+
     Kernel: a linear map of positions by a constant (`linear_kernel`): ``K' = M K M^T``, the NTK
-    alike. Contracting the channel axis is refused (it is infinitely wide), so are the batch
+    alike. Contracting the channel axis is refused (it is infinitely wide), so is the batch
     axis in ``dimension_numbers`` (a per-example constant: the kernel's examples would not be
-    independent of the tiling) and a layout other than batch first, channels last.
+    independent of the tiling).
 
     Masked inputs (``mask_constant``): they enter as zeros, and an output is masked when it reads
     no unmasked input with a nonzero weight of the constant (`unreached`, neural-tangents 0.6.5's
@@ -142,14 +154,16 @@ def DotGeneral(*, lhs=None, rhs=None, dimension_numbers=(((), ()), ((), ())), pr
       lhs: a constant (array or number) on the left of the inputs, or ``None``.
       rhs: a constant on the right of the inputs, or ``None``; at most one of the two.
       dimension_numbers: ``((lhs_contracting, rhs_contracting), (lhs_batch, rhs_batch))`` as in
-        ``lax.dot_general``, axes of the inputs counted with the batch and channel axes.
+        ``lax.dot_general``, axes of the inputs counted with the batch and channel axes, in the
+        inputs' layout.
       precision: ``lax.dot_general``'s precision for ``apply_fn``; ``kernel_fn`` is computed at
         ``HIGHEST`` (the package's rule for kernels).
-      batch_axis, channel_axis: only ``0`` and ``-1``.
+      batch_axis, channel_axis: the inputs' batch and channel axes, and the outputs'.
     """
     name = describe("DotGeneral", lhs=None if lhs is None else np.shape(lhs),
                     rhs=None if rhs is None else np.shape(rhs), dimension_numbers=dimension_numbers)
-    default_layout(name, batch_axis=(batch_axis, 0), channel_axis=(channel_axis, -1))
+    batch_axis = check_axis_argument(name, "batch_axis", batch_axis)
+    channel_axis = check_axis_argument(name, "channel_axis", channel_axis)
     if lhs is not None and rhs is not None:
         raise ValueError(f"{name}: at most one of the constants `lhs` and `rhs` can be given (the other factor "
                          "is the layer's inputs); received both")
@@ -162,20 +176,62 @@ def DotGeneral(*, lhs=None, rhs=None, dimension_numbers=(((), ()), ((), ())), pr
             raise argument_error(name, "lhs" if is_lhs else "rhs", "a numeric array or number",
                                  f"dtype {constant.dtype}", TypeError)
     (lc, rc), (lb, rb) = numbers
-    input_contract, input_batch = (rc, rb) if is_lhs else (lc, lb)
+    input_contract = rc if is_lhs else lc
+    # Axes the constant adds (its free axes) and the inputs lose (their contracted ones).
+    added = 0 if constant is None else np.ndim(constant) - len(lc + lb if is_lhs else rc + rb)
 
-    def check_axes(ndim: int) -> None:
-        axes = [a % ndim if -ndim <= a < ndim else a for a in input_contract + input_batch]
-        if any(not 0 <= a < ndim for a in axes):
-            raise argument_error(name, "dimension_numbers", f"axes of the inputs within their rank {ndim}",
-                                 dimension_numbers)
-        if ndim - 1 in axes:
-            raise ValueError(f"{name}: argument `dimension_numbers` contracts or batches the channel axis "
-                             f"({ndim - 1}), which is infinitely wide in kernel_fn; received {dimension_numbers}")
-        if 0 in axes:
-            raise NotImplementedError(f"{name}: argument `dimension_numbers` names the batch axis 0 (a constant "
-                                      f"per example, or a sum over examples); received {dimension_numbers}. "
-                                      "Multiply the inputs by that constant before the network instead")
+    def canonical(perm):
+        """The layer on canonical inputs; ``perm``: the inputs' layout (``None``: canonical)."""
+        if perm is None or constant is None:
+            return _canonical_dot_general(name, constant, is_lhs, numbers, precision, dimension_numbers)
+        _check_dimension_axes(name, dimension_numbers, numbers, is_lhs, len(perm), perm[0], perm[-1])
+        translate = lambda axes: tuple(perm.index(a % len(perm)) for a in axes)  # layout axis -> canonical
+        if is_lhs:
+            moved = ((lc, translate(rc)), (lb, translate(rb)))
+        else:
+            moved = ((translate(lc), rc), (translate(lb), rb))
+        return _canonical_dot_general(name, constant, is_lhs, moved, precision, dimension_numbers)
+
+    def outputs(perm):
+        rank = len(perm) - len(input_contract) + added
+        return _declared_layout(name, rank, batch_axis, channel_axis)
+
+    return with_layout(Layout(batch_axis, channel_axis, outputs), canonical)
+
+
+def _declared_layout(name: str, rank: int, batch_axis: int, channel_axis: int) -> tuple:
+    """The layout of rank ``rank`` with the declared batch and channel axes, refused by name if it has none."""
+    for argument, value in (("batch_axis", batch_axis), ("channel_axis", channel_axis)):
+        if not -rank <= value < rank:
+            raise ValueError(f"{name}: argument `{argument}` is {value}, but its outputs have rank {rank}, no axis "
+                             f"{value}; the outputs keep the batch and channel axes where the arguments say (count "
+                             "the axis from the other end, or transpose the inputs)")
+    if batch_axis % rank == channel_axis % rank:
+        raise ValueError(f"{name}: arguments `batch_axis` {batch_axis} and `channel_axis` {channel_axis} are one "
+                         f"axis ({batch_axis % rank}) of its rank-{rank} outputs; give them distinct axes")
+    return axes_perm(name, rank, batch_axis, channel_axis)
+
+
+def _check_dimension_axes(name: str, shown, numbers: tuple, is_lhs: bool, ndim: int, batch: int, channel: int) -> None:
+    """Refuses ``dimension_numbers`` that name an axis the inputs (rank ``ndim``) lack, their batch axis or
+    their channel axis (``batch``, ``channel``: those axes, non-negative), naming the argument."""
+    (lc, rc), (lb, rb) = numbers
+    given = (rc + rb) if is_lhs else (lc + lb)
+    if any(not -ndim <= a < ndim for a in given):
+        raise argument_error(name, "dimension_numbers", f"axes of the inputs within their rank {ndim}", shown)
+    axes = [a % ndim for a in given]
+    if channel in axes:
+        raise ValueError(f"{name}: argument `dimension_numbers` contracts or batches the channel axis "
+                         f"({channel}), which is infinitely wide in kernel_fn; received {shown}")
+    if batch in axes:
+        raise NotImplementedError(f"{name}: argument `dimension_numbers` names the batch axis {batch} (a constant "
+                                  f"per example, or a sum over examples); received {shown}. "
+                                  "Multiply the inputs by that constant before the network instead")
+
+
+def _canonical_dot_general(name: str, constant, is_lhs: bool, numbers: tuple, precision, shown):
+    """`DotGeneral` on inputs batch first, channels last, ``numbers`` naming axes of those; ``shown``: the
+    ``dimension_numbers`` the user gave, for messages."""
 
     def raw(x, factor, dot_precision):
         c = factor.astype(x.dtype)
@@ -187,7 +243,7 @@ def DotGeneral(*, lhs=None, rhs=None, dimension_numbers=(((), ()), ((), ())), pr
         shape), its batch and channel axes put back."""
         if constant is None:
             return x
-        check_axes(x.ndim)
+        _check_dimension_axes(name, shown, numbers, is_lhs, x.ndim, 0, x.ndim - 1)
         y = raw(x, factor, dot_precision)
         batch_out, channel_out = _axis_after_dot(x.ndim, constant.ndim, numbers, is_lhs)
         return jnp.moveaxis(y, (batch_out, channel_out), (0, -1))
@@ -197,7 +253,8 @@ def DotGeneral(*, lhs=None, rhs=None, dimension_numbers=(((), ()), ((), ())), pr
             out = jax.eval_shape(position_map, jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32))
         except TypeError as error:
             raise argument_error(name, "dimension_numbers", f"axes that lax.dot_general accepts for inputs of "
-                                 f"shape {tuple(input_shape)}", f"{dimension_numbers} ({error})") from None
+                                 f"shape {tuple(input_shape)} (batch first, channels last)",
+                                 f"{shown} ({error})") from None
         return out.shape, ()
 
     def apply_fn(params, x, **kwargs):
@@ -210,21 +267,19 @@ def DotGeneral(*, lhs=None, rhs=None, dimension_numbers=(((), ()), ((), ())), pr
             c = jnp.asarray(constant, k.nngp.dtype)
             return k.replace(nngp=c * c * k.nngp, ntk=c * c * k.ntk, cov1=c * c * k.cov1,
                              cov2=None if k.cov2 is None else c * c * k.cov2).map_means(lambda m: c * m)
-        check_axes(k.spatial_ndim + 2)
+        _check_dimension_axes(name, shown, numbers, is_lhs, k.spatial_ndim + 2, 0, k.spatial_ndim + 1)
         m = lambda z: position_map(z, HIGHEST)
         try:
             jax.eval_shape(m, jax.ShapeDtypeStruct(k.nngp.shape[:1] + k.spatial_shape + (1,), k.nngp.dtype))
         except TypeError as error:
             raise argument_error(name, "dimension_numbers", f"axes that lax.dot_general accepts for inputs "
-                                 f"{spatial_description(k)}", f"{dimension_numbers} ({error})") from None
+                                 f"{spatial_description(k)}", f"{shown} ({error})") from None
         return linear_kernel(k, m, m)
 
     scalar = constant is None or np.ndim(constant) == 0  # a scalar has no axes to contract
     nonzero = None if constant is None else constant != 0
     masks = masking.Masking(unreached(lambda z: position_map(z, HIGHEST, nonzero)))
-    # in_layout: refuses inputs that an earlier layer left in another layout (kernels.stax.layout)
-    return in_layout(name, batch_axis, channel_axis, leaf(name, init_fn, apply_fn, rule,
-                                                          keep_requirement if scalar else needs_pairs, masks=masks))
+    return leaf(name, init_fn, apply_fn, rule, keep_requirement if scalar else needs_pairs, masks=masks)
 
 
 def _axis_after_dot(ndim: int, other_ndim: int, numbers: tuple, is_lhs: bool) -> tuple:
@@ -270,10 +325,18 @@ def Aggregate(aggregate_axis=None, batch_axis: int = 0, channel_axis: int = -1,
     the unmasked vertices a padded graph gives the kernel and outputs of the graph without its
     padding, for every ``implementation`` (neural-tangents 0.6.5's rule).
 
+    Layouts (neural-tangents' meaning): ``aggregate_axis`` names axes of the inputs as they are
+    given, in the layout ``batch_axis``/``channel_axis`` declare; the outputs keep that layout. The
+    ``pattern``'s layout does not follow the inputs': its leading axis is the examples whatever
+    ``batch_axis`` is, then (DENSE) the aggregated axes in increasing order of the inputs' axes, twice;
+    SPARSE coordinates ``K`` likewise in increasing axis order. Only when the inputs are transposed to
+    another order of those axes must the pattern's axes (or coordinates) be permuted with them.
+
     Args:
-      aggregate_axis: the spatial axes of the vertices (an int or a tuple, axes of the inputs
-        counted with the batch axis 0 and channel axis -1); ``None``: every spatial axis.
-      batch_axis, channel_axis: only ``0`` and ``-1``.
+      aggregate_axis: the spatial axes of the vertices (an int or a tuple, axes of the inputs in
+        their layout; taken in increasing order, as neural-tangents sorts them); ``None``: every
+        axis but the batch and channel axes.
+      batch_axis, channel_axis: the inputs' (and outputs') batch and channel axes.
       to_dense: ``DENSE`` only: maps the given ``pattern`` to the dense tensor
         ``(N, *G, *G)`` (``G`` the aggregated axes' sizes), called in every ``apply_fn`` and
         ``kernel_fn``; the default takes it as given.
@@ -285,7 +348,8 @@ def Aggregate(aggregate_axis=None, batch_axis: int = 0, channel_axis: int = -1,
         neural-tangents); `AggregateImplementation` members work too.
     """
     name = describe("Aggregate", aggregate_axis=aggregate_axis, implementation=str(implementation))
-    default_layout(name, batch_axis=(batch_axis, 0), channel_axis=(channel_axis, -1))
+    batch_axis = check_axis_argument(name, "batch_axis", batch_axis)
+    channel_axis = check_axis_argument(name, "channel_axis", channel_axis)
     try:
         implementation = AggregateImplementation(implementation)
     except ValueError:
@@ -298,28 +362,49 @@ def Aggregate(aggregate_axis=None, batch_axis: int = 0, channel_axis: int = -1,
     if implementation == AggregateImplementation.SPARSE and to_dense is not dense_as_given:
         raise ValueError(f"{name}: argument `to_dense` applies to implementation='DENSE' only; with 'SPARSE' the "
                          "pattern is a list of edges. Remove to_dense or use DENSE")
+    items = None
     if aggregate_axis is not None:
         items = aggregate_axis if isinstance(aggregate_axis, (tuple, list)) else (aggregate_axis,)
         if not items or any(isinstance(a, bool) or not isinstance(a, (int, np.integer)) for a in items):
             raise argument_error(name, "aggregate_axis", "None, an int or a non-empty tuple of ints",
                                  aggregate_axis, TypeError)
+        items = tuple(int(a) for a in items)
+
+    def canonical(perm):
+        """The layer on canonical inputs; ``perm``: the inputs' layout (``None``: canonical)."""
+        if perm is None or items is None:  # None: every spatial axis, in the inputs' order in both layouts
+            return _canonical_aggregate(name, items, aggregate_axis, implementation, to_dense)
+        axes = _aggregated_axes(name, items, aggregate_axis, len(perm), perm[0], perm[-1])
+        return _canonical_aggregate(name, tuple(perm.index(a) for a in axes), aggregate_axis, implementation,
+                                    to_dense)
+
+    return with_layout(Layout(batch_axis, channel_axis), canonical)
+
+
+def _aggregated_axes(name: str, items: Optional[tuple], shown, ndim: int, batch: int, channel: int) -> tuple:
+    """`Aggregate`'s axes of inputs of rank ``ndim`` whose batch and channel axes are ``batch`` and
+    ``channel`` (non-negative): ``items`` (``None``: every other axis) sorted, as neural-tangents sorts
+    them, and checked."""
+    if items is None:
+        axes = tuple(a for a in range(ndim) if a not in (batch, channel))
+    else:
+        if any(not -ndim <= a < ndim for a in items):
+            raise argument_error(name, "aggregate_axis", f"axes of inputs of rank {ndim}", shown)
+        axes = tuple(sorted(a % ndim for a in items))
+    if len(set(axes)) != len(axes) or batch in axes or channel in axes:
+        raise argument_error(name, "aggregate_axis", f"distinct axes of the rank-{ndim} inputs, not their batch "
+                             f"axis {batch} or channel axis {channel}", shown)
+    if not axes:
+        raise ValueError(f"{name}: its inputs need spatial axes (the graph's vertices); got inputs of rank {ndim}")
+    return axes
+
+
+def _canonical_aggregate(name: str, items: Optional[tuple], shown, implementation, to_dense):
+    """`Aggregate` on inputs batch first, channels last, aggregating their axes ``items``; ``shown``: the
+    ``aggregate_axis`` the user gave, for messages."""
 
     def axes_of(ndim: int) -> tuple:
-        """The aggregated axes of inputs of rank ``ndim``, checked."""
-        if aggregate_axis is None:
-            axes = tuple(range(1, ndim - 1))
-        else:
-            items = aggregate_axis if isinstance(aggregate_axis, (tuple, list)) else (aggregate_axis,)
-            if any(not -ndim <= int(a) < ndim for a in items):
-                raise argument_error(name, "aggregate_axis", f"axes of inputs of rank {ndim}", aggregate_axis)
-            axes = tuple(int(a) % ndim for a in items)
-        if len(set(axes)) != len(axes) or any(a in (0, ndim - 1) for a in axes):
-            raise argument_error(name, "aggregate_axis", f"distinct spatial axes (1 to {ndim - 2}), not the batch "
-                                 "axis 0 or the channel axis", aggregate_axis)
-        if not axes:
-            raise ValueError(f"{name}: its inputs need spatial axes (the graph's vertices); got inputs of rank "
-                             f"{ndim}")
-        return axes
+        return _aggregated_axes(name, items, shown, ndim, 0, ndim - 1)
 
     def vertex_map(pattern, shape: tuple) -> PositionMap:
         """The aggregation of inputs of ``shape`` (``(N, *S, R)``) by ``pattern``, checked, as a position map."""
@@ -366,9 +451,8 @@ def Aggregate(aggregate_axis=None, batch_axis: int = 0, channel_axis: int = -1,
         map2 = map1 if k.pattern2 is None else vertex_map(k.pattern2, k.nngp.shape[1:2] + k.spatial_shape + (1,))
         return linear_kernel(k, lambda z: map1(z, HIGHEST), lambda z: map2(z, HIGHEST))
 
-    return in_layout(name, batch_axis, channel_axis, leaf(name, lambda rng, input_shape: (tuple(input_shape), ()),
-                                                          apply_fn, rule, needs_pairs, keywords=("pattern",),
-                                                          masks=AGGREGATE_MASKING))
+    return leaf(name, lambda rng, input_shape: (tuple(input_shape), ()), apply_fn, rule, needs_pairs,
+                keywords=("pattern",), masks=AGGREGATE_MASKING)
 
 
 # neural-tangents 0.6.5's Aggregate keeps the mask of its inputs (a padded vertex stays padded

@@ -241,8 +241,8 @@ def test_bad_arguments_are_refused_by_name():
         stax.DotGeneral(lhs=1., rhs=2.)
     with pytest.raises(TypeError, match=r"DotGeneral.*`dimension_numbers`"):
         stax.DotGeneral(rhs=np.ones(3), dimension_numbers=((1, 0), ((), ())))
-    with pytest.raises(ValueError, match=r"DotGeneral.*`batch_axis`"):
-        stax.DotGeneral(rhs=2., batch_axis=1)
+    with pytest.raises(TypeError, match=r"DotGeneral.*`batch_axis`"):  # other layouts: test_graph_layouts.py
+        stax.DotGeneral(rhs=2., batch_axis=1.5)
     x = np.ones((2, 3, 4))
     with pytest.raises(ValueError, match=r"DotGeneral.*`dimension_numbers`.*channel axis"):
         stax.DotGeneral(rhs=np.ones(4), dimension_numbers=(((2,), (0,)), ((), ())))[0](None, x.shape)
