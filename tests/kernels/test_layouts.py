@@ -157,7 +157,7 @@ def test_channels_first_finite_network_is_the_channels_last_one_transposed():
     init_first, apply_first, _ = _pair(True)
     _, params = init_first(jax.random.PRNGKey(3), x1.shape)
     (W, b), rest = params[0], params[1:]
-    hwio = ((jnp.transpose(W, (2, 3, 1, 0)), b),) + rest  # the convolution's OIHW weights as HWIO
+    hwio = ((jnp.transpose(W, (2, 3, 1, 0)), b),) + tuple(rest)  # the convolution's OIHW weights as HWIO
     out_first = jax.jit(apply_first)(params, x1)
     out_last = jax.jit(_pair(False).apply_fn)(hwio, x1.transpose(0, 2, 3, 1))
     np.testing.assert_allclose(out_first, out_last, rtol=1e-12, atol=1e-14)
