@@ -266,7 +266,8 @@ def ElementwiseNumerical(fn, deg: int, df=None, *, tolerance: float = 1e-2):
     name = describe("ElementwiseNumerical", deg=deg)
     if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 < tolerance < 1:
         raise ValueError(f"{name}: argument `tolerance` must be a number in (0, 1); received {tolerance!r}")
-    error = duals.gauss_hermite_error(fn, deg, df)
+    with jax.numpy_rank_promotion("allow"):  # our quadrature broadcasts, whatever the caller set
+        error = duals.gauss_hermite_error(fn, deg, df)
     if not error <= tolerance:
         raise ValueError(_too_small(name, deg, error, 1., tolerance))
     _warn_if_inaccurate(name, deg, error, 1.)

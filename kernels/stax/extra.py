@@ -13,6 +13,7 @@ Each rule is written from the layer's definition; the docstrings give the deriva
 """
 from __future__ import annotations
 
+import dataclasses
 import enum
 import math
 
@@ -27,7 +28,7 @@ from kernels.kernel import Kernel
 from kernels.stax import masking
 from kernels.stax.attention import _mechanism
 from kernels.stax.elementwise import _activation, activation_rule
-from kernels.stax.layer import (Requires, describe, keep_requirement, leaf, needs_pairs,
+from kernels.stax.layer import (Layer, Requires, describe, keep_requirement, leaf, needs_pairs,
                                 spatial_description)
 from kernels.stax.layout import Layout, axes_perm, canonical_shape, check_axis_argument, with_layout
 
@@ -347,10 +348,11 @@ def _index(name, items):
     def rule(k: Kernel) -> Kernel:
         d = k.spatial_ndim
         full = _canonical_index(name, items, d + 2)
-        if full[0] != slice(None):
-            raise NotImplementedError(f"{name}: kernel_fn can not index the batch axis (idx[0] = {full[0]!r}); "
-                                      "index the inputs instead: kernel_fn(x1[i], x2[i]) of the network "
-                                      "without this layer is its kernel")
+        if isinstance(full[0], slice) and full[0] != slice(None):
+            k = _batch_sliced(k, full[0])
+        elif full[0] != slice(None):
+            raise NotImplementedError(f"{name}: kernel_fn can index the batch axis with a slice only (an int "
+                                      f"would remove it; idx[0] = {full[0]!r}), as in neural-tangents")
         if full[-1] != slice(None):
             raise NotImplementedError(f"{name}: the channel axis is infinitely wide in kernel_fn and can not be "
                                       f"indexed; received {full[-1]!r} for it")
@@ -362,7 +364,25 @@ def _index(name, items):
                         cov2=None if k.cov2 is None else k.cov2[(slice(None),) + pairs])
         out = out.map_means(lambda m: m[(slice(None),) + spatial])
         return out.replace(full=False) if out.nngp.ndim == 2 else out  # every spatial axis indexed away
-    return leaf(name, init_fn, apply_fn, rule, masks=masking.Masking(_index_mask(name, items)))
+    layer = leaf(name, init_fn, apply_fn, rule, masks=masking.Masking(_index_mask(name, items)))
+    if _indexes_batch(items):  # its rule must see whole batches, not blocks of them (`KernelFn.whole_batch`)
+        layer = Layer(layer.init_fn, layer.apply_fn, dataclasses.replace(layer.kernel_fn, whole_batch=True))
+    return layer
+
+
+def _indexes_batch(items) -> bool:
+    """Whether canonical ``items`` (batch first) select examples."""
+    first = items[0] if isinstance(items, tuple) and items else items
+    return first is not Ellipsis and first != slice(None) and not (isinstance(items, tuple) and not items)
+
+
+def _batch_sliced(k: Kernel, s: slice) -> Kernel:
+    """``k`` for the examples ``s`` of both batches (neural-tangents' ``Kernel[idx]`` on the batch axis)."""
+    def rows(a):
+        return None if a is None else a[s]
+    return k.replace(nngp=k.nngp[s][:, s], ntk=k.ntk[s][:, s], cov1=k.cov1[s], cov2=rows(k.cov2),
+                     mean1=rows(k.mean1), mean2=rows(k.mean2), mask1=rows(k.mask1), mask2=rows(k.mask2),
+                     pattern1=rows(k.pattern1), pattern2=rows(k.pattern2))
 
 
 def _index_mask(name, items):

@@ -264,7 +264,8 @@ def with_layout(layout: Layout, make: Callable[[Optional[tuple]], Layer]) -> Lay
 
     return Layer(init_fn, apply_fn, KernelFn(name, rule, base.kernel_fn.needs_full, base.kernel_fn.requires,
                                              base.kernel_fn.keywords, input_axes=(layout.batch_axis,
-                                                                                  layout.channel_axis)))
+                                                                                  layout.channel_axis),
+                                             whole_batch=base.kernel_fn.whole_batch))
 
 
 # ----------------------------------------------------------------------------- convolutions

@@ -301,6 +301,26 @@ def test_index_kernel_and_outputs():
     assert stax.Slice[1:3, ..., 0] == (slice(1, 3), Ellipsis, 0)
 
 
+def test_index_of_the_batch_axis_is_the_kernel_of_the_selected_examples():
+    """neural-tangents' ``Kernel[idx]`` on the batch axis: the same slice of both batches. Truth: the network
+    without the layer on the selected examples (checked once against neural-tangents on a Dense network:
+    5e-16; after its Conv it keeps its reversed spatial order). Evaluated in one piece and not tiled
+    (`KernelFn.whole_batch`): a block of examples would slice the block."""
+    x1, x2 = test_layers.inputs((6, 5, 4, 2), seed=13), test_layers.inputs((7, 5, 4, 2), seed=14)
+    net = stax.serial(stax.Conv(3, (2, 2), padding="SAME"), stax.Relu())
+    for s in (slice(None, 3), slice(None, None, -2), slice(1, None, 2)):
+        indexed = stax.serial(net, stax.Index(stax.Slice[s, :, ::2]), stax.Dense(2))
+        plain = stax.serial(net, stax.Index(stax.Slice[:, :, ::2]), stax.Dense(2))
+        for b in (x2, None):
+            got = indexed.kernel_fn(x1, b, ("nngp", "ntk"))
+            want = plain.kernel_fn(x1[s], None if b is None else b[s], ("nngp", "ntk"))
+            np.testing.assert_allclose(got.nngp, want.nngp, rtol=1e-12)
+            np.testing.assert_allclose(got.ntk, want.ntk, rtol=1e-12)
+    assert indexed.kernel_fn.whole_batch
+    with pytest.raises(NotImplementedError, match="slice only"):
+        stax.serial(net, stax.Index(stax.Slice[1])).kernel_fn(x1, None, "nngp")
+
+
 # ----------------------------------------------------------------------------- bad arguments
 
 BAD = [

@@ -21,6 +21,19 @@ NETWORKS = {
 }
 
 
+def test_elementwise_numerical_is_built_and_differentiated_under_strict_rank_promotion():
+    """neural-tangents' tests build ElementwiseNumerical (its quadrature error is estimated at construction)
+    and differentiate kernels with rank promotion set to 'raise'; the results are those of the default."""
+    x = jax.random.normal(jax.random.PRNGKey(0), (3, 2))
+
+    def grad():
+        _, _, kernel_fn = stax.serial(stax.Dense(3), stax.ElementwiseNumerical(jnp.cos, 25), stax.Dense(1))
+        return jax.grad(lambda x: kernel_fn(x, None, "ntk").sum())(x)
+    expected = grad()
+    with jax.numpy_rank_promotion("raise"):
+        np.testing.assert_array_equal(grad(), expected)
+
+
 @pytest.mark.parametrize("name", ["dense", pytest.param("conv_local", marks=pytest.mark.slow),
                                   pytest.param("attention", marks=pytest.mark.slow)])
 def test_strict_rank_promotion_changes_nothing(name):
