@@ -351,7 +351,7 @@ def _image_net(*layers):
 
 
 KERNEL_REFUSALS = [
-    (lambda: _image_net(stax.Index(stax.Slice[::2])), "batch axis"),
+    (lambda: _image_net(stax.Index(stax.Slice[1])), "batch axis with a slice only"),
     (lambda: _image_net(stax.Index(stax.Slice[..., :2])), "channel axis"),
     (lambda: _image_net(stax.Index(stax.Slice[:, 7])), "`idx`"),
     (lambda: _image_net(stax.Index(stax.Slice[:, 3:1])), "`idx`"),
