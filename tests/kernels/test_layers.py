@@ -252,5 +252,8 @@ def test_kernel_hygiene(case):
     np.testing.assert_allclose(k32.nngp, k.nngp, rtol=2e-3, atol=2e-4 * np.abs(k.nngp).max())
     # the kernel of a concatenated batch is made of the blocks
     block = kernel_fn(x64[:2], x64[2:], ("nngp", "ntk"))
-    np.testing.assert_allclose(k.ntk[:2, 2:], block.ntk, rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(k.nngp[:2, 2:], block.nngp, rtol=1e-10, atol=1e-12)
+    # The sampled softmax attention draws the same logits in another XLA program, which the tests' cheap
+    # pipeline (conftest) rounds differently: ~1e-7 there, 1e-12 under the default one.
+    rtol = 2e-6 if "softmax_sqrt_d" in case else 1e-10
+    np.testing.assert_allclose(k.ntk[:2, 2:], block.ntk, rtol=rtol, atol=1e-12)
+    np.testing.assert_allclose(k.nngp[:2, 2:], block.nngp, rtol=rtol, atol=1e-12)
