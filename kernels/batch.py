@@ -72,10 +72,10 @@ import jax
 import numpy as np
 
 from kernels import tiling
-from kernels.checks import Get, argument_error, check_examples, parse_get
+from kernels.checks import Get, all_none, argument_error, check_examples, parse_get
 from kernels.checks import device_count as check_device_count
 from kernels.fingerprint import FingerprintError, array_digest, fingerprint as network_fingerprint
-from kernels.kernel import Kernel
+from kernels.kernel import Kernel, branch_at
 from kernels.tile_store import COLS, PAIRS, ROWS, Output, TileStore, python_version, tile_regions
 
 __all__ = ["batch"]
@@ -172,14 +172,14 @@ def batch(kernel_fn: Callable, batch_size: int = 0, device_count: int = -1, stor
     takes_get = _takes_get(kernel_fn)
 
     def batched_kernel_fn(x1, x2=None, *args, **kwargs):
-        if not takes_get:
-            return _pass_through(kernel_fn, batch_size, path, fingerprint, same_settings, devices, x1, x2, args, kwargs)
-        get, args = (args[0], args[1:]) if args else (kwargs.pop("get", None), args)
         if _traced(x1, x2):
             if path is not None:
                 raise argument_error("batch", "x1", "concrete arrays when path is given (a traced value cannot be "
                                      "written to a tile store)", "a jax tracer", TypeError)
-            return kernel_fn(x1, x2, get, *args, **kwargs)  # inside a trace: one piece, no host copies
+            return kernel_fn(x1, x2, *args, **kwargs)  # inside a trace: one piece, no host copies
+        if not takes_get:
+            return _pass_through(kernel_fn, batch_size, path, fingerprint, same_settings, devices, x1, x2, args, kwargs)
+        get, args = (args[0], args[1:]) if args else (kwargs.pop("get", None), args)
         request = parse_get(get, GET_NAMES, "batch")
         if kwargs.get("diagonal_batch") is False:
             def batched_in(name):
@@ -273,12 +273,6 @@ def _pass_through(kernel_fn, batch_size, path, fingerprint, settings: dict, devi
     does): the trailing axes of an arbitrary function's output (e.g. output-axis pairs with
     ``trace_axes=()``) cannot be mirrored safely.
     """
-    if _traced(x1, x2):
-        if path is not None:
-            raise argument_error("batch", "x1", "concrete arrays when path is given (a traced value cannot be "
-                                 "written to a tile store)", "a jax tracer", TypeError)
-        return kernel_fn(x1, x2, *args, **kwargs)
-
     def call(a, b, _get, *rest, **kw):
         return kernel_fn(a, b, *rest, **kw)
     if isinstance(x1, Kernel):  # a function of a Kernel (e.g. a kernel_fn with get bound by partial)
@@ -599,11 +593,10 @@ def _inputs_as_examples(x1, x2, args: tuple, kwargs: dict):
     arguments of the tile functions; ``spatial_ndim`` the inputs' spatial axes (one number for all)."""
     if "pattern" in kwargs:
         raise argument_error("batch", "pattern", "absent with several inputs", "a pattern")
-    is_leaf = lambda e: isinstance(e, Kernel)  # noqa: E731
-    leaves = jax.tree_util.tree_leaves(x1, is_leaf=is_leaf)
+    leaves = jax.tree_util.tree_leaves(x1, is_leaf=_is_kernel)
     if not leaves:
         raise argument_error("batch", "x1", "a list or tuple of inputs with at least one array", "no arrays")
-    if not any(e is not None for e in jax.tree_util.tree_leaves(x2, is_leaf=is_leaf)):
+    if all_none(x2):
         x2 = None
     kernels = [e for e in leaves if isinstance(e, Kernel)]
     if kernels and (len(kernels) != len(leaves) or x2 is not None):
@@ -633,19 +626,17 @@ def _on_inputs_tile(kernel_fn):
 
     def on_tile(rows, cols, get, inputs, *args, **kwargs):
         x1, x2 = inputs
-        is_leaf = lambda e: isinstance(e, Kernel)  # noqa: E731
-        if any(isinstance(e, Kernel) for e in jax.tree_util.tree_leaves(x1, is_leaf=is_leaf)):
-            part = jax.tree_util.tree_map(lambda k: on_kernel(rows, cols, None, k), x1, is_leaf=is_leaf)
+        if any(map(_is_kernel, jax.tree_util.tree_leaves(x1, is_leaf=_is_kernel))):
+            part = jax.tree_util.tree_map(lambda k: on_kernel(rows, cols, None, k), x1, is_leaf=_is_kernel)
             return kernel_fn(part, None, get, *args, **kwargs)
-        r = rows[:, 0]
-        if x2 is None:
-            a = jax.tree_util.tree_map(lambda e: e[r], x1)
-            b = None if cols is None else jax.tree_util.tree_map(lambda e: e[cols[:, 0]], x1)
-        else:
-            a = jax.tree_util.tree_map(lambda e: e[r], x1)
-            b = jax.tree_util.tree_map(lambda e: e[cols[:, 0]], x2)
+        a = jax.tree_util.tree_map(lambda e: e[rows[:, 0]], x1)
+        b = None if cols is None else jax.tree_util.tree_map(lambda e: e[cols[:, 0]], x1 if x2 is None else x2)
         return kernel_fn(a, b, get, *args, **kwargs)
     return on_tile
+
+
+def _is_kernel(x) -> bool:
+    return isinstance(x, Kernel)
 
 
 def _on_kernel_tile(kernel_fn):
@@ -688,7 +679,7 @@ def _with_batch_covariances(batched, batched_in, request, x1, x2, get, args: tup
             batched_in("cov2")(x2, None, "nngp", *args, **kwargs, **with_pattern(p2))
 
     def assemble(path, k):
-        own = {n: _at(c, path) for n, c in covs.items()}
+        own = {n: branch_at(c, path) for n, c in covs.items()}
         if request.form == "all":
             return k.replace(cov1=own["cov1"], cov2=own["cov2"], diagonal_batch=False)
         values = dict(zip(others, k)) if k is not None else {}
@@ -711,12 +702,6 @@ def _tiles_diagonal_batch(kernel_fn, kwargs: dict) -> dict:
     if parameter is not None and parameter.default in (None, True):
         return kwargs
     return dict(kwargs, diagonal_batch=True)
-
-
-def _at(result, path: tuple):
-    for i in path:
-        result = result[i]
-    return result
 
 
 def _map_results(fn, out, path: tuple = ()):

@@ -160,6 +160,11 @@ def check_examples(where: str, label: str, x, min_ndim: int = 2, floating: bool 
     return array
 
 
+def all_none(x) -> bool:
+    """``x`` is ``None`` or a pytree of ``None`` only (neural-tangents' "same inputs" for ``x2``)."""
+    return x is None or not jax.tree.leaves(x)
+
+
 def device_count(where: str, value) -> int:
     """``device_count`` (-1: all local devices, 0: the default one, k: the first k) as a number of local
     devices to use. More than there are (a script written for a larger machine) uses them all and

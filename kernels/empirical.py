@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kernels import structured_ntk
-from kernels.checks import argument_error, parse_get, positive_int
+from kernels.checks import all_none, argument_error, parse_get, positive_int
 from kernels.checks import device_count as check_device_count
 
 NAMES = ("nngp", "ntk")
@@ -125,11 +125,6 @@ def _same_inputs(x1, x2):
     if jax.tree.structure(x1) != jax.tree.structure(x2) or any(a.shape != b.shape for a, b in zip(l1, l2)):
         return jnp.bool_(False)
     return jnp.all(jnp.array([jnp.array_equal(a, b) for a, b in zip(l1, l2)]))
-
-
-def _all_none(x) -> bool:
-    """``x`` is ``None`` or a pytree of ``None`` only (neural-tangents' "same inputs")."""
-    return x is None or not jax.tree.leaves(x)
 
 
 def _check_private_rules(where, _j_rules, _s_rules, _fwd) -> "structured_ntk.Switches":
@@ -282,7 +277,7 @@ def empirical_kernel_fn(f, trace_axes=(-1,), diagonal_axes=(), vmap_axes=None, i
         """A list of name -> array dicts, one per leaf of ``f``'s output (one array, or a pytree of
         them: a network ending in branches); each leaf's NTK from its Jacobian in all parameters
         (zero in those of other branches)."""
-        same = _all_none(x2)
+        same = all_none(x2)
         kw1, kw2 = split_kwargs(kwargs, x1, None if same else x2)
         x2, kw2 = (x1, kw1) if same else (x2, kw2)
         shapes = jax.eval_shape(lambda x: f(params, x, **kw1), x1)
@@ -306,12 +301,12 @@ def empirical_kernel_fn(f, trace_axes=(-1,), diagonal_axes=(), vmap_axes=None, i
         if params is None:
             raise argument_error(where, "params", "the finite network's parameters", None)
         request = parse_get(get, NAMES, where)
-        kw1, kw2 = split_kwargs(apply_fn_kwargs, x1, None if _all_none(x2) else x2)
-        _check_params_fit(where, f, params, x1, kw1, None if _all_none(x2) else x2, kw2)
+        kw1, kw2 = split_kwargs(apply_fn_kwargs, x1, None if all_none(x2) else x2)
+        _check_params_fit(where, f, params, x1, kw1, None if all_none(x2) else x2, kw2)
         if apply_fn_kwargs:  # may hold non-array options: trace them as Python values
             out = values(params, x1, x2, request.names, apply_fn_kwargs)
         else:  # eager Jacobians of a width-16 net took 14-30 s; compiled, well under one
-            out = compiled(params, x1, None if _all_none(x2) else x2, request.names)
+            out = compiled(params, x1, None if all_none(x2) else x2, request.names)
         return _pack(request, out, structure(params, x1, apply_fn_kwargs))
 
     kernel_fn.values = values
@@ -518,7 +513,7 @@ def monte_carlo_kernel_fn(init_fn, apply_fn, key, n_samples: Union[int, Iterable
         if "rng" in apply_fn_kwargs:
             raise argument_error("monte_carlo kernel_fn", "rng", "not given (each sample draws its own from `key`)",
                                  "an rng")
-        x2 = None if _all_none(x2) else x2
+        x2 = None if all_none(x2) else x2
         _, params = jax.eval_shape(lambda k: init_fn(k, jax.tree.map(jnp.shape, x1)), key)
         structure = empirical.structure(params, x1, dict(apply_fn_kwargs, rng=key))
         gen = running(x1, x2, parse_get(get, NAMES, "monte_carlo kernel_fn"), apply_fn_kwargs, structure)

@@ -239,7 +239,7 @@ def input_kernel(x1: jax.Array, x2: Optional[jax.Array], full: bool) -> Kernel:
     nngp = pair(x1, x1 if x2 is None else x2)
     if x2 is None:
         # The same bits as nngp's diagonal, so that correlation one is exact.
-        cov1 = jnp.moveaxis(jnp.diagonal(nngp, axis1=0, axis2=1), -1, 0)
+        cov1 = batch_diagonal(nngp)
     else:
         cov1 = self_cov(x1)
     return Kernel(
@@ -274,6 +274,18 @@ def branch_items(out) -> list:
     items = []
     map_branches(lambda path, k: items.append((path, k)), out)
     return items
+
+
+def branch_at(result, path: tuple):
+    """The part of a kernel_fn result (nested lists for a network ending in branches) at branch ``path``."""
+    for i in path:
+        result = result[i]
+    return result
+
+
+def batch_diagonal(cov: jax.Array) -> jax.Array:
+    """``(N, N, ...)`` -> ``(N, ...)``: each example's covariance with itself."""
+    return jnp.moveaxis(jnp.diagonal(cov, axis1=0, axis2=1), -1, 0)
 
 
 def branch_label(path: tuple) -> str:

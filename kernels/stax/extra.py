@@ -24,7 +24,7 @@ from jax import lax
 
 from kernels import duals
 from kernels.checks import argument_error, finite_real
-from kernels.kernel import Kernel
+from kernels.kernel import Kernel, batch_diagonal
 from kernels.stax import masking
 from kernels.stax.attention import _mechanism
 from kernels.stax.elementwise import _activation, activation_rule
@@ -233,7 +233,7 @@ def _same_examples(k: Kernel) -> jax.Array:
         return eye
     if n1 != n2:
         return jnp.zeros_like(eye)
-    diagonal = jnp.moveaxis(jnp.diagonal(k.nngp, axis1=0, axis2=1), -1, 0)  # (N, ...) like cov1
+    diagonal = batch_diagonal(k.nngp)  # (N, ...) like cov1
     scale = jnp.maximum(jnp.abs(k.cov1).max(), jnp.abs(k.cov2).max())
     tolerance = jnp.sqrt(jnp.finfo(k.nngp.dtype).eps) * scale
     equal = (jnp.abs(k.cov1 - k.cov2).max() <= tolerance) & (jnp.abs(diagonal - k.cov1).max() <= tolerance)

@@ -18,9 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kernels.checks import FLOAT_DTYPES, argument_error, check_examples, parse_get, reject_unexpected
-from kernels.kernel import (Kernel, branch_items, branch_label, from_neural_tangents_layout, input_kernel,
-                            map_branches, reverse_spatial, to_neural_tangents_layout)
+from kernels.checks import FLOAT_DTYPES, all_none, argument_error, check_examples, parse_get, reject_unexpected
+from kernels.kernel import (Kernel, batch_diagonal, branch_at, branch_items, branch_label,
+                            from_neural_tangents_layout, input_kernel, map_branches, reverse_spatial,
+                            to_neural_tangents_layout)
 from kernels.stax import blocks, masking
 
 GET_NAMES = ("nngp", "ntk", "cov1", "cov2")
@@ -290,7 +291,7 @@ class KernelFn:
         for argument, value in others.items():
             if value is not None and not (argument == "block_size" and value == 0):
                 raise argument_error(where, argument, "None with several inputs (a list of arrays)", value)
-        if not any(b is not None for b in jax.tree.leaves(x2, is_leaf=_is_input)):
+        if all_none(x2):
             x2 = None  # neural-tangents' "same inputs": None, or a structure of None
         same = []
 
@@ -355,7 +356,7 @@ class KernelFn:
                 covs.append(self(x2, None, "nngp", pattern=None if p2 is None else (p2, None), **keywords))
 
         def result(path, k):
-            own = [_branch(c, path) for c in covs]
+            own = [branch_at(c, path) for c in covs]
             cov1 = k.nngp if own[0] is None else own[0]
             k = k.replace(cov1=cov1, cov2=own[1] if len(own) > 1 else cov1, diagonal_batch=False)
             return request.pack({n: getattr(k, n) for n in request.names}, whole=k)
@@ -388,18 +389,6 @@ def _public(k: Kernel, names: tuple, x1_is_x2: bool, interleave: bool) -> Kernel
         # so a network's flag does not depend on whether its first half ran on pairs or a diagonal.
         odd_convolutions=k.odd_convolutions and k.spatial_ndim > 0,
     )
-
-
-def _branch(result, path: tuple):
-    """The part of a kernel_fn result (nested lists for a network ending in branches) at branch ``path``."""
-    for i in path:
-        result = result[i]
-    return result
-
-
-def batch_diagonal(cov: jax.Array) -> jax.Array:
-    """``(N, N, ...)`` -> ``(N, ...)``: each example's covariance with itself."""
-    return jnp.moveaxis(jnp.diagonal(cov, axis1=0, axis2=1), -1, 0)
 
 
 def batch_diagonal_kernel(k: Kernel) -> Kernel:
