@@ -306,9 +306,14 @@ def gauss_hermite_dual(fn, deg: int, df=None) -> Dual:
     def dual(cov12, var1, var2):
         # The rule conditions v on u; averaging both orders makes kernels exactly symmetric.
         cov12, var1, var2 = jnp.broadcast_arrays(cov12, var1, var2)
+        shape = cov12.shape
+        # Flat: jaxlib 0.10.2's CPU backend (not 0.10.1) corrupts memory running jit(jacrev) of
+        # this rule on 4-D float32 kernels (tests/kernels/test_xla_workarounds.py has a plain-JAX
+        # reproducer); on 1-D arrays it runs, and the values are the same.
+        cov12, var1, var2 = (a.reshape(-1) for a in (cov12, var1, var2))
 
         def symmetric(f):
-            return (expectation(f, cov12, var1, var2) + expectation(f, cov12, var2, var1)) / 2
+            return ((expectation(f, cov12, var1, var2) + expectation(f, cov12, var2, var1)) / 2).reshape(shape)
         return symmetric(fn), symmetric(df)
     return dual
 
