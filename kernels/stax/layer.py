@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import math
 from typing import Any, Callable, NamedTuple, Optional, Union
 
@@ -39,12 +40,14 @@ def own_rank_promotion(fn: Callable) -> Callable:
     neural-tangents' tests, and careful users, set ``jax_numpy_rank_promotion='raise'`` for their
     own code; the layers here broadcast a bias ``(C,)`` onto ``(N, ..., C)`` and kernels onto
     their batch axes by design, so the public entry points (`guarded_apply`, `KernelFn.__call__`)
-    trace under ``'allow'`` and a user's strict setting never breaks them.
+    trace under ``'allow'`` and a user's strict setting never breaks them. A function that ``fn``
+    returns (`theory.predict`'s ``predict_fn``) runs under ``'allow'`` too.
     """
     @functools.wraps(fn)
     def wrapped(*args, **kwargs):
         with jax.numpy_rank_promotion("allow"):
-            return fn(*args, **kwargs)
+            out = fn(*args, **kwargs)
+        return own_rank_promotion(out) if inspect.isfunction(out) else out
     return wrapped
 
 
@@ -719,7 +722,8 @@ def check_pattern_keyword(where: str, keywords: tuple, pattern, x1, x2, block_si
     The graphs' shapes are checked by the `Aggregate` layer, which knows its axes; here their
     number and batch sizes (leading axes ``N1``, ``N2``, where they are arrays).
     """
-    if pattern is None:
+    if pattern is None or (isinstance(pattern, (tuple, list)) and len(pattern) == 2
+                           and pattern[0] is None and pattern[1] is None):
         return None
     if "pattern" not in keywords:
         raise TypeError(f"{where}: unexpected keyword argument pattern: it is the graph of an Aggregate layer, "
@@ -728,8 +732,6 @@ def check_pattern_keyword(where: str, keywords: tuple, pattern, x1, x2, block_si
         raise argument_error(where, "pattern", "None or a pair (pattern1, pattern2) of the graphs of x1's and "
                              "x2's examples", f"{type(pattern).__name__}", TypeError)
     p1, p2 = pattern
-    if p1 is None and p2 is None:
-        return None
     if p1 is None or (p2 is None and x2 is not None):
         raise argument_error(where, "pattern", "a pair of graphs, both given (pattern2 may be None only "
                              "when x2 is None)", f"pattern1={'None' if p1 is None else 'given'}, "
@@ -770,6 +772,8 @@ def guarded_apply(name: str, apply_fn: Callable, keywords: tuple = (), masks=Non
     """
     @own_rank_promotion
     def apply(params, inputs, **kwargs):
+        if "pattern" not in keywords and "pattern" in kwargs and kwargs["pattern"] is None:
+            del kwargs["pattern"]  # no graph given to a network without an Aggregate: nothing is ignored
         check_apply_keywords(name, kwargs, keywords)
         mask_constant = kwargs.pop("mask_constant", None)
         outermost = mask_constant is not None and not masking.carries_masks(inputs)

@@ -106,6 +106,19 @@ def test_integer_inputs_and_unexpected_keywords():
         kernel_fn(x(2, 3), pattern=(x(2, 2), None))
 
 
+def test_no_graph_is_accepted_by_a_network_without_aggregate():
+    """``pattern=None`` (or ``(None, None)``) gives no graph, so a network without an `Aggregate`
+    ignores nothing by taking it (neural-tangents' tests pass it to such networks); a graph is refused."""
+    init_fn, apply_fn, kernel_fn = stax.serial(stax.Dense(4), stax.Relu())
+    _, params = init_fn(jax.random.PRNGKey(0), (2, 3))
+    np.testing.assert_array_equal(apply_fn(params, x(2, 3), pattern=None), apply_fn(params, x(2, 3)))
+    for pattern in (None, (None, None)):
+        np.testing.assert_array_equal(kernel_fn(x(2, 3), None, "nngp", pattern=pattern),
+                                      kernel_fn(x(2, 3), None, "nngp"))
+    with pytest.raises(TypeError, match=r"apply_fn: unexpected keyword argument pattern: .* has none"):
+        apply_fn(params, x(2, 3), pattern=x(2, 2, 2))
+
+
 def test_non_finite_kernel_inside_a_branch_names_the_layer():
     # The diagnosis walks through FanOut, whose rule returns one kernel per branch.
     _, _, kernel_fn = stax.serial(stax.Dense(4, W_std=2.), stax.FanOut(2),
