@@ -19,15 +19,20 @@ differentiable by `jax.grad` (kernels, targets, initial outputs, times,
 traced dtype (float64 only under x64 mode), value checks skipped; concrete
 inputs keep the float64 host path (`theory.linalg`).
 """
-from theory.dynamics import (
-    gradient_descent_mse,
-    gradient_descent_mse_discrete,
-    gradient_descent_mse_ensemble,
-    max_learning_rate,
-)
+from kernels.stax.layer import own_rank_promotion
+from theory import dynamics, ode_dynamics, regression
 from theory.linalg import JitterWarning
-from theory.ode_dynamics import ODEState, gradient_descent
-from theory.regression import Gaussian, gp_inference
+from theory.ode_dynamics import ODEState
+from theory.regression import Gaussian
+
+# Under JAX's default rank promotion whatever the caller set (neural-tangents' tests set 'raise'):
+# the solvers broadcast eigenvalues against targets by design.
+gradient_descent_mse = own_rank_promotion(dynamics.gradient_descent_mse)
+gradient_descent_mse_discrete = own_rank_promotion(dynamics.gradient_descent_mse_discrete)
+gradient_descent_mse_ensemble = own_rank_promotion(dynamics.gradient_descent_mse_ensemble)
+max_learning_rate = own_rank_promotion(dynamics.max_learning_rate)
+gradient_descent = own_rank_promotion(ode_dynamics.gradient_descent)
+gp_inference = own_rank_promotion(regression.gp_inference)
 
 __all__ = [
     "Gaussian",
