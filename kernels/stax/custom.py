@@ -63,7 +63,36 @@ class Diagonal:
     output: Bool = Bool.NO
 
     def __and__(self, other: "Diagonal") -> "Diagonal":
+        """Two layers side by side: what both allow."""
         return Diagonal(self.input & other.input, self.output & other.output)
+
+    __rand__ = __and__
+
+    def __rshift__(self, other: "Diagonal") -> "Diagonal":
+        """``other`` applied after ``self``: what the composition ``other(self(.))`` allows.
+
+        If ``self`` already makes every later output diagonal-only, nothing after it matters. Else
+        the composition's input may be diagonal-only as far as ``self`` allows, provided ``other``
+        can take what ``self`` hands on: not at all when ``self`` passes off-diagonal entries
+        on (``output`` NO) to a layer that needs them (``input`` below YES).
+        """
+        if self.output == Bool.YES:
+            return self
+        if self.output != Bool.NO and other.input != Bool.NO:
+            first = self.input
+        elif self.output == Bool.NO and other.input != Bool.YES:
+            first = Bool.NO
+        else:
+            first = self.input & other.input
+        return Diagonal(first, other.output)
+
+    def __lshift__(self, other: "Diagonal") -> "Diagonal":
+        """``self`` applied after ``other``: ``other >> self``."""
+        return other >> self
+
+    def __bool__(self) -> bool:
+        """Whether a kernel may keep equal positions only (neural-tangents' ``diagonal_spatial``)."""
+        return self.input == Bool.YES and self.output != Bool.NO
 
 
 def requires(**static_reqs):

@@ -137,6 +137,24 @@ def test_bool_and_diagonal_logic():
     assert stax.Diagonal() & stax.Diagonal(stax.Bool.NO, stax.Bool.YES) == stax.Diagonal(stax.Bool.NO, stax.Bool.NO)
 
 
+def test_diagonal_composition():
+    """``a >> b`` is ``b`` after ``a`` (neural-tangents' rule, worked by hand below); it is associative,
+    ``b << a`` is the same, and ``bool`` is neural-tangents' "may keep equal positions only"."""
+    Y, M, N, D = stax.Bool.YES, stax.Bool.MAYBE, stax.Bool.NO, stax.Diagonal
+    assert D(Y, Y) >> D(N, N) == D(Y, Y)  # a readout of equal positions: nothing after it matters
+    assert D(Y, N) >> D(M, Y) == D(N, Y)  # off-diagonal entries handed on to a layer that needs them
+    assert D(Y, N) >> D(Y, M) == D(Y, M)  # ... to a layer that does not
+    assert D(M, M) >> D(Y, N) == D(M, N)  # the first layer's input decides
+    assert D(Y, M) >> D(N, Y) == D(N, Y)  # a MAYBE handed to a layer that needs pairs: the lower input
+    assert D(Y, M) and D(Y, Y) and not D(Y, N) and not D(M, Y)
+    every = [D(i, o) for i in stax.Bool for o in stax.Bool]
+    for a in every:
+        for b in every:
+            assert b << a == a >> b
+            for c in every:
+                assert (a >> b) >> c == a >> (b >> c)
+
+
 def test_kernel_reports_neural_tangents_layout_fields():
     k = stax.serial(stax.Conv(2, (2, 2), padding="SAME"), stax.GlobalAvgPool()).kernel_fn(images(), None)
     assert (k.diagonal_batch, k.batch_axis, k.channel_axis, k.is_reversed, k.mask1) == (True, 0, 1, False, None)
