@@ -105,12 +105,22 @@ class Kernel:
     axes: Optional[tuple] = dataclasses.field(metadata=dict(static=True), default=None)
 
     def replace(self, **changes) -> "Kernel":
-        for name in ("shape1", "shape2"):  # neural-tangents' fields; derived from the arrays here
-            if name in changes:
-                given = changes.pop(name)
-                if given is not None and tuple(given) != getattr(self, name):
-                    raise ValueError(f"Kernel.replace: argument `{name}` is read from the kernel's arrays, "
-                                     f"{getattr(self, name)}, and cannot be set to {tuple(given)}")
+        """`dataclasses.replace`, plus neural-tangents' ``shape1``/``shape2``: their batch sizes and
+        positions are the arrays', so only the channel count (``channels``, which the standard
+        parameterization's NTK reads) may differ from the kernel's own."""
+        for name in ("shape1", "shape2"):
+            given = changes.pop(name, None)
+            if given is None:
+                continue
+            have, given, c = getattr(self, name), tuple(given), self.channel_axis
+            if len(given) != len(have) or any(g != h for i, (g, h) in enumerate(zip(given, have)) if i != c):
+                raise ValueError(f"Kernel.replace: argument `{name}` must be {have} but for its channel count "
+                                 f"(axis {c}): the batch size and positions are the kernel's arrays'; "
+                                 f"received {given}")
+            if changes.setdefault("channels", given[c]) != given[c]:
+                raise ValueError(f"Kernel.replace: argument `{name}` has {given[c]} channels, and "
+                                 f"{changes['channels']} were given for the other batch or as `channels`: "
+                                 "both batches' outputs have the same channels")
         return dataclasses.replace(self, **changes)
 
     @property

@@ -135,12 +135,22 @@ def test_several_inputs():
 
 
 def test_replace_of_a_derived_shape():
-    """neural-tangents' tests call ``Kernel.replace(shape1=...)``; here the shapes are read from the
-    arrays: the same shape is accepted, another is refused by name."""
-    k = stax.Dense(3).kernel_fn(jnp.ones((2, 4)), jnp.ones((1, 4)))
-    assert k.replace(shape1=(2, 3), shape2=(1, 3)).shape2 == (1, 3)
-    with pytest.raises(ValueError, match=r"Kernel.replace: argument `shape1` is read from the kernel's arrays"):
-        k.replace(shape1=(5, 3))
+    """neural-tangents' tests call ``Kernel.replace(shape1=...)``. The batch sizes and positions are the
+    arrays' (another is refused by name); the channel count is the finite outputs' width, which the
+    standard parameterization's NTK reads. Truth: Dense(3)'s kernel relabelled to 7 channels acts on a
+    standard-parameterized layer as Dense(7)'s kernel does (the infinite-width arrays are equal)."""
+    x1, x2 = jax.random.normal(jax.random.PRNGKey(0), (2, 4)), jax.random.normal(jax.random.PRNGKey(1), (1, 4))
+    k3, k7 = stax.Dense(3).kernel_fn(x1, x2), stax.Dense(7).kernel_fn(x1, x2)
+    assert k3.replace(shape1=(2, 3), shape2=(1, 3)).shape2 == (1, 3)
+    relabelled = k3.replace(shape1=(2, 7), shape2=(1, 7))
+    assert (relabelled.shape1, relabelled.shape2) == ((2, 7), (1, 7))
+    standard = stax.Dense(1, W_std=1.5, b_std=0.2, parameterization="standard").kernel_fn
+    np.testing.assert_allclose(standard(relabelled, get="ntk"), standard(k7, get="ntk"), rtol=1e-6)
+    assert not np.allclose(standard(k3, get="ntk"), standard(k7, get="ntk"), rtol=1e-3)  # the width matters
+    with pytest.raises(ValueError, match=r"Kernel.replace: argument `shape1` must be \(2, 3\) but for its channel"):
+        k3.replace(shape1=(5, 3))
+    with pytest.raises(ValueError, match=r"argument `shape2` has 4 channels, and 7 were given"):
+        k3.replace(shape1=(2, 7), shape2=(1, 4))
 
 
 @pytest.mark.parametrize("path", ["direct", pytest.param("batch", marks=pytest.mark.slow)])
