@@ -228,19 +228,26 @@ def empirical_kernel_fn(f, trace_axes=(-1,), diagonal_axes=(), vmap_axes=None, i
         n1, n2 = (jax.tree.leaves(x)[0].shape[0] for x in (x1, x2))
         if batch_size is None or max(n1, n2) <= batch_size:
             return block((x1, kw1), (x2, kw2))
-        if any(k != "rng" for k in kw1):
-            raise argument_error("empirical kernel_fn", "apply_fn_kwargs", "none besides `rng` when batch_size "
-                                 "chunks the inputs (their batch axes are unknown)", sorted(kw1))
+        def part(k, v, n, s):
+            """Keyword ``k``'s value for the chunk from ``s``: one key per chunk for ``rng`` (independent
+            across chunks, the same for the same chunk of the same input); arrays (``pattern``) batch
+            first, as neural-tangents' ``batch`` slices them; other values whole."""
+            if v is None or not hasattr(v, "shape"):
+                return v
+            if k == "rng":
+                return jax.random.fold_in(v, s)
+            if v.ndim == 0 or v.shape[0] != n:
+                raise argument_error("empirical kernel_fn", k, f"an array batch first (leading axis {n}, the "
+                                     "examples of its input) when batch_size chunks the inputs", f"shape {v.shape}")
+            return v[s:s + batch_size]
 
-        def chunk(x, kw, s):
-            # one key per chunk: independent across chunks, the same for the same chunk of the same input
-            return (jax.tree.map(lambda a: a[s:s + batch_size], x),
-                    {k: v if v is None else jax.random.fold_in(v, s) for k, v in kw.items()})
+        def chunk(x, kw, s, n):
+            return jax.tree.map(lambda a: a[s:s + batch_size], x), {k: part(k, v, n, s) for k, v in kw.items()}
         starts1, starts2 = range(0, n1, batch_size), range(0, n2, batch_size)
         if diagonal_batch:
-            return jnp.concatenate([block(chunk(x1, kw1, s), chunk(x2, kw2, s)) for s in starts1], axis=p)
-        return jnp.concatenate([jnp.concatenate([block(chunk(x1, kw1, s), chunk(x2, kw2, t)) for t in starts2],
-                                                axis=p + 1) for s in starts1], axis=p)
+            return jnp.concatenate([block(chunk(x1, kw1, s, n1), chunk(x2, kw2, s, n2)) for s in starts1], axis=p)
+        return jnp.concatenate([jnp.concatenate([block(chunk(x1, kw1, s, n1), chunk(x2, kw2, t, n2))
+                                                 for t in starts2], axis=p + 1) for s in starts1], axis=p)
 
     def one_output(g, out_axis, params, x1, x2, kw1, kw2, names) -> dict:
         """The kernels of one output array ``g(params, x, kw)``; ``out_axis`` its batch axis (vmapped)."""

@@ -4,6 +4,7 @@ against finite networks, the ``pattern`` keyword's plumbing (networks, `kernels.
 Reference values: tests/data/nt_graph_reference.npz (tests/data/nt_graph_reference.README.md),
 compared as the oracle is: max |ours - ref| / max |ref| < 1e-6 in float64.
 """
+import functools
 import json
 import math
 import pathlib
@@ -283,3 +284,39 @@ def test_bad_patterns_are_refused_by_name():
     _, params = init_fn(jax.random.PRNGKey(0), x.shape)
     with pytest.raises(ValueError, match=r"Aggregate.*`pattern`"):
         apply_fn(params, x, pattern=dense[:, :, :5])
+
+
+def _graph_network_and_data():
+    init_fn, apply_fn, _ = stax.serial(stax.Dense(4), stax.Relu(), stax.Aggregate(), stax.GlobalAvgPool(),
+                                       stax.Dense(1))
+    keys = jax.random.split(jax.random.PRNGKey(3), 5)
+    x1, x2 = jax.random.normal(keys[0], (3, 3, 2)), jax.random.normal(keys[1], (2, 3, 2))
+    p1, p2 = jax.random.normal(keys[2], (3, 3, 3)), jax.random.normal(keys[3], (2, 3, 3))
+    return init_fn, apply_fn, keys[4], x1, x2, p1, p2
+
+
+def test_chunked_empirical_kernels_slice_graphs_with_their_examples():
+    """``batch_size`` chunks the examples, and each example's graph (``pattern``, batch first) goes with
+    it, as neural-tangents' ``batch`` slices array keywords: the chunked kernels equal the whole ones,
+    which depend on the graphs (a permuted graph gives another kernel)."""
+    from kernels.empirical import empirical_kernel_fn
+    init_fn, apply_fn, key, x1, x2, p1, p2 = _graph_network_and_data()
+    _, params = init_fn(key, x1.shape)
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def kernels(batch_size, p1, p2):
+        return empirical_kernel_fn(apply_fn, batch_size=batch_size)(x1, x2, ("nngp", "ntk"), params,
+                                                                    pattern=(p1, p2))
+    whole = kernels(None, p1, p2)
+    for a, b in zip(kernels(2, p1, p2), whole):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(kernels(None, p1[::-1], p2).ntk, whole.ntk, rtol=1e-3)
+
+
+@pytest.mark.slow
+def test_chunked_monte_carlo_kernels_slice_graphs_with_their_examples():
+    """neural-tangents' predict test: a Monte Carlo kernel with ``batch_size`` and graphs."""
+    init_fn, apply_fn, key, x1, x2, p1, p2 = _graph_network_and_data()
+    mc = [monte_carlo_kernel_fn(init_fn, apply_fn, key, 2, batch_size=b)(x1, x2, "ntk", pattern=(p1, p2))
+          for b in (0, 2)]
+    np.testing.assert_allclose(mc[1], mc[0], rtol=1e-5, atol=1e-6)
