@@ -291,6 +291,7 @@ class KernelFn:
         `parallel`, again such a list; ``x2`` ``None`` (or a structure of ``None``) or arrays in
         ``x1``'s structure, as neural-tangents takes them. The network's rule runs on the inputs'
         kernels, in one piece."""
+        mask_constant = others.pop("mask_constant")  # masks each array input (a Kernel carries its own)
         for argument, value in others.items():
             if value is not None and not (argument == "block_size" and value == 0):
                 raise argument_error(where, argument, "None with several inputs (a list of arrays)", value)
@@ -315,9 +316,10 @@ class KernelFn:
             if not isinstance(a, (jax.Array, np.ndarray)):
                 raise argument_error(where, "x1", "a list or tuple of arrays or Kernels, one per input",
                                      f"{type(a).__name__} at x1{label}", TypeError)
-            a, b, _ = _check_inputs(a, b)
+            a, b, masks = _check_inputs(a, b, mask_constant)
             same.append(b is None)
-            return input_kernel(a, b, a.ndim > 2 and any_requirement(needs))
+            k = input_kernel(a, b, a.ndim > 2 and any_requirement(needs))
+            return k if masks is None else k.replace(mask1=masks[0], mask2=masks[1])
         if not isinstance(x1, (list, tuple)):
             raise argument_error(where, "x1", "a list or tuple of inputs, like x2", type(x1).__name__, TypeError)
         inputs = kernels(x1, x2, self.needs_full(not diagonal_spatial), "")

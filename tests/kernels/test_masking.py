@@ -452,3 +452,24 @@ def test_finite_branching_networks_on_padded_inputs_equal_them_on_truncated_ones
         truncated = np.concatenate([net.apply_fn(params, x[n:n + 1, :ell]) for n, ell in enumerate(LENGTHS)])
         np.testing.assert_allclose(padded, truncated, rtol=1e-10, atol=1e-12)
         assert np.max(np.abs(net.apply_fn(params, np.where(x == PAD, 0., x)) - truncated)) > 1e-2
+
+
+def test_masks_of_several_inputs():
+    """A network of two inputs (``parallel``) masks each array input, as neural-tangents' nested-parallel
+    test does. Truth: with the last position of every example masked, pooling excludes it, so the
+    branch equals the kernel of the inputs without that position; the flat input has no masked entry
+    and is unchanged. Without ``mask_constant`` the masked branch differs (the mask is not ignored)."""
+    keys = jax.random.split(jax.random.PRNGKey(0), 4)
+    seq1, seq2 = jax.random.normal(keys[0], (3, 4, 2)), jax.random.normal(keys[1], (2, 4, 2))
+    flat1, flat2 = jax.random.normal(keys[2], (3, 5)), jax.random.normal(keys[3], (2, 5))
+    masked1, masked2 = seq1.at[:, -1].set(-7.), seq2.at[:, -1].set(-7.)
+    pooled = stax.serial(stax.Conv(4, (2,), padding="SAME"), stax.Relu(), stax.GlobalAvgPool(), stax.Dense(1))
+    dense = stax.serial(stax.Dense(4), stax.Erf(), stax.Dense(1))
+    kernel_fn = stax.parallel(pooled, dense).kernel_fn
+    got = kernel_fn([masked1, flat1], [masked2, flat2], ("nngp", "ntk"), mask_constant=-7.)
+    want = [pooled.kernel_fn(seq1[:, :-1], seq2[:, :-1], ("nngp", "ntk")), dense.kernel_fn(flat1, flat2, ("nngp", "ntk"))]
+    for g, w in zip(got, want):
+        for a, b in zip(g, w):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    unmasked = kernel_fn([masked1, flat1], [masked2, flat2], "nngp")
+    assert not np.allclose(unmasked[0], want[0].nngp, rtol=1e-2)
