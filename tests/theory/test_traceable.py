@@ -156,6 +156,20 @@ def test_jit_matches_reference_and_host_in_float64(cases, name):
         assert _worst(jitted, case.reference) < case.tol
 
 
+@pytest.mark.parametrize("name", REFERENCE_CASES + _slow("gradient_descent"))
+def test_strict_rank_promotion_of_the_caller_changes_nothing(cases, name):
+    """neural-tangents' tests run the solvers under ``jax_numpy_rank_promotion='raise'``; the solvers'
+    own broadcasting (eigenvalues against targets) is by design, so the setting is the caller's alone:
+    host and jitted values are neural-tangents', and the caller's own code is still strict."""
+    case = cases[name]
+    with jax.enable_x64(True), jax.numpy_rank_promotion("raise"):
+        host, jitted = case.fn(*case.args), jax.jit(case.fn)(*case.args)
+        with pytest.raises(ValueError, match="rank_promotion"):
+            jnp.ones((3, 4)) + jnp.ones(4)
+    for ours in (host, jitted):
+        assert _worst(ours, case.reference) < case.tol
+
+
 @pytest.mark.parametrize("name", REFERENCE_CASES)
 def test_a_wrong_kernel_fails_the_reference_check(cases, name):
     """The criterion above sees a kernel off by 0.1% (time off by 0.1% for the ensemble)."""
