@@ -271,13 +271,28 @@ def gelu_dual() -> Dual:
     return with_price_derivative(nngp)
 
 
+def on_flat_arrays(dual: Dual) -> Dual:
+    """``dual`` evaluated on its three arguments broadcast together and flattened, its two results
+    reshaped back: the same values, computed where jaxlib's CPU backend computes them correctly.
+
+    On the high-rank broadcasts of kernels with position pairs, XLA CPU (jaxlib 0.10) evaluated
+    a user's arc-cosine ``nngp_fn`` and its derivative inconsistently: the derivative's large
+    cancelling terms (``-c / sqrt(v1 v2 - c^2)`` at correlation one) no longer cancelled, giving
+    1e8 where the closed form gives 0; and 0.10.2 corrupted memory running ``jit(jacrev)`` of a
+    Gauss–Hermite rule. On flat arrays neither happens (tests/kernels/test_xla_workarounds.py).
+    """
+    def flat(cov12, var1, var2):
+        cov12, var1, var2 = jnp.broadcast_arrays(cov12, var1, var2)
+        shape = cov12.shape
+        return tuple(out.reshape(shape) for out in dual(cov12.reshape(-1), var1.reshape(-1), var2.reshape(-1)))
+    return flat
+
+
 def with_price_derivative(nngp_fn) -> Dual:
     """A dual from its first half alone: ``E[phi' phi'] = d E[phi phi] / d cov12`` (Price 1958)."""
     def dual(cov12, var1, var2):
-        cov12, var1, var2 = jnp.broadcast_arrays(cov12, var1, var2)
-        value, dot = jax.jvp(lambda c: nngp_fn(c, var1, var2), (cov12,), (jnp.ones_like(cov12),))
-        return value, dot
-    return dual
+        return jax.jvp(lambda c: nngp_fn(c, var1, var2), (cov12,), (jnp.ones_like(cov12),))
+    return on_flat_arrays(dual)
 
 
 def gauss_hermite_dual(fn, deg: int, df=None) -> Dual:
@@ -305,17 +320,10 @@ def gauss_hermite_dual(fn, deg: int, df=None) -> Dual:
 
     def dual(cov12, var1, var2):
         # The rule conditions v on u; averaging both orders makes kernels exactly symmetric.
-        cov12, var1, var2 = jnp.broadcast_arrays(cov12, var1, var2)
-        shape = cov12.shape
-        # Flat: jaxlib 0.10.2's CPU backend (not 0.10.1) corrupts memory running jit(jacrev) of
-        # this rule on 4-D float32 kernels (tests/kernels/test_xla_workarounds.py has a plain-JAX
-        # reproducer); on 1-D arrays it runs, and the values are the same.
-        cov12, var1, var2 = (a.reshape(-1) for a in (cov12, var1, var2))
-
         def symmetric(f):
-            return ((expectation(f, cov12, var1, var2) + expectation(f, cov12, var2, var1)) / 2).reshape(shape)
+            return (expectation(f, cov12, var1, var2) + expectation(f, cov12, var2, var1)) / 2
         return symmetric(fn), symmetric(df)
-    return dual
+    return on_flat_arrays(dual)
 
 
 # ----------------------------------------------------------------------------- means
