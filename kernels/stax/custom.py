@@ -11,7 +11,10 @@ its input with `requires` (`Bool`, `Diagonal`). Here:
   ``(N1, N2)`` for flat outputs, ``(N1, N2, S_1, S'_1, S_2, S'_2, ...)`` with position pairs (or
   ``(N1, N2, *S)`` when only equal positions are kept, ``Kernel.diagonal_spatial``), and ``cov1``/
   ``cov2`` each example's covariance with itself; it returns one by ``k.replace(nngp=..., ...)``.
-  widekit converts the layout on the way in and out. The rule's output channel means are unknown,
+  widekit converts the layout on the way in and out. When ``get`` leaves the NTK out, the rule is
+  handed ``ntk=None``, as in neural-tangents (an NNGP-only rule, such as an RBF kernel, relies on
+  it); a rule that cannot take ``None`` (it raises `TypeError` or `AttributeError`, as ``None * x``
+  does) is run again with the NTK. The rule's output channel means are unknown,
   so a `LayerNorm` after a custom layer refuses by name.
 * `requires` reads ``diagonal_spatial`` (``False``, ``True`` or a `Diagonal`) to decide which
   position covariances the rule needs: ``False`` or ``Diagonal(input=Bool.NO)`` (the default of an
@@ -33,6 +36,8 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
+
+import jax.numpy as jnp
 
 from kernels.checks import argument_error
 from kernels.kernel import from_neural_tangents_layout, to_neural_tangents_layout
@@ -145,10 +150,20 @@ def layer(layer_fn):
             d = k.spatial_ndim
             paired = k.full and d > 0
             view = k.map_arrays(lambda a, b: to_neural_tangents_layout(a, b, True, d)) if paired else k
-            out = rule(view)
+            wanted = layer_module.NTK_REQUESTED.get()
+            out = None
+            if not wanted:  # neural-tangents' convention, which an NNGP-only rule (an RBF kernel) relies on
+                try:
+                    out = rule(view.replace(ntk=None))
+                except (TypeError, AttributeError):  # a rule that always reads the NTK (None * x)
+                    out = None
+            if out is None:
+                out = rule(view)
             if not hasattr(out, "nngp") or not hasattr(out, "replace"):
                 raise TypeError(f"{name}: its kernel_fn must return a Kernel (k.replace(nngp=..., ntk=...)); "
                                 f"it returned {type(out).__name__}")
+            if out.ntk is None:  # not asked for: the layers after it compute one that nobody reads
+                out = out.replace(ntk=jnp.zeros_like(out.nngp))
             if paired:
                 out = out.map_arrays(from_neural_tangents_layout)
             return out.replace(mean1=None, mean2=None)  # a custom rule's channel means are unknown

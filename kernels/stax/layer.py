@@ -9,6 +9,7 @@ network backwards from its output (`network_needs_full`).
 """
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import functools
 import inspect
@@ -32,6 +33,12 @@ FIELD_NAMES = ("x1_is_x2", "is_gaussian", "is_reversed", "is_input", "diagonal_b
 
 # Requirement: whether the output must keep position pairs; a tuple for several outputs.
 Requirement = Union[bool, tuple]
+
+
+# Whether the kernel_fn call being traced returns an NTK. Built-in rules compute it regardless (it
+# costs little); a custom layer's rule (`kernels.stax.custom`) is handed ``Kernel.ntk = None`` when
+# it is not, as neural-tangents does, so that an NNGP-only rule (an RBF kernel) can refuse an NTK.
+NTK_REQUESTED = contextvars.ContextVar("NTK_REQUESTED", default=True)
 
 
 def own_rank_promotion(fn: Callable) -> Callable:
@@ -234,15 +241,19 @@ class KernelFn:
         ``axes``: `Kernel.axes` of the inputs (``x1``, ``x2`` are already transposed batch first, channels last).
         """
         rule = _with_input_axes(self.rule, axes)
-        if b:  # already in neural-tangents' layout, the one kernels.tiling mirrors in
-            out = blocks.evaluate(rule, x1, x2, full, b)
-        else:
-            k = input_kernel(x1, x2, full)
-            if patterns is not None:
-                k = k.replace(pattern1=patterns[0], pattern2=patterns[1])
-            if masks is not None:
-                k = k.replace(mask1=masks[0], mask2=masks[1])
-            out = rule(k)
+        token = NTK_REQUESTED.set("ntk" in names)  # names is static: each compiled program has one value
+        try:
+            if b:  # already in neural-tangents' layout, the one kernels.tiling mirrors in
+                out = blocks.evaluate(rule, x1, x2, full, b)
+            else:
+                k = input_kernel(x1, x2, full)
+                if patterns is not None:
+                    k = k.replace(pattern1=patterns[0], pattern2=patterns[1])
+                if masks is not None:
+                    k = k.replace(mask1=masks[0], mask2=masks[1])
+                out = rule(k)
+        finally:
+            NTK_REQUESTED.reset(token)
 
         return map_branches(lambda path, k: _public(k, names, x2 is None, interleave=not b), out)
 

@@ -219,3 +219,28 @@ def test_get_takes_every_field_of_neural_tangents_kernel():
     assert not stax.Conv(2, (2, 2), padding="SAME").kernel_fn(x, None, "is_reversed")
     with pytest.raises(ValueError, match="get"):
         net.kernel_fn(x, None, "colour")
+
+
+def test_a_rule_sees_no_ntk_when_none_is_asked_for():
+    """neural-tangents hands a rule ``Kernel.ntk = None`` when ``get`` leaves the NTK out, so a layer with
+    an NNGP alone (its tests' RBF kernel) refuses only NTK requests. Truth: after ``Dense(W_std=1)``, the
+    RBF rule gives ``exp(-gamma |x - x'|^2)``."""
+    gamma = 0.3
+
+    @stax.layer
+    def Rbf():
+        def rule(k):
+            if k.ntk is not None:
+                raise ValueError("Rbf has no NTK")
+            d = k.shape1[1]
+            return k.replace(nngp=jnp.exp(-gamma * d * (k.cov1[:, None] + k.cov2[None] - 2 * k.nngp)))
+        return (lambda rng, shape: (shape, ())), (lambda params, x, **kw: x), rule
+
+    x1, x2 = jax.random.normal(jax.random.PRNGKey(0), (3, 4)), jax.random.normal(jax.random.PRNGKey(1), (2, 4))
+    kernel_fn = stax.serial(stax.Dense(4, W_std=1.), Rbf()).kernel_fn
+    want = np.exp(-gamma * ((np.asarray(x1)[:, None] - np.asarray(x2)[None]) ** 2).sum(-1))
+    np.testing.assert_allclose(kernel_fn(x1, x2, "nngp"), want, rtol=1e-6)
+    np.testing.assert_allclose(jax.jit(kernel_fn, static_argnames="get")(x1, x2, get="nngp"), want, rtol=1e-6)
+    for get in ("ntk", ("nngp", "ntk"), None):
+        with pytest.raises(ValueError, match="Rbf has no NTK"):
+            kernel_fn(x1, x2, get)
