@@ -155,8 +155,8 @@ def layer(layer_fn):
             if not wanted:  # neural-tangents' convention, which an NNGP-only rule (an RBF kernel) relies on
                 try:
                     out = rule(view.replace(ntk=None))
-                except (TypeError, AttributeError):  # a rule that always reads the NTK (None * x)
-                    out = None
+                except (TypeError, AttributeError):  # a rule that always reads the NTK (None * x): rerun below
+                    pass
             if out is None:
                 out = rule(view)
             if not hasattr(out, "nngp") or not hasattr(out, "replace"):
