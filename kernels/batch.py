@@ -129,7 +129,8 @@ def batch(kernel_fn: Callable, batch_size: int = 0, device_count: int = -1, stor
       ``diagonal_spatial``; arrays among them are traced, anything else is fixed (and, with
       ``path``, part of the store's fingerprint, so tiles of other parameters are never reused).
       The result is
-      a `Kernel` for ``get=None`` (``nngp``, ``ntk``, ``cov1``, ``cov2`` filled), a named tuple
+      a `Kernel` for ``get=None`` (``nngp``, ``ntk``, ``cov1``, ``cov2`` filled; ``cov2`` is ``None``
+      when ``x2`` is, as in neural-tangents), a named tuple
       for a tuple of names, an array for one name; ``(N1, N2, ...)`` for kernels,
       ``(N1, ...)``/``(N2, ...)`` for ``cov1``/``cov2``. For a network ending in branches, a
       list of such results, one per branch, as ``kernel_fn`` returns it.
@@ -672,14 +673,14 @@ def _with_batch_covariances(batched, batched_in, request, x1, x2, get, args: tup
         main = batched(x1, x2, None if request.form == "all" else others, *args, **kwargs,
                        **({} if pattern is None else {"pattern": pattern}))
     if request.form == "all" and x2 is None:  # cov1 is the nngp itself
-        covs["cov1"] = covs["cov2"] = _map_results(lambda path, k: k.nngp, main)
+        covs["cov1"] = _map_results(lambda path, k: k.nngp, main)
     elif "cov1" in request.names or "cov2" in request.names or request.form == "all":
         covs["cov1"] = batched_in("cov1")(x1, None, "nngp", *args, **kwargs, **with_pattern(p1))
-        covs["cov2"] = covs["cov1"] if x2 is None else \
-            batched_in("cov2")(x2, None, "nngp", *args, **kwargs, **with_pattern(p2))
+        if x2 is not None:  # else cov2 is None, as neural-tangents returns it
+            covs["cov2"] = batched_in("cov2")(x2, None, "nngp", *args, **kwargs, **with_pattern(p2))
 
     def assemble(path, k):
-        own = {n: branch_at(c, path) for n, c in covs.items()}
+        own = {n: branch_at(covs[n], path) if n in covs else None for n in ("cov1", "cov2")}
         if request.form == "all":
             return k.replace(cov1=own["cov1"], cov2=own["cov2"], diagonal_batch=False)
         values = dict(zip(others, k)) if k is not None else {}
@@ -734,10 +735,12 @@ def _as_dict(out, request) -> dict:
 def _one_as_dict(out, request) -> dict:
     """The arrays of one branch's result, by name (absent fields left out)."""
     if request.form == "all":
-        return {n: getattr(out, n) for n in GET_NAMES if getattr(out, n, None) is not None}
-    if request.form == "one":
-        return {request.names[0]: out}
-    return dict(zip(request.names, out))
+        values = {n: getattr(out, n, None) for n in GET_NAMES}
+    elif request.form == "one":
+        values = {request.names[0]: out}
+    else:
+        values = dict(zip(request.names, out))
+    return {n: a for n, a in values.items() if a is not None}  # cov2 is None for x2=None
 
 
 def _rebuild(template, request, arrays: dict, path: tuple = ()):
@@ -751,8 +754,8 @@ def _rebuild(template, request, arrays: dict, path: tuple = ()):
             return template.replace(**fields)
         return dataclasses.replace(template, **fields)
     if request.form == "one":
-        return arrays[request.names[0]]
-    return type(template)(*(arrays[n] for n in request.names))
+        return arrays.get(request.names[0])
+    return type(template)(*(arrays.get(n) for n in request.names))
 
 
 class _HostSink:

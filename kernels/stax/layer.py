@@ -173,6 +173,7 @@ class KernelFn:
           in neural-tangents' order ``(N1, N2, S_1, S'_1, ...)``. A network that ends in
           several branches (``FanOut`` or ``parallel`` without a merge) gives a list with
           one such result per branch (nested lists for nested branches), as neural-tangents does.
+          ``cov2`` is ``None`` when ``x2`` is (the second batch is the first), as there.
         """
         if diagonal_batch is not None and not isinstance(diagonal_batch, (bool, np.bool_)):
             raise argument_error(f"{self.name}: kernel_fn", "diagonal_batch", "None, True or False", diagonal_batch,
@@ -230,7 +231,7 @@ class KernelFn:
 
         def result(path, k):
             k = _narrow(self.name + branch_label(path), k, arrays, dtype)
-            k = _finish(k, diagonal_spatial, neural_tangents_axis_order)
+            k = _finish(k, diagonal_spatial, neural_tangents_axis_order, x1_is_x2=x2 is None)
             return request.pack({n: getattr(k, n) for n in request.names}, whole=k)
         return map_branches(result, out)
 
@@ -292,7 +293,7 @@ class KernelFn:
         map_branches(lambda path, o: _refuse_non_finite(where + branch_label(path), o), out)
 
         def result(path, o):
-            o = _finish(o, diagonal_spatial, neural_tangents_axis_order)
+            o = _finish(o, diagonal_spatial, neural_tangents_axis_order, x1_is_x2)
             return request.pack({n: getattr(o, n) for n in request.names}, whole=o)
         return map_branches(result, out)
 
@@ -374,7 +375,7 @@ class KernelFn:
         def result(path, k):
             own = [branch_at(c, path) for c in covs]
             cov1 = k.nngp if own[0] is None else own[0]
-            k = k.replace(cov1=cov1, cov2=own[1] if len(own) > 1 else cov1, diagonal_batch=False)
+            k = k.replace(cov1=cov1, cov2=own[1] if len(own) > 1 else None, diagonal_batch=False)
             return request.pack({n: getattr(k, n) for n in request.names}, whole=k)
         return map_branches(result, main)
 
@@ -420,9 +421,12 @@ def batch_pairs_kernel(k: Kernel, cov: jax.Array) -> Kernel:
     return k.replace(nngp=cov, ntk=jnp.zeros_like(cov), cov1=own, cov2=own, x1_is_x2=True, diagonal_batch=True)
 
 
-def _finish(k: Kernel, diagonal_spatial: bool, neural_tangents_axis_order: bool) -> Kernel:
+def _finish(k: Kernel, diagonal_spatial: bool, neural_tangents_axis_order: bool, x1_is_x2: bool) -> Kernel:
     """A public kernel reduced to equal positions (``diagonal_spatial``), or with its position pairs in
-    neural-tangents' possibly reversed order (``neural_tangents_axis_order``)."""
+    neural-tangents' possibly reversed order (``neural_tangents_axis_order``); ``cov2`` is ``None`` when
+    the second batch is the first (``x1_is_x2``), as neural-tangents returns it."""
+    if x1_is_x2:
+        k = k.replace(cov2=None)
     if diagonal_spatial and k.full:
         return _spatial_diagonal(k)
     if neural_tangents_axis_order and k.full and k.odd_convolutions:

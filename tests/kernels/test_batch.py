@@ -134,8 +134,9 @@ def test_memmap_equals_in_memory(tmp_path):
 
     s1, _, tile = SHAPES["pooled_cnn"]
     cnn = batch(net("pooled_cnn"), tile, path=str(tmp_path / "cnn"), progress=False)(inputs(s1, 0))
-    assert sorted(os.listdir(tmp_path / "cnn")) == ["batch.json", "cov1.npy", "cov2.npy", "nngp.npy",
-                                                    "ntk.npy", "progress.0.jsonl"]
+    assert sorted(os.listdir(tmp_path / "cnn")) == ["batch.json", "cov1.npy", "nngp.npy", "ntk.npy",
+                                                    "progress.0.jsonl"]  # cov2 is None for x2=None
+    assert cnn.cov2 is None
     check(reference("pooled_cnn", False), cnn, None)
 
 
