@@ -113,6 +113,10 @@ def _cases():
                                       gap1, readout()], (5, 3, 7), 0, 1, "lengths")
     c["dense_channel_axis_1_spatial_output"] = ([dense(32, channel_axis=1), act("Erf"),
                                                  dense(8, 1.1, None, channel_axis=1)], (4, 3, 5), 0, 1, "lengths")
+    # Channels first into Flatten, which reads the last axis as its channels: the masked entries of an activation
+    # that is not zero at zero (Gaussian) must be zeroed before flattening.
+    c["dense_channel_axis_1_gaussian_flatten"] = ([dense(32, channel_axis=1), act("Gaussian"), ["Flatten", {}],
+                                                   readout()], (4, 3, 5), 0, 1, "lengths")
     c["attention_channel_axis_1"] = ([dense(32, channel_axis=1), attention(channel_axis=1), RELU, gap1, readout()],
                                      (5, 3, 6), 0, 1, "lengths")
     # Channels first, batch last (C, L, N); the pooled outputs (C, N).
@@ -148,7 +152,7 @@ def _cases():
 # does not copy: kernels/stax/linear.py's LayerNorm; their kernels agree.)
 APPLY_CASES = ("conv_nchw_pool_gap", "conv_out_spec_masks_pooled", "conv_out_spec_spatial_output",
                "conv_batch_axis_1_flatten", "conv_transpose_nchw_gap",
-               "dense_channel_axis_1_gap", "attention_channel_axis_1", "attention_channels_first_batch_last",
+               "dense_channel_axis_1_gap", "dense_channel_axis_1_gaussian_flatten", "attention_channel_axis_1", "attention_channels_first_batch_last",
                "attention_sum_channel_axis_1_masked", "attention_sum_channel_axis_1",
                "attention_concat_images_batch_last_masked", "attention_concat_images_batch_last",
                "attention_concat_onehot_channel_axis_1")

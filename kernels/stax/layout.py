@@ -242,7 +242,11 @@ def with_layout(layout: Layout, make: Callable[[Optional[tuple]], Layer]) -> Lay
         perm = layout.inputs(name, value.ndim)
         layer, out_perm = inner(perm), layout.outputs(perm)
         if isinstance(x, masking.Masked):
-            x = masking.Masked(to_canonical(x.value, perm), canonical_mask(name, x, perm))
+            # Zero the masked entries first: a mask carried in the values' rank marks entries, and a layer
+            # that reads another axis as the channels (Flatten reads the last) keeps positions some of
+            # whose entries are masked; neural-tangents zeroes a layer's masked input entries so too.
+            value = masking.zero_at(x.value, x.mask) if x.mask.ndim == x.value.ndim else x.value
+            x = masking.Masked(to_canonical(value, perm), canonical_mask(name, x, perm))
         else:  # a plain array, masked (mask_constant) by the canonical layer along the right channel axis
             x = to_canonical(x, perm)
         out = layer.apply_fn(params, x, **kwargs)

@@ -66,7 +66,8 @@ def _errors(data, case, ours):
 # The default suite (about 0.5-1.5 s of CPU each): masked attention with positional embeddings, channels first;
 # the rest slow (1-5 s each), the channels-first/channels-last twins below standing in for the convolutions.
 DEFAULT_KERNEL_CASES = {"attention_sum_channel_axis_1_masked", "attention_sum_identity_sqrt_channel_axis_1_masked"}
-DEFAULT_APPLY_CASES = {"attention_sum_channel_axis_1_masked", "attention_concat_images_batch_last"}
+DEFAULT_APPLY_CASES = {"attention_sum_channel_axis_1_masked", "attention_concat_images_batch_last",
+                       "dense_channel_axis_1_gaussian_flatten"}
 
 
 def _cases(default, apply=False):
