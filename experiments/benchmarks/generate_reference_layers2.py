@@ -111,6 +111,12 @@ def _cases():
                           "s": list(s)}]
     add("mlp_dense_standard_s", [dense_s(256, 1.3, 0.2, (1, 2)), act("Relu"), dense_s(256, 1.2, 0.1, (2, 3)),
                                  act("Relu"), dense_s(1, 1.1, 0.05, (3, 1))], mlp)
+    # Conv's width scalings s, the same way.
+    add("cnn2d_conv_standard_s", [conv(64, (3, 3), "SAME", W_std=1.3, b_std=0.2, parameterization="standard",
+                                       s=[1, 2]), act("Relu"),
+                                  conv(64, (2, 2), "VALID", W_std=1.2, b_std=0.1, strides=(2, 1),
+                                       parameterization="standard", s=[2, 3]), act("Relu"), GAP,
+                                  dense_s(1, 1.1, 0.05, (3, 1))], img)
     return c
 
 

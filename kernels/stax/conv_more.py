@@ -35,13 +35,14 @@ import numpy as np
 from jax import lax
 
 from kernels import spatial
-from kernels.checks import argument_error, positive_int
+from kernels.checks import argument_error
 from kernels.kernel import HIGHEST, Kernel, flip_parity
 from kernels.stax import masking
 from kernels.stax.layer import Requires, describe, leaf
 from kernels.stax.layout import ConvSpecs, with_layout
 from kernels.stax.linear import (_affine_rule, _check_affine, _check_padding, _check_parameterization,
-                                 _circular_pad, _conv_geometry, _scales, _weights, _window_args)
+                                 _circular_pad, _conv_geometry, _scales, _weights, _window_args,
+                                 width_scalings)
 
 class _Setup(NamedTuple):
     """A checked layer's arguments: ``filter_shape``/``strides`` in the filter's letter order (as given),
@@ -76,12 +77,7 @@ def _arguments(layer_name, out_chan, filter_shape, strides, padding, W_std, b_st
     _check_parameterization(name, parameterization)
     _check_affine(name, out_chan, W_std, b_std)
     filter_shape, strides = _window_args(name, filter_shape, strides, (1,) * len(filter_shape))
-    if not isinstance(s, (tuple, list)) or len(s) != 2:
-        raise argument_error(name, "s", "a pair of positive ints (s_in, s_out)", s, TypeError)
-    s_in, s_out = (positive_int(name, "s", v) for v in s)
-    if scaled and parameterization != "standard":
-        raise argument_error(name, "s", "(1, 1) with parameterization='ntk' (width scalings belong to the "
-                             "standard parameterization)", s)
+    s_in, s_out = width_scalings(name, s, parameterization)
     layout = ConvSpecs(name, len(filter_shape), dimension_numbers)
     return _Setup(name, filter_shape, strides, str(padding), layout, s_in, out_chan * s_out,  # Padding as its string
                   layout.in_lhs_order(filter_shape), layout.in_lhs_order(strides),

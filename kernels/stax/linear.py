@@ -75,6 +75,18 @@ def _check_affine(name, width, W_std, b_std):
     finite_real(name, "b_std", b_std, optional=True)
 
 
+def width_scalings(name, s, parameterization) -> tuple:
+    """``(s_in, s_out)`` of a linear layer's ``s`` (Sohl-Dickstein et al. 2020, §3), checked: a pair of
+    positive ints, other than ``(1, 1)`` only in the standard parameterization."""
+    if not isinstance(s, (tuple, list)) or len(s) != 2:
+        raise argument_error(name, "s", "a pair of positive ints (s_in, s_out)", s, TypeError)
+    s_in, s_out = (positive_int(name, "s", v) for v in s)
+    if (s_in, s_out) != (1, 1) and parameterization != "standard":
+        raise argument_error(name, "s", f"(1, 1) with parameterization={parameterization!r} (width scalings "
+                             "belong to the standard parameterization)", s)
+    return s_in, s_out
+
+
 def _weights(key, shape, fan_in, W_std, b_std, out, parameterization):
     dtype = jax.dtypes.canonicalize_dtype(jnp.float64)  # float32 unless x64 is on
     k1, k2 = jax.random.split(key)
@@ -92,7 +104,7 @@ def _scales(fan_in, W_std, b_std, parameterization):
     return 1., 1.
 
 
-def _abc_exponents(name, parameterization, role, abc, b_std, s):
+def _abc_exponents(name, parameterization, role, abc, b_std):
     """``(a, b)`` of a ``"mup"`` or ``"abc"`` Dense; refuses ``role``/``abc`` where they do not apply."""
     if parameterization not in FEATURE_LEARNING_PARAMETERIZATIONS:
         for argument, value in (("role", role), ("abc", abc)):
@@ -103,8 +115,6 @@ def _abc_exponents(name, parameterization, role, abc, b_std, s):
     if role not in ROLES:
         raise argument_error(name, "role", f"one of {ROLES} with parameterization={parameterization!r} (the "
                              "layer's place fixes its width exponents)", role)
-    if tuple(s) != (1, 1):
-        raise argument_error(name, "s", f"(1, 1) with parameterization={parameterization!r}", s)
     if parameterization == "mup":
         if abc is not None:
             raise argument_error(name, "abc", "None with parameterization='mup' (its exponents are fixed "
@@ -181,13 +191,8 @@ def Dense(out_dim: int, W_std: float = 1., b_std=None, batch_axis: int = 0, chan
                     **(dict(abc=abc) if abc is not None else {}))
     _check_parameterization(name, parameterization, PARAMETERIZATIONS + FEATURE_LEARNING_PARAMETERIZATIONS)
     _check_affine(name, out_dim, W_std, b_std)
-    if not isinstance(s, (tuple, list)) or len(s) != 2:
-        raise argument_error(name, "s", "a pair of positive ints (s_in, s_out)", s, TypeError)
-    s_in, s_out = (positive_int(name, "s", v) for v in s)
-    exponents = _abc_exponents(name, parameterization, role, abc, b_std, s)
-    if scaled and parameterization != "standard":
-        raise argument_error(name, "s", "(1, 1) with parameterization='ntk' (width scalings belong to the "
-                             "standard parameterization)", s)
+    s_in, s_out = width_scalings(name, s, parameterization)
+    exponents = _abc_exponents(name, parameterization, role, abc, b_std)
     if exponents is not None:  # acting on the channel axis wherever the inputs keep it (kernels.stax.layout)
         return in_layout(name, batch_axis, channel_axis,
                          _abc_dense(name, parameterization, out_dim, W_std, b_std, role, *exponents))
@@ -270,7 +275,7 @@ def _circular_pad(x, window_shape, strides):
 
 
 def Conv(out_chan: int, filter_shape, strides=None, padding: str = "VALID", W_std: float = 1., b_std=None,
-         dimension_numbers=None, parameterization: str = "ntk"):
+         dimension_numbers=None, parameterization: str = "ntk", s=(1, 1)):
     """Convolution over any number of spatial axes of ``(N, *S, C)`` inputs.
 
     Args:
@@ -278,7 +283,8 @@ def Conv(out_chan: int, filter_shape, strides=None, padding: str = "VALID", W_st
       filter_shape: spatial filter shape, e.g. ``(3, 3)``.
       strides: defaults to ones.
       padding: ``"VALID"``, ``"SAME"`` or ``"CIRCULAR"`` (periodic).
-      W_std, b_std, parameterization: as in `Dense`; ``fan_in = C * prod(filter_shape)``.
+      W_std, b_std, parameterization, s: as in `Dense`; ``fan_in = C * prod(filter_shape)`` (divided by
+        ``s_in``); ``out_chan * s_out`` output channels.
       dimension_numbers: ``None`` (``(N, *S, C)`` inputs and outputs, filters ``(*F, C_in, C_out)``) or
         ``(lhs_spec, rhs_spec, out_spec)`` as `jax.lax` reads them, e.g. ``("NCHW", "OIHW", "NCHW")``:
         ``filter_shape`` and ``strides`` then follow ``rhs_spec``'s spatial letters, the weights have
@@ -292,10 +298,13 @@ def Conv(out_chan: int, filter_shape, strides=None, padding: str = "VALID", W_st
                              filter_shape, TypeError)
     name = describe("Conv", out_chan=out_chan, filter_shape=tuple(filter_shape), strides=strides,
                     padding=padding, W_std=W_std, b_std=b_std, parameterization=parameterization,
-                    **(dict(dimension_numbers=dimension_numbers) if dimension_numbers is not None else {}))
+                    **(dict(dimension_numbers=dimension_numbers) if dimension_numbers is not None else {}),
+                    **(dict(s=s) if not isinstance(s, (tuple, list)) or tuple(s) != (1, 1) else {}))
     _check_padding(name, padding)
     _check_parameterization(name, parameterization)
     _check_affine(name, out_chan, W_std, b_std)
+    s_in, s_out = width_scalings(name, s, parameterization)
+    width = out_chan * s_out
     filter_shape, strides = _window_args(name, filter_shape, strides, (1,) * len(filter_shape))
     d, filter_rhs = len(filter_shape), filter_shape
     specs = None if dimension_numbers is None else ConvSpecs(name, d, dimension_numbers)
@@ -311,12 +320,12 @@ def Conv(out_chan: int, filter_shape, strides=None, padding: str = "VALID", W_st
         if len(input_shape) != d + 2:
             raise ValueError(f"{name}: expects inputs of rank {d + 2}, got shape {tuple(input_shape)}")
         fan_in = input_shape[-1] * math.prod(filter_shape)
-        shape = filter_shape + (input_shape[-1], out_chan) if specs is None \
-            else specs.weight_shape(filter_rhs, input_shape[-1], out_chan)  # drawn as neural-tangents does
-        params = _weights(rng, shape, fan_in, W_std, b_std, out_chan, parameterization)
-        out_spatial = [spatial.output_size(s, f, st, padding)
-                       for s, f, st in zip(input_shape[1:-1], filter_shape, strides)]
-        return (input_shape[0], *out_spatial, out_chan), params
+        shape = filter_shape + (input_shape[-1], width) if specs is None \
+            else specs.weight_shape(filter_rhs, input_shape[-1], width)  # drawn as neural-tangents does
+        params = _weights(rng, shape, fan_in / s_in, W_std, b_std, width, parameterization)
+        out_spatial = [spatial.output_size(n, f, st, padding)
+                       for n, f, st in zip(input_shape[1:-1], filter_shape, strides)]
+        return (input_shape[0], *out_spatial, width), params
 
     def apply_fn(params, x, **kwargs):
         W, b = params
@@ -326,15 +335,15 @@ def Conv(out_chan: int, filter_shape, strides=None, padding: str = "VALID", W_st
         w_scale, b_scale = _scales(x.shape[-1] * math.prod(filter_shape), W_std, b_std, parameterization)
         W = W if specs is None else jnp.transpose(W, specs.weight_perm)
         out = lax.conv_general_dilated(x, W.astype(x.dtype), strides, pad, dimension_numbers=numbers)
-        out = w_scale * out
+        out = (w_scale / math.sqrt(s_in)) * out  # s_in is 1 in the ntk parameterization
         return out if b is None else out + b_scale * b
 
     def rule(k: Kernel) -> Kernel:
         _conv_geometry(name, k, filter_shape, strides, padding)
-        fan_in = k.channels * math.prod(filter_shape)
+        fan_in = k.channels * math.prod(filter_shape) / s_in
         return flip_parity(_affine_rule(k, lambda a: spatial.conv_positions(a, k.full, d, filter_shape, strides,
                                                                             padding),
-                                        fan_in, W_std, b_std, parameterization, out_chan))
+                                        fan_in, W_std, b_std, parameterization, width))
 
     # Masked inputs enter as zeros; an output is masked where its window's centre is (masking.window_centres).
     return with_layout(DEFAULT if specs is None else specs.layout, lambda perm: leaf(

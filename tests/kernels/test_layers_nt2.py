@@ -1,9 +1,9 @@
 """The layers of kernels/stax/extra.py (Gabor, ExpNormalized, Dropout, Index/Slice, ImageResize, the
-enums) and Dense's ``s``: against neural-tangents 0.6.5, against finite networks, and their errors.
+enums) and Dense's and Conv's ``s``: against neural-tangents 0.6.5, against finite networks, and their errors.
 
 Reference values: tests/data/nt_layers2_reference.npz (tests/data/nt_layers2_reference.README.md),
 compared as the oracle is: max |ours - ref| / max |ref| < 1e-6 in float64. The Monte Carlo rows of
-Gabor, Index, ImageResize, Dropout(mode="test") and Dense's ``s`` are in tests/kernels/test_layers.py;
+Gabor, Index, ImageResize, Dropout(mode="test") and Dense's and Conv's ``s`` are in tests/kernels/test_layers.py;
 here the layers whose finite network that table can not express (Dropout in training, whose
 apply_fn takes a key; ExpNormalized, which has none).
 """
@@ -53,7 +53,8 @@ def our_kernels(data, case, spec=None):
 # One case per layer in the default suite (each compiles three kernel functions: ~3-10 s of CPU);
 # the rest with the slow checks.
 DEFAULT_CASES = {"mlp_gabor", "mlp_expnormalized", "mlp_dropout_train", "cnn2d_dropout_train_flatten",
-                 "cnn2d_index_spatial_output", "resize_inputs_nearest_first", "mlp_dense_standard_s"}
+                 "cnn2d_index_spatial_output", "resize_inputs_nearest_first", "mlp_dense_standard_s",
+                 "cnn2d_conv_standard_s"}
 
 
 def _cases():
@@ -84,6 +85,9 @@ WRONG = {
                                                                         "method": "nearest"}),
     "mlp_dense_standard_s": ("Dense", "Dense", {"out_dim": 256, "W_std": 1.2, "b_std": 0.1,
                                                 "parameterization": "standard", "s": (2, 2)}),
+    # the first Conv without its s=(1, 2): the next one's s_in=2 then divides half the channels
+    "cnn2d_conv_standard_s": ("Conv", "Conv", {"out_chan": 64, "filter_shape": (3, 3), "padding": "SAME",
+                                               "W_std": 1.3, "b_std": 0.2, "parameterization": "standard"}),
 }
 
 
