@@ -186,9 +186,10 @@ def FanInSum() -> Layer:
     def combine(ks):
         _check_independent(name, ks)
         if len(ks) > 1 and any(k.mean1 is None for k in ks):
-            raise ValueError(f"{name}: the channel mean of a branch has no closed form (it ends in an Elementwise "
-                             "activation given only its nngp_fn), so the covariance between branches is unknown; "
-                             "end the branch in a Dense or Conv")
+            raise ValueError(f"{name}: the channel mean of a branch is unknown (it ends in an Elementwise "
+                             "activation given only its nngp_fn or a custom layer, or, in kernel_fn(Kernel), starts "
+                             "at the end of another network that is not a Dense, Conv or attention), so the "
+                             "covariance between branches is unknown; end the branch in a Dense or Conv")
         first = ks[0]
         add = lambda f: sum(_fields(ks, f)[1:], _fields(ks, f)[0])
         nngp, cov1, cov2 = add("nngp"), add("cov1"), None if first.cov2 is None else add("cov2")

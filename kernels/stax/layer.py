@@ -285,7 +285,9 @@ class KernelFn:
             raise ValueError(f"{where}: this network mixes positions (pooling, attention, a readout that is not "
                              "Flatten) and needs the covariances of every pair of positions, but the given "
                              "Kernel keeps only equal positions; compute it without diagonal_spatial=True")
-        return k.replace(cov2=None if k.x1_is_x2 else k.cov2, selves=None)
+        k = k.replace(cov2=None if k.x1_is_x2 else k.cov2, selves=None)
+        # The public kernel drops the channel means (internal); outputs of a layer with weights have mean zero.
+        return k.with_zero_means() if k.is_gaussian else k
 
     def _output(self, where, out, request, arrays, x1_is_x2, diagonal_spatial, neural_tangents_axis_order):
         """The rule's output kernel(s) (one per branch) as `kernel_fn` returns them."""
@@ -669,9 +671,11 @@ def check_requirements(name: str, requires: Requires, k: Kernel) -> None:
     if requires.spatial and d == 0:
         raise ValueError(f"{name}: needs inputs with spatial axes (N, *S, C); got {spatial_description(k)}")
     if requires.known_mean and k.mean1 is None:
-        raise ValueError(f"{name}: the channel mean of its inputs has no closed form (they follow an "
-                         "Elementwise activation given only its nngp_fn), so it cannot be subtracted at "
-                         "infinite width; use a built-in activation or ElementwiseNumerical before it")
+        raise ValueError(f"{name}: the channel mean of its inputs is unknown (they follow an Elementwise "
+                         "activation given only its nngp_fn, a custom layer, or, in kernel_fn(Kernel), the end of "
+                         "another network that is not a Dense, Conv or attention), so it cannot be subtracted at "
+                         "infinite width; use a built-in activation or ElementwiseNumerical before it, or compute "
+                         "the whole network in one kernel_fn")
 
 
 def leaf(name: str, init_fn, apply_fn, rule, needs_full=keep_requirement, requires: Requires = Requires(),

@@ -182,6 +182,25 @@ def test_kernel_fn_of_a_kernel_continues_the_network():
                                rtol=1e-12)
 
 
+def test_kernel_fn_of_a_kernel_subtracts_zero_means_after_weights():
+    """A LayerNorm (or a sum of branches) given another network's Kernel needs the channel means, which the public
+    Kernel does not carry: after Dense, Conv or attention they are zero, and the result is the whole network's;
+    after an activation they are unknown, and the Kernel is refused rather than normalized as if centred."""
+    x, x2 = images(), images(2, seed=4)
+    for first in ([stax.Conv(3, (2, 2), padding="SAME")],
+                  [stax.Conv(3, (2, 2), padding="SAME"), stax.Relu(), stax.GlobalSelfAttention(4, 4, 4, 2)]):
+        second = [stax.LayerNorm(axis=(1, 2, 3)), stax.Relu(), stax.FanOut(2),
+                  stax.parallel(stax.Conv(2, (2, 2), padding="SAME"), stax.Identity()), stax.FanInSum(), stax.GlobalAvgPool()]
+        for b in (None, x2):
+            whole = stax.serial(*first, *second).kernel_fn(x, b, ("nngp", "ntk"))
+            half = stax.serial(*second).kernel_fn(stax.serial(*first).kernel_fn(x, b), get=("nngp", "ntk"))
+            for f in ("nngp", "ntk"):
+                np.testing.assert_allclose(getattr(half, f), getattr(whole, f), rtol=1e-12)
+    after_relu = stax.serial(stax.Conv(3, (2, 2), padding="SAME"), stax.Relu()).kernel_fn(x)
+    with pytest.raises(ValueError, match=r"LayerNorm.*channel mean of its inputs is unknown.*kernel_fn\(Kernel\)"):
+        stax.LayerNorm().kernel_fn(after_relu)
+
+
 def test_kernel_fn_of_a_kernel_refuses_what_it_cannot_use():
     x = images()
     diagonal = stax.Conv(2, (2, 2), padding="SAME").kernel_fn(x, None, diagonal_spatial=True)
