@@ -189,6 +189,9 @@ def batch(kernel_fn: Callable, batch_size: int = 0, device_count: int = -1, stor
         given = x1 if isinstance(x1, Kernel) else None
         inputs = (x1, x2) if given is None and isinstance(x1, (list, tuple)) else None  # several inputs
         if given is not None:
+            if kwargs.get("pattern") is not None:
+                raise argument_error("batch", "pattern", "None when x1 is a Kernel (graphs are tiled with array "
+                                     "inputs; call kernel_fn(kernel, pattern=...) itself)", "graphs")
             x1, x2, args = _kernel_as_examples(given, x2, args, kwargs)
         elif inputs is not None:
             x1, x2, args, spatial_ndim = _inputs_as_examples(x1, x2, args, kwargs)

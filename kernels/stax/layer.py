@@ -262,12 +262,16 @@ class KernelFn:
                    neural_tangents_axis_order):
         """``kernel_fn(Kernel)``: the network applied to the outputs of another network, whose public
         `Kernel` (``get=None``) is ``k``, as neural-tangents does."""
-        for argument, value, allowed in (("x2", x2, (None,)), ("block_size", block_size, (None, 0)),
-                                         ("pattern", pattern, (None,))):
+        for argument, value, allowed in (("x2", x2, (None,)), ("block_size", block_size, (None, 0))):
             if value not in allowed:
                 raise argument_error(where, argument, f"{' or '.join(map(repr, allowed))} when x1 is a Kernel "
                                      "(its pairs of examples are already chosen)", value)
         k = self._internal_kernel(where, k, self.needs_full(not diagonal_spatial))
+        n1, n2 = k.nngp.shape[:2]  # the graphs of the Kernel's examples, checked as for inputs of these batches
+        patterns = check_pattern_keyword(where, self.keywords, pattern, np.empty((n1, 0)),
+                                         None if k.x1_is_x2 else np.empty((n2, 0)), block_size)
+        if patterns is not None:
+            k = k.replace(pattern1=patterns[0], pattern2=patterns[1])
         return self._output(where, self._jitted_rule(k), request, arrays, k.x1_is_x2, diagonal_spatial,
                             neural_tangents_axis_order)
 

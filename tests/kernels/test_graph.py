@@ -221,6 +221,26 @@ def test_pattern_reaches_aggregate_inside_combinators():
     assert not np.allclose(k, kernel_fn(x, None, "nngp"))
 
 
+def test_kernel_of_a_kernel_takes_the_graphs_of_its_examples():
+    """kernel_fn(Kernel, pattern=...): a graph network applied to another network's Kernel is the whole network
+    (as in neural-tangents); graphs of another batch size are refused, and so is batch() of it (not tiled)."""
+    x, dense, _ = graphs(n=5)
+    first = stax.serial(stax.Dense(8, 1.3, 0.2), stax.Relu())
+    second = stax.serial(stax.Aggregate(), stax.Dense(8), stax.Relu(), stax.Aggregate(), stax.GlobalAvgPool())
+    whole = stax.serial(first, second)[2]
+    for x2, pattern in ((None, (dense, None)), (x[1:], (dense, dense[1:]))):
+        k = first[2](x, x2)
+        got = second[2](k, get=("nngp", "ntk"), pattern=pattern)
+        want = whole(x, x2, ("nngp", "ntk"), pattern=pattern)
+        np.testing.assert_allclose(got.nngp, want.nngp, rtol=1e-12)
+        np.testing.assert_allclose(got.ntk, want.ntk, rtol=1e-12)
+    assert not np.allclose(second[2](k, get="nngp", pattern=(dense, dense[::-1][:4])), want.nngp)  # graphs matter
+    with pytest.raises(ValueError, match="`pattern`.*leading axis 4"):
+        second[2](k, get="nngp", pattern=(dense, dense))
+    with pytest.raises(ValueError, match="batch: argument `pattern`"):
+        batch(second[2], 2, progress=False)(k, None, "nngp", pattern=(dense, dense[1:]))
+
+
 def test_batch_slices_the_pattern_per_tile():
     x, dense, edges = graphs(n=5)
     del edges  # SPARSE tiles slice the same way (tests/kernels/test_graph.py parity cases run it unbatched)
