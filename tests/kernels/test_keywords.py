@@ -45,8 +45,8 @@ def _diagonal_of_pairs(a, batch_ndim):
 
 
 def test_diagonal_spatial_of_a_pooled_network_is_the_diagonal_of_its_pairs():
-    # neural-tangents refuses diagonal_spatial after a pooling layer; widekit computes the pairs
-    # the pooling needs and returns their diagonal.
+    # widekit computes the pairs the pooling needs and returns their diagonal (neural-tangents refuses
+    # diagonal_spatial after global pooling, and after AvgPool pools the equal positions only: not this diagonal).
     net = stax.serial(stax.Conv(4, (3, 3), padding="SAME"), stax.Relu(), stax.AvgPool((2, 2), padding="SAME"),
                       stax.Conv(4, (2, 2), padding="SAME"), stax.Erf())
     x1 = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 4, 2))
