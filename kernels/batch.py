@@ -69,6 +69,7 @@ import weakref
 from typing import Callable, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from kernels import tiling
@@ -196,6 +197,7 @@ def batch(kernel_fn: Callable, batch_size: int = 0, device_count: int = -1, stor
         elif inputs is not None:
             x1, x2, args, spatial_ndim = _inputs_as_examples(x1, x2, args, kwargs)
         else:
+            x1, x2, tiled_fn = _batch_first(kernel_fn, x1, x2, kwargs)
             x1 = check_examples("batch", "x1", x1)
             x2 = None if x2 is None else check_examples("batch", "x2", x2)
         symmetric = x2 is None
@@ -206,9 +208,10 @@ def batch(kernel_fn: Callable, batch_size: int = 0, device_count: int = -1, stor
         elif inputs is not None:  # the tile's examples of every input, by their indices
             f_diag, f_off = _tile_functions_with(_on_inputs_tile(kernel_fn), get, args, kwargs)
         elif patterns is None:
-            f_diag, f_off = tile_fns(get) if not (args or kwargs) else _tile_functions_with(kernel_fn, get, args, kwargs)
+            f_diag, f_off = tile_fns(get) if not (args or kwargs) and tiled_fn is kernel_fn else \
+                _tile_functions_with(tiled_fn, get, args, kwargs)
         else:  # the graphs are per-example data, sliced with the tile's examples
-            f_diag, f_off = _pattern_tile_functions(kernel_fn, get, args, kwargs, patterns)
+            f_diag, f_off = _pattern_tile_functions(tiled_fn, get, args, kwargs, patterns)
             kwargs = dict(kwargs, pattern=patterns)  # for the store's fingerprint
         if patterns is not None:  # the tile functions take the tile's example indices
             f_diag, f_off = _indexed_tiles(f_diag, f_off, plan, symmetric)
@@ -641,6 +644,22 @@ def _on_inputs_tile(kernel_fn):
 
 def _is_kernel(x) -> bool:
     return isinstance(x, Kernel)
+
+
+def _batch_first(kernel_fn, x1, x2, kwargs: dict):
+    """``(x1, x2, tiled_fn)``: the inputs with their examples on the leading axis, which the tiles slice, and
+    the ``kernel_fn`` of such tiles. A network that reads its examples along another axis (its first layer's
+    ``batch_axis``, or ``kernel_fn``'s keyword) gets each tile moved back to it (neural-tangents' ``batch``
+    slices axis 0 whatever the layout)."""
+    b = kwargs.get("batch_axis")
+    b = (getattr(kernel_fn, "input_axes", None) or (0,))[0] if b is None else b
+    ndim = np.ndim(x1)
+    if not isinstance(b, (int, np.integer)) or not -ndim <= b < ndim or b % ndim == 0:
+        return x1, x2, kernel_fn  # batch first already, or kernel_fn names the bad axis
+    b = int(b) % ndim
+    back = lambda x: None if x is None else jnp.moveaxis(x, 0, b)
+    first = lambda x: None if x is None else np.moveaxis(np.asarray(x), b, 0)
+    return first(x1), first(x2), lambda a, c, *rest, **kw: kernel_fn(back(a), back(c), *rest, **kw)
 
 
 def _on_kernel_tile(kernel_fn):

@@ -227,3 +227,21 @@ def test_kernel_fn_layout_keywords():
         net.kernel_fn(x, None, "nngp", channel_axis=-1)
     with pytest.raises(ValueError, match="batch_axis"):
         net.kernel_fn(net.kernel_fn(x), batch_axis=0)
+
+
+def test_batch_tiles_examples_along_the_networks_batch_axis():
+    """`kernels.batch` of a network that keeps its examples on axis 1 or last tiles them there: the tiled
+    kernel is the one-piece kernel (neural-tangents' batch slices axis 0, the channels here)."""
+    from kernels import batch
+    seq = stax.serial(stax.Dense(6, 1.3, 0.1, batch_axis=1, channel_axis=0), stax.Relu(),
+                      stax.Dense(1, batch_axis=1, channel_axis=0))
+    cnn = stax.serial(stax.Conv(4, (2, 2), padding="SAME", dimension_numbers=("HWCN", "HWIO", "HWCN")), stax.Relu(),
+                      stax.GlobalAvgPool(batch_axis=3, channel_axis=2), stax.Dense(1, batch_axis=1, channel_axis=0))
+    rng = np.random.default_rng(3)
+    for net, x1, x2 in ((seq, rng.standard_normal((3, 5)), rng.standard_normal((3, 4))),
+                        (cnn, rng.standard_normal((3, 4, 2, 5)), rng.standard_normal((3, 4, 2, 3)))):
+        for other in (None, x2):
+            whole = net[2](x1, other, ("nngp", "ntk"))
+            tiled = batch(net[2], 2, progress=False)(x1, other, ("nngp", "ntk"))
+            np.testing.assert_allclose(tiled.nngp, whole.nngp, rtol=1e-12)
+            np.testing.assert_allclose(tiled.ntk, whole.ntk, rtol=1e-12)
