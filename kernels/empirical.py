@@ -459,9 +459,6 @@ def _check_params_fit(where, f, params, x1, kw1, x2, kw2) -> None:
                                  f"{type(error).__name__}: {str(error).splitlines()[0][:200]}") from error
 
 
-_RNG_STREAM = 2 ** 31 - 1  # fold_in constant separating a sample's `rng` from its init key
-
-
 def monte_carlo_kernel_fn(init_fn, apply_fn, key, n_samples: Union[int, Iterable[int]], batch_size: int = 0,
                           device_count: int = -1, store_on_device: bool = True, trace_axes=(-1,),
                           diagonal_axes=(), vmap_axes=None, implementation=None):
@@ -469,9 +466,10 @@ def monte_carlo_kernel_fn(init_fn, apply_fn, key, n_samples: Union[int, Iterable
 
     Args:
       init_fn, apply_fn: the finite network.
-      key: PRNG key; sample ``i`` is initialized from ``k_i = jax.random.fold_in(key, i)``, and
-        its stochastic layers (Dropout) get ``rng=jax.random.fold_in(k_i, 2**31 - 1)`` (split
-        between ``x1`` and ``x2`` as `split_kwargs` says), so every sample draws its own masks.
+      key: PRNG key, used as neural-tangents 0.6.5 uses it, so that the same key draws the same networks:
+        sample ``i`` (from 1) takes ``s_i`` of ``k_i, s_i = jax.random.split(k_{i-1})``, ``k_0 = key``, and
+        ``init_key, rng = jax.random.split(s_i)``; its weights come from ``init_key`` and its stochastic
+        layers (Dropout) get ``rng`` (split between ``x1`` and ``x2`` as `split_kwargs` says).
       n_samples: an int, or an increasing iterable of ints (then ``kernel_fn``
         returns a generator of running averages at those counts).
       batch_size: if positive, examples per chunk of the Jacobian contraction.
@@ -499,18 +497,17 @@ def monte_carlo_kernel_fn(init_fn, apply_fn, key, n_samples: Union[int, Iterable
         raise argument_error(where, "n_samples", "a positive int or an iterable of them", n_samples)
 
     @functools.partial(jax.jit, static_argnames=("names",))
-    def sample(i, x1, x2, names, kwargs):
-        init_key = jax.random.fold_in(key, i)
+    def sample(sample_key, x1, x2, names, kwargs):
+        init_key, rng = jax.random.split(sample_key)
         _, params = init_fn(init_key, jax.tree.map(jnp.shape, x1))
-        # each sampled network its own draw of stochastic layers (Dropout), independent of its weights
-        rng = jax.random.fold_in(init_key, _RNG_STREAM)
         return empirical.values(params, x1, x2, names, dict(kwargs, rng=rng))
 
     def running(x1, x2, request, kwargs, structure):
-        total, done = None, 0
+        total, done, chain = None, 0, key
         for n in counts:
-            for i in range(done, n):
-                part = sample(i, x1, x2, request.names, kwargs)
+            for _ in range(done, n):
+                chain, sample_key = jax.random.split(chain)
+                part = sample(sample_key, x1, x2, request.names, kwargs)
                 total = part if total is None else jax.tree.map(jnp.add, total, part)
             done = n
             mean = jax.tree.map(lambda a: a / n, total)

@@ -199,7 +199,11 @@ def test_monte_carlo_kernel_fn_is_the_mean_of_empirical_kernels():
     key = jax.random.PRNGKey(7)
     mc = monte_carlo_kernel_fn(init_fn, apply_fn, key, 5)(x, None, ("nngp", "ntk"))
     empirical = empirical_kernel_fn(apply_fn)
-    by_hand = [empirical(x, None, ("nngp", "ntk"), init_fn(jax.random.fold_in(key, i), x.shape)[1]) for i in range(5)]
+    keys, chain = [], key  # neural-tangents 0.6.5's draws: a chain of splits, each sample's key split again
+    for _ in range(5):
+        chain, sample_key = jax.random.split(chain)
+        keys.append(jax.random.split(sample_key)[0])
+    by_hand = [empirical(x, None, ("nngp", "ntk"), init_fn(k, x.shape)[1]) for k in keys]
     np.testing.assert_allclose(mc.nngp, np.mean([k.nngp for k in by_hand], 0), rtol=1e-12)
     np.testing.assert_allclose(mc.ntk, np.mean([k.ntk for k in by_hand], 0), rtol=1e-12)
     running = list(monte_carlo_kernel_fn(init_fn, apply_fn, key, [2, 5])(x, None, "ntk"))
