@@ -266,6 +266,8 @@ class KernelFn:
             if value not in allowed:
                 raise argument_error(where, argument, f"{' or '.join(map(repr, allowed))} when x1 is a Kernel "
                                      "(its pairs of examples are already chosen)", value)
+        # A Kernel of equal positions only gives equal positions (neural-tangents' diagonal_spatial stays on).
+        diagonal_spatial = diagonal_spatial or (k.spatial_ndim > 0 and not k.full)
         k = self._internal_kernel(where, k, self.needs_full(not diagonal_spatial))
         n1, n2 = k.nngp.shape[:2]  # the graphs of the Kernel's examples, checked as for inputs of these batches
         patterns = check_pattern_keyword(where, self.keywords, pattern, np.empty((n1, 0)),

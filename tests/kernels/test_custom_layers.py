@@ -207,6 +207,11 @@ def test_kernel_fn_of_a_kernel_refuses_what_it_cannot_use():
     with pytest.raises(ValueError, match="every pair of positions"):
         stax.GlobalAvgPool().kernel_fn(diagonal)
     assert stax.Flatten().kernel_fn(diagonal, get="nngp").shape == (3, 3)  # Flatten needs equal positions only
+    # Layers that keep positions apart continue a Kernel of equal positions, giving equal positions.
+    rest = stax.serial(stax.Relu(), stax.Conv(2, (2, 2), padding="SAME"), stax.Erf())
+    whole = stax.serial(stax.Conv(2, (2, 2), padding="SAME"), rest)
+    np.testing.assert_allclose(rest.kernel_fn(diagonal, get="ntk"), whole.kernel_fn(x, None, "ntk", diagonal_spatial=True),
+                               rtol=1e-12)
     k = stax.Conv(2, (2, 2), padding="SAME").kernel_fn(x)
     with pytest.raises(ValueError, match="`x2`"):
         stax.Relu().kernel_fn(k, x)
