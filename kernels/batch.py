@@ -82,6 +82,7 @@ from kernels.tile_store import COLS, PAIRS, ROWS, Output, TileStore, python_vers
 __all__ = ["batch"]
 
 GET_NAMES = ("nngp", "ntk", "cov1", "cov2")
+MASK_NAMES = ("mask1", "mask2")  # a Kernel's masks of positions (masked inputs), rows and columns like cov1, cov2
 _TILE_FNS = weakref.WeakKeyDictionary()  # kernel_fn -> {get: (diagonal tile fn, off-diagonal tile fn)}
 
 
@@ -457,7 +458,7 @@ def _outputs(template, request, plan, spatial_ndim: int, mirrored: bool = True) 
     for path, branch in _branches(template):
         for name, leaf in _one_as_dict(branch, request).items():
             key = _key(path, name)
-            kind = COLS if name == "cov2" else ROWS if name == "cov1" else PAIRS
+            kind = COLS if name in ("cov2", "mask2") else ROWS if name in ("cov1", "mask1") else PAIRS
             lead = (plan.n1, plan.n2) if kind == PAIRS else (plan.n1,) if kind == ROWS else (plan.n2,)
             expect = (plan.b1, plan.b2) if kind == PAIRS else (plan.b1,) if kind == ROWS else (plan.b2,)
             if tuple(leaf.shape[:len(lead)]) != expect:
@@ -672,7 +673,10 @@ def _on_kernel_tile(kernel_fn):
         pairs = lambda a: None if a is None else a[r][:, c]
         cov1 = k.cov1[r]
         cov2 = cov1 if same else k.cov2_or_cov1[c]
-        tile = k.replace(nngp=pairs(k.nngp), ntk=pairs(k.ntk), cov1=cov1, cov2=cov2, x1_is_x2=same)
+        mask1 = None if k.mask1 is None else k.mask1[r]
+        mask2 = None if same or k.mask1 is None else (k.mask1 if k.mask2 is None else k.mask2)[c]
+        tile = k.replace(nngp=pairs(k.nngp), ntk=pairs(k.ntk), cov1=cov1, cov2=cov2, mask1=mask1, mask2=mask2,
+                         x1_is_x2=same)
         return kernel_fn(tile, None, get, *args, **kwargs)
     return on_tile
 
@@ -756,8 +760,8 @@ def _as_dict(out, request) -> dict:
 
 def _one_as_dict(out, request) -> dict:
     """The arrays of one branch's result, by name (absent fields left out)."""
-    if request.form == "all":
-        values = {n: getattr(out, n, None) for n in GET_NAMES}
+    if request.form == "all":  # a Kernel of masked inputs carries its masks, tiled as cov1 and cov2 are
+        values = {n: getattr(out, n, None) for n in GET_NAMES + MASK_NAMES}
     elif request.form == "one":
         values = {request.names[0]: out}
     else:
@@ -769,9 +773,9 @@ def _rebuild(template, request, arrays: dict, path: tuple = ()):
     """The result ``kernel_fn`` returns, shaped as ``template``, holding ``arrays`` (by `_key`)."""
     if isinstance(template, list):
         return [_rebuild(t, request, arrays, path + (i,)) for i, t in enumerate(template)]
-    arrays = {n: arrays[_key(path, n)] for n in GET_NAMES if _key(path, n) in arrays}
+    arrays = {n: arrays[_key(path, n)] for n in GET_NAMES + MASK_NAMES if _key(path, n) in arrays}
     if request.form == "all":
-        fields = {n: arrays.get(n) for n in GET_NAMES if hasattr(template, n)}
+        fields = {n: arrays.get(n) for n in GET_NAMES + MASK_NAMES if hasattr(template, n)}
         if hasattr(template, "replace"):
             return template.replace(**fields)
         return dataclasses.replace(template, **fields)

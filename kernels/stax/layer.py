@@ -408,7 +408,9 @@ def _public(k: Kernel, names: tuple, x1_is_x2: bool, interleave: bool) -> Kernel
         cov2=(nt(k.cov2_or_cov1, 1) if "cov2" in names else None),
         mean1=None, mean2=None,  # internal: what LayerNorm reads, not a result
         pattern1=None, pattern2=None,  # inputs, not results
-        mask1=None, mask2=None,  # the outputs are zero at masked positions already
+        # The outputs are zero at masked positions already; the masks say which, for a network that continues
+        # from this Kernel (kernel_fn(Kernel)), as neural-tangents' Kernel carries them.
+        mask2=None if x1_is_x2 else k.mask2,
         x1_is_x2=x1_is_x2,
         # Nothing to reverse without positions: neural-tangents' Flatten and global pooling clear it,
         # so a network's flag does not depend on whether its first half ran on pairs or a diagonal.

@@ -165,6 +165,28 @@ def test_kernel_across_lengths_matches_wide_finite_networks_on_truncated_sequenc
     assert np.max(np.abs(mc - ignored)) / np.max(np.abs(exact)) > 0.1
 
 
+def test_kernel_of_a_masked_kernel_keeps_its_masks():
+    """kernel_fn(Kernel) continues from a Kernel of padded inputs as the whole network runs on them, which equals
+    the kernels of the truncated sequences (above): the Kernel carries its masks, tiled by batch like cov1/cov2.
+    A continuation that lost them would average the padding into GlobalAvgPool."""
+    x = _padded(3)
+    first = stax.serial(stax.Dense(64, 1.3, 0.2), stax.Relu())
+    second = stax.serial(stax.Dense(64, 1.1, 0.1), stax.Relu(), stax.GlobalAvgPool(), stax.Dense(1, 1.1, 0.05))
+    whole = stax.serial(first, second)
+    for x2 in (None, x[1:]):
+        k = first.kernel_fn(x, x2, mask_constant=PAD)
+        want = whole.kernel_fn(x, x2, ("nngp", "ntk"), mask_constant=PAD)
+        got = second.kernel_fn(k, get=("nngp", "ntk"))
+        np.testing.assert_allclose(got.nngp, want.nngp, rtol=1e-12)
+        np.testing.assert_allclose(got.ntk, want.ntk, rtol=1e-12)
+    tiled = batch(first.kernel_fn, 2, progress=False)(x, None, mask_constant=PAD)
+    np.testing.assert_array_equal(tiled.mask1, np.arange(6)[None] >= np.array(LENGTHS)[:, None])
+    again = batch(second.kernel_fn, 2, progress=False)(tiled, None, "nngp")
+    np.testing.assert_allclose(again, whole.kernel_fn(x, None, "nngp", mask_constant=PAD), rtol=1e-12)
+    lost = second.kernel_fn(k.replace(mask1=None, mask2=None), get="nngp")
+    assert np.max(np.abs(lost - want.nngp)) > 1e-2 * np.max(np.abs(want.nngp))
+
+
 @pytest.mark.slow
 def test_nan_marks_masked_entries_and_kernels_batch_tiles_masked_inputs(reference):
     name = "seq_imdb_like"
