@@ -172,7 +172,10 @@ def test_dot_general_matches_finite_networks_and_a_wrong_constant_does_not(case)
     x = np.random.default_rng(4).standard_normal(shape)
     sampled = monte_carlo(layer, x)
     right = layer[2](x, None, ("nngp", "ntk"))
-    assert agrees(right, sampled)
+    # The sampled NNGP of rhs_free_axis is off by 3-8% of its scale depending on the key (5 keys measured; its
+    # NTK by 0.2%); the wrong constants below are 35% and 130% off.
+    tolerance = 0.12
+    assert agrees(right, sampled, tolerance)
     # Deliberately wrong: the same network with the constant's sign flipped in one entry.
     flipped = constant.copy()
     flipped.flat[0] *= -1
@@ -182,7 +185,7 @@ def test_dot_general_matches_finite_networks_and_a_wrong_constant_does_not(case)
     else:
         wrong = stax.serial(stax.Conv(WIDTH, (2, 2), padding="SAME"), stax.DotGeneral(rhs=flipped * 1.5, dimension_numbers=(((2,), (0,)), ((), ()))),
                             stax.Erf(), stax.Flatten(), stax.Dense(READOUT))
-    assert not agrees(wrong[2](x, None, ("nngp", "ntk")), sampled)
+    assert not agrees(wrong[2](x, None, ("nngp", "ntk")), sampled, tolerance)
 
 
 def test_dot_general_output_layout():
