@@ -266,8 +266,10 @@ class KernelFn:
             if value not in allowed:
                 raise argument_error(where, argument, f"{' or '.join(map(repr, allowed))} when x1 is a Kernel "
                                      "(its pairs of examples are already chosen)", value)
-        # A Kernel of equal positions only gives equal positions (neural-tangents' diagonal_spatial stays on).
+        # A Kernel of equal positions only gives equal positions (neural-tangents' diagonal_spatial stays on), and
+        # one in neural-tangents' axis order gives that order.
         diagonal_spatial = diagonal_spatial or (k.spatial_ndim > 0 and not k.full)
+        neural_tangents_axis_order = neural_tangents_axis_order or k.is_reversed
         k = self._internal_kernel(where, k, self.needs_full(not diagonal_spatial))
         n1, n2 = k.nngp.shape[:2]  # the graphs of the Kernel's examples, checked as for inputs of these batches
         patterns = check_pattern_keyword(where, self.keywords, pattern, np.empty((n1, 0)),
@@ -285,6 +287,8 @@ class KernelFn:
             raise argument_error(where, "x1", "a Kernel with nngp, ntk and cov1 (kernel_fn(..., get=None) "
                                  "returns one)", f"a Kernel without {', '.join(missing)}")
         d = k.spatial_ndim
+        if k.is_reversed:  # kernel_fn(..., neural_tangents_axis_order=True): back to the inputs' order
+            k = k.map_arrays(reverse_spatial).replace(is_reversed=False)
         if k.full and d:  # neural-tangents' interleaved position pairs -> (S, S')
             k = k.map_arrays(from_neural_tangents_layout)
         if d and not k.full and any_requirement(needs):

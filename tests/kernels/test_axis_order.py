@@ -50,3 +50,24 @@ def test_a_parity_rule_that_ignores_merges_would_fail():
     assert k.shape == (2, 2, 3, 3, 4, 4)
     with pytest.raises(TypeError, match="neural_tangents_axis_order"):
         kernel_fn(x1, None, "nngp", neural_tangents_axis_order="yes")
+
+
+def test_a_kernel_in_neural_tangents_order_continues_as_the_whole_network():
+    """kernel_fn(Kernel) of a Kernel returned with neural_tangents_axis_order=True reads its reversed axes back:
+    the continuation is the whole network's kernel, in neural-tangents' order again. Read as widekit's order,
+    the asymmetric filters after it would see the image transposed."""
+    from kernels import stax
+    first = stax.Conv(2, (2, 1), padding="SAME")
+    rest = stax.serial(stax.Relu(), stax.Conv(2, (3, 2), padding="SAME"), stax.Relu(), stax.Conv(2, (1, 2), padding="SAME"))
+    x = np.random.default_rng(0).standard_normal((2, 3, 4, 2))
+    k = first.kernel_fn(x, None, neural_tangents_axis_order=True)
+    assert k.is_reversed
+    got = rest.kernel_fn(k, get=("nngp", "ntk", "is_reversed"))
+    want = stax.serial(first, rest).kernel_fn(x, None, ("nngp", "ntk", "is_reversed"), neural_tangents_axis_order=True)
+    assert got.is_reversed == want.is_reversed
+    np.testing.assert_allclose(got.nngp, want.nngp, rtol=1e-12)
+    np.testing.assert_allclose(got.ntk, want.ntk, rtol=1e-12)
+    # The reversed arrays taken as widekit's order: the filters slide along the wrong image axes.
+    misread = np.asarray(rest.kernel_fn(k.replace(is_reversed=False), get="nngp"))
+    ours = np.asarray(reverse_spatial(stax.serial(first, rest).kernel_fn(x, None, "nngp"), 2))  # misread's layout
+    assert misread.shape == ours.shape and np.max(np.abs(misread - ours)) > 1e-3 * np.max(np.abs(ours))
