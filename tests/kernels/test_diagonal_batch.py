@@ -105,8 +105,7 @@ def test_kernel_fn_of_a_kernel_and_batch():
     assert tiled.diagonal_batch is False
     for field in ("nngp", "ntk", "cov1", "cov2"):
         np.testing.assert_allclose(np.asarray(getattr(tiled, field)), getattr(expected, field), rtol=1e-10)
-    np.testing.assert_allclose(np.asarray(batch(net, 2, progress=False)(Y1, None, "cov2", diagonal_batch=False)),
-                               expected.cov1, rtol=1e-10)
+    assert batch(net, 2, progress=False)(Y1, None, "cov2", diagonal_batch=False) is None  # as neural-tangents
 
 
 def test_refusals_name_the_argument():
