@@ -231,7 +231,7 @@ class KernelFn:
 
         def result(path, k):
             k = _narrow(self.name + branch_label(path), k, arrays, dtype)
-            k = _finish(k, diagonal_spatial, neural_tangents_axis_order, x1_is_x2=x2 is None)
+            k = _finish(k, diagonal_spatial, neural_tangents_axis_order)
             return request.pack({n: getattr(k, n) for n in request.names}, whole=k)
         return map_branches(result, out)
 
@@ -305,7 +305,7 @@ class KernelFn:
         map_branches(lambda path, o: _refuse_non_finite(where + branch_label(path), o), out)
 
         def result(path, o):
-            o = _finish(o, diagonal_spatial, neural_tangents_axis_order, x1_is_x2)
+            o = _finish(o, diagonal_spatial, neural_tangents_axis_order)
             return request.pack({n: getattr(o, n) for n in request.names}, whole=o)
         return map_branches(result, out)
 
@@ -409,7 +409,7 @@ def _public(k: Kernel, names: tuple, x1_is_x2: bool, interleave: bool) -> Kernel
         nngp=nt(k.nngp, 2) if "nngp" in names else None,
         ntk=nt(k.ntk, 2) if "ntk" in names else None,
         cov1=nt(k.cov1, 1) if "cov1" in names else None,
-        cov2=(nt(k.cov2_or_cov1, 1) if "cov2" in names else None),
+        cov2=nt(k.cov2_or_cov1, 1) if "cov2" in names and not x1_is_x2 else None,  # neural-tangents' None
         mean1=None, mean2=None,  # internal: what LayerNorm reads, not a result
         pattern1=None, pattern2=None,  # inputs, not results
         # The outputs are zero at masked positions already; the masks say which, for a network that continues
@@ -435,12 +435,9 @@ def batch_pairs_kernel(k: Kernel, cov: jax.Array) -> Kernel:
     return k.replace(nngp=cov, ntk=jnp.zeros_like(cov), cov1=own, cov2=own, x1_is_x2=True, diagonal_batch=True)
 
 
-def _finish(k: Kernel, diagonal_spatial: bool, neural_tangents_axis_order: bool, x1_is_x2: bool) -> Kernel:
+def _finish(k: Kernel, diagonal_spatial: bool, neural_tangents_axis_order: bool) -> Kernel:
     """A public kernel reduced to equal positions (``diagonal_spatial``), or with its position pairs in
-    neural-tangents' possibly reversed order (``neural_tangents_axis_order``); ``cov2`` is ``None`` when
-    the second batch is the first (``x1_is_x2``), as neural-tangents returns it."""
-    if x1_is_x2:
-        k = k.replace(cov2=None)
+    neural-tangents' possibly reversed order (``neural_tangents_axis_order``)."""
     if diagonal_spatial and k.full:
         return _spatial_diagonal(k)
     if neural_tangents_axis_order and k.full and k.odd_convolutions:
@@ -472,7 +469,7 @@ def _narrow(name: str, out: Kernel, names: tuple, dtype) -> Kernel:
     """``out`` cast back to the inputs' half-precision ``dtype``; an error if it overflows there."""
     if _compute_dtype(dtype) == dtype:
         return out
-    cast = {n: getattr(out, n).astype(dtype) for n in names}
+    cast = {n: getattr(out, n).astype(dtype) for n in names if getattr(out, n) is not None}  # cov2 for x2=None
     for n, a in cast.items():
         if _is_concrete(a) and not np.isfinite(np.asarray(a, np.float32)).all():
             raise FloatingPointError(f"{name}: the kernel's {n} exceeds the range of {jnp.dtype(dtype).name} "
