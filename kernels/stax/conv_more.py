@@ -42,7 +42,7 @@ from kernels.stax.layer import Requires, describe, leaf
 from kernels.stax.layout import ConvSpecs, with_layout
 from kernels.stax.linear import (_affine_rule, _check_affine, _check_padding, _check_parameterization,
                                  _circular_pad, _conv_geometry, _scales, _weights, _window_args,
-                                 width_scalings)
+                                 named_scalings, width_scalings)
 
 class _Setup(NamedTuple):
     """A checked layer's arguments: ``filter_shape``/``strides`` in the filter's letter order (as given),
@@ -63,13 +63,12 @@ class _Setup(NamedTuple):
 def _arguments(layer_name, out_chan, filter_shape, strides, padding, W_std, b_std, dimension_numbers,
                parameterization, s):
     """The checked arguments shared by both layers, as a `_Setup`."""
-    scaled = tuple(s) != (1, 1) if isinstance(s, (tuple, list)) else True
     name = describe(layer_name, out_chan=out_chan,
                     filter_shape=tuple(filter_shape) if isinstance(filter_shape, list) else filter_shape,
                     strides=strides,
                     padding=padding, W_std=W_std, b_std=b_std, parameterization=parameterization,
                     **(dict(dimension_numbers=dimension_numbers) if dimension_numbers is not None else {}),
-                    **(dict(s=s) if scaled else {}))
+                    **named_scalings(s))
     if not isinstance(filter_shape, (tuple, list)):
         raise argument_error(name, "filter_shape", "a tuple of positive ints, one per spatial axis",
                              filter_shape, TypeError)

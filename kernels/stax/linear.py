@@ -75,6 +75,11 @@ def _check_affine(name, width, W_std, b_std):
     finite_real(name, "b_std", b_std, optional=True)
 
 
+def named_scalings(s) -> dict:
+    """``{"s": s}`` for a layer's name when ``s`` is not the default ``(1, 1)`` (a bad one is shown too)."""
+    return {} if isinstance(s, (tuple, list)) and tuple(s) == (1, 1) else {"s": s}
+
+
 def width_scalings(name, s, parameterization) -> tuple:
     """``(s_in, s_out)`` of a linear layer's ``s`` (Sohl-Dickstein et al. 2020, §3), checked: a pair of
     positive ints, other than ``(1, 1)`` only in the standard parameterization."""
@@ -185,9 +190,8 @@ def Dense(out_dim: int, W_std: float = 1., b_std=None, batch_axis: int = 0, chan
       abc: ``"abc"`` only (required there): the pair ``(a, b)``. ``b_std`` must then be ``None``;
         under ``"mup"`` a bias is an input layer of one constant input (see `_abc_factors`).
     """
-    scaled = tuple(s) != (1, 1) if isinstance(s, (tuple, list)) else True
     name = describe("Dense", out_dim=out_dim, W_std=W_std, b_std=b_std, parameterization=parameterization,
-                    **(dict(s=s) if scaled else {}), **(dict(role=role) if role is not None else {}),
+                    **named_scalings(s), **(dict(role=role) if role is not None else {}),
                     **(dict(abc=abc) if abc is not None else {}))
     _check_parameterization(name, parameterization, PARAMETERIZATIONS + FEATURE_LEARNING_PARAMETERIZATIONS)
     _check_affine(name, out_dim, W_std, b_std)
@@ -299,7 +303,7 @@ def Conv(out_chan: int, filter_shape, strides=None, padding: str = "VALID", W_st
     name = describe("Conv", out_chan=out_chan, filter_shape=tuple(filter_shape), strides=strides,
                     padding=padding, W_std=W_std, b_std=b_std, parameterization=parameterization,
                     **(dict(dimension_numbers=dimension_numbers) if dimension_numbers is not None else {}),
-                    **(dict(s=s) if not isinstance(s, (tuple, list)) or tuple(s) != (1, 1) else {}))
+                    **named_scalings(s))
     _check_padding(name, padding)
     _check_parameterization(name, parameterization)
     _check_affine(name, out_chan, W_std, b_std)
