@@ -674,7 +674,7 @@ def _on_kernel_tile(kernel_fn):
         cov1 = k.cov1[r]
         cov2 = cov1 if same else k.cov2_or_cov1[c]
         mask1 = None if k.mask1 is None else k.mask1[r]
-        mask2 = None if same or k.mask1 is None else (k.mask1 if k.mask2 is None else k.mask2)[c]
+        mask2 = None if same or k.mask1 is None else k.mask2_or_mask1[c]
         tile = k.replace(nngp=pairs(k.nngp), ntk=pairs(k.ntk), cov1=cov1, cov2=cov2, mask1=mask1, mask2=mask2,
                          x1_is_x2=same)
         return kernel_fn(tile, None, get, *args, **kwargs)

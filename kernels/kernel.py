@@ -184,6 +184,10 @@ class Kernel:
     def mean2_or_mean1(self) -> Optional[jax.Array]:
         return self.mean1 if self.mean2 is None else self.mean2
 
+    @property
+    def mask2_or_mask1(self) -> Optional[jax.Array]:
+        return self.mask1 if self.mask2 is None else self.mask2
+
     def map_means(self, fn) -> "Kernel":
         """Applies ``fn`` to the per-position means ``(N, *S)``, where they are known."""
         if self.mean1 is None:

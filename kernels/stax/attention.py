@@ -369,7 +369,7 @@ def GlobalSelfAttention(n_chan_out: int, n_chan_key: int, n_chan_val: int, n_hea
             rs = dict(nngp=r, ntk=r, cov1=r, cov2=r)
             if k.mask1 is not None:  # masked positions' embeddings are zero (apply_fn), so R is there too
                 hidden = dict(nngp=masking.pair_mask(k), cov1=masking.self_mask(k.mask1, k),
-                              cov2=masking.self_mask(k.mask1 if k.mask2 is None else k.mask2, k))
+                              cov2=masking.self_mask(k.mask2_or_mask1, k))
                 hidden["ntk"] = hidden["nngp"]
                 rs = {f: jnp.where(flat(hidden[f]), jnp.zeros((), r.dtype), r) for f in rs}
             z = {f: None if a is None else w_x * a + w_e * rs[f] for f, a in x.items()}

@@ -583,7 +583,7 @@ def _layer_norm(name, axes, eps):
             scale = jnp.sqrt(moment - mean ** 2 + eps)
             return scale, (m - mean) / scale
 
-        mask2 = k.mask1 if k.mask2 is None else k.mask2
+        mask2 = k.mask2_or_mask1
         s1, out_mean1 = normalizers(k.cov1, k.mean1, k.mask1)
         s2, out_mean2 = normalizers(k.cov2_or_cov1, k.mean2_or_mean1, mask2)
         shape = k.spatial_shape

@@ -171,7 +171,7 @@ def _right(m, d, full):
 def pair_mask(k: Kernel) -> jax.Array:
     """``True`` where an entry of ``k.nngp`` involves a masked position of either example."""
     d, full = k.spatial_ndim, k.full
-    m2 = k.mask1 if k.mask2 is None else k.mask2
+    m2 = k.mask2_or_mask1
     return _left(k.mask1, d, full)[:, None] | _right(m2, d, full)[None]
 
 
@@ -188,7 +188,7 @@ def zero_masked(k: Kernel) -> Kernel:
 
     def zero(a, mask):
         return None if a is None else jnp.where(mask, jnp.zeros((), a.dtype), a)
-    m2 = k.mask1 if k.mask2 is None else k.mask2
+    m2 = k.mask2_or_mask1
     pair = pair_mask(k)
     return k.replace(nngp=zero(k.nngp, pair), ntk=zero(k.ntk, pair), cov1=zero(k.cov1, self_mask(k.mask1, k)),
                      cov2=zero(k.cov2, self_mask(m2, k)), mean1=zero(k.mean1, k.mask1),
