@@ -1,0 +1,2 @@
+from examples import imdb
+imdb.main(use_dummy_data=True)
