@@ -42,6 +42,24 @@ def test_same_key_same_networks_as_neural_tangents(name):
             assert relative_error(getattr(k, field), ref) < 1e-10, (field + suffix, relative_error(getattr(k, field), ref))
 
 
+def test_list_of_sample_counts_yields_neural_tangents_running_estimates():
+    """``n_samples=[1, 3, 4]``: a generator of the estimates after 1, 3 and 4 samples (neural-tangents'
+    ``monte_carlo_kernel_fn`` docstring example), each the same draws' average as neural-tangents'."""
+    data, name = np.load(DATA), "mlp_relu"
+    counts = [int(n) for n in data["_generator_samples"]]
+    init_fn, apply_fn, _ = network_from_spec(str(data[f"{name}/spec"]))
+    with jax.threefry_partitionable(False):
+        estimates = list(monte_carlo_kernel_fn(init_fn, apply_fn, jax.random.PRNGKey(int(data["_key"])), counts)(
+            data[f"{name}/x1"], data[f"{name}/x2"], ("nngp", "ntk")))
+    assert len(estimates) == len(counts)
+    for n, k in zip(counts, estimates):
+        for field in ("nngp", "ntk"):
+            ref = data[f"{name}/{field}_at_{n}"]
+            assert relative_error(getattr(k, field), ref) < 1e-10, (n, field, relative_error(getattr(k, field), ref))
+    # the estimates differ from each other, so matching each one checks the count it stops at
+    assert relative_error(data[f"{name}/ntk_at_1"], data[f"{name}/ntk_at_4"]) > 1e-2
+
+
 def test_other_sample_keys_fail_the_reference():
     """Samples keyed ``fold_in(key, i)`` (widekit's draws before) are as valid an estimate, and far from these."""
     data, name = np.load(DATA), "mlp_relu"
