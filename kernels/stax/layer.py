@@ -607,7 +607,9 @@ def checked(name: str, rule: Callable[[Kernel], Kernel]) -> Callable[[Kernel], K
                 raise FloatingPointError(
                     f"{name}: produced NaN or infinite values in {', '.join(bad)} "
                     f"(input kernel finite: {bool(jnp.isfinite(k.nngp).all())}); "
-                    "check the activation's domain (e.g. Gaussian needs b < 1 / (2 var)) or the weights' scale")
+                    "check the activation's domain (e.g. Gaussian needs b < 1 / (2 var)) or the weights' scale; "
+                    "float32 overflows where products of variances pass 3.4e38 (variances above 1.8e19): compute "
+                    "in float64, or pass do_stabilize=True to Relu, LeakyRelu, ABRelu or Abs")
         return out
     return wrapped
 

@@ -82,3 +82,50 @@ def test_duals_are_finite_with_finite_gradients_at_correlation_one():
         assert all(np.isfinite(v) for v in value), name
         grad = jax.jit(jax.grad(lambda s: dual(s * 1.3, s * 1.3, s * 1.3)[0]))(1.0)
         assert np.isfinite(grad), name
+
+
+@pytest.mark.parametrize("name", ["abrelu", "erf", "sign", "rectified_monomial_1"])
+@pytest.mark.parametrize("point", POINTS, ids=lambda p: "c={},v1={},v2={}".format(*p))
+def test_float32_overflow_of_variance_products_is_never_a_wrong_number(name, point):
+    """Variances of 1e20 (a deep ReLU network at W_std = 2, or one Dense with W_std = 1e10) make
+    ``var1 var2`` overflow float32 (3.4e38). That once passed the correlation-one test and gave a
+    finite, wrong kernel (16% off after Dense(W_std=1e10) -> Relu); now the map gives NaN (reported
+    by the layer), or, with neural-tangents' ``do_stabilize`` for the arc-cosine, the float64 value.
+    Truth: the same map in float64, where nothing overflows, and the arc-cosine's scaling law
+    ``nngp(l c, l v1, l v2) = l nngp(c, v1, v2)``, ``dot`` unchanged."""
+    dual = FUNCTIONS[name][0]
+    scale = 1e20
+    big = [jnp.asarray(np.float32(v * scale)) for v in point]
+    nngp32, dot32 = (np.asarray(a, np.float64) for a in dual(*big))
+    assert np.isnan(nngp32) or np.isnan(dot32), (nngp32, dot32)
+    if name == "abrelu":
+        stable = duals.abrelu_dual(-0.3, 0.8, stabilize=True)
+        nngp32, dot32 = (np.asarray(a, np.float64) for a in stable(*big))
+        nngp64, dot64 = (float(a) for a in stable(*(np.float64(v) * scale for v in point)))
+        nngp1, dot1 = (float(a) for a in dual(*(np.float64(v) for v in point)))
+        assert nngp32 == pytest.approx(nngp64, rel=1e-5) and dot32 == pytest.approx(dot64, rel=1e-5)
+        assert nngp64 == pytest.approx(scale * nngp1, rel=1e-12) and dot64 == pytest.approx(dot1, rel=1e-12)
+
+
+def test_do_stabilize_keeps_a_float32_network_right_where_variance_products_overflow():
+    """``Dense(W_std=1e10) -> Relu -> Dense`` in float32: without ``do_stabilize`` an error naming the
+    layer (it was 16% off, silently); with it, float64's kernel (the same network at W_std = 1 times
+    1e20, by homogeneity). The flag changes nothing at ordinary scales."""
+    from kernels import stax
+    x = np.random.default_rng(0).normal(size=(3, 4))
+    exact = stax.serial(stax.Dense(8), stax.Relu(), stax.Dense(1))[2](x, None, ("nngp", "ntk"))
+    for do_stabilize in (False, True):
+        kernel_fn = stax.serial(stax.Dense(8, W_std=1e10), stax.Relu(do_stabilize=do_stabilize), stax.Dense(1))[2]
+        if not do_stabilize:
+            with pytest.raises(FloatingPointError, match=r"Relu\(\)"):
+                kernel_fn(x.astype(np.float32), None, ("nngp", "ntk"))
+            continue
+        k = kernel_fn(x.astype(np.float32), None, ("nngp", "ntk"))
+        np.testing.assert_allclose(np.asarray(k.nngp, np.float64) / 1e20, exact.nngp, rtol=1e-5)
+        np.testing.assert_allclose(np.asarray(k.ntk, np.float64) / 1e20, exact.ntk, rtol=1e-5)
+    for act in (stax.Relu(), stax.LeakyRelu(0.2), stax.Abs()):  # ordinary scale: the same bits
+        plain = stax.serial(stax.Dense(8), act, stax.Dense(1))[2](x, None, "ntk")
+        name = act[2].name.split("(")[0]
+        stable = stax.serial(stax.Dense(8), getattr(stax, name)(*([0.2] if name == "LeakyRelu" else []),
+                                                                 do_stabilize=True), stax.Dense(1))[2](x, None, "ntk")
+        np.testing.assert_array_equal(plain, stable)
