@@ -155,6 +155,9 @@ def batch(kernel_fn: Callable, batch_size: int = 0, device_count: int = -1, stor
         store_on_device = path is None
     if fingerprint is not None and not (isinstance(fingerprint, str) and fingerprint):
         raise argument_error("batch", "fingerprint", "None or a non-empty string", fingerprint, TypeError)
+    if fingerprint is not None and path is None:
+        raise argument_error("batch", "fingerprint", "None without path (it names the network to a tile store)",
+                             fingerprint)
     explicit = process_index is not None or process_count is not None
     if explicit:
         process_index = 0 if process_index is None else int(process_index)
@@ -184,7 +187,7 @@ def batch(kernel_fn: Callable, batch_size: int = 0, device_count: int = -1, stor
             return _pass_through(kernel_fn, batch_size, path, fingerprint, same_settings, devices, x1, x2, args, kwargs)
         get, args = (args[0], args[1:]) if args else (kwargs.pop("get", None), args)
         request = parse_get(get, GET_NAMES, "batch")
-        if kwargs.get("diagonal_batch") is False:
+        if kwargs.get("diagonal_batch") is not None and not kwargs["diagonal_batch"]:  # False or np.False_
             def batched_in(name):
                 return batch(kernel_fn, path=None if path is None else os.path.join(path, name), **same_settings)
             return _with_batch_covariances(batched_kernel_fn, batched_in, request, x1, x2, get, args, kwargs)

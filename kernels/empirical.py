@@ -106,10 +106,16 @@ def split_kwargs(kwargs: dict, x1, x2):
     pair ``(for_x1, for_x2)`` is split; ``rng`` (one key) serves ``x1`` and, unless ``x2`` is
     ``None`` or equal to ``x1``, ``jax.random.fold_in(rng, 1)`` serves ``x2``, so that stochastic
     layers (Dropout) draw independent masks for different inputs and the same mask for the same
-    input; anything else is shared."""
+    input; a pair of keys ``rng=(k1, k2)`` with ``x2`` given is read likewise: ``k2`` becomes ``k1``
+    for the same inputs, and ``fold_in(k2, 1)`` where ``k1 == k2`` for different ones; anything else
+    is shared."""
     kwargs1, kwargs2 = {}, {}
     for k, v in kwargs.items():
-        if isinstance(v, tuple) and len(v) == 2:
+        if k == "rng" and isinstance(v, tuple) and len(v) == 2 and x2 is not None:
+            kwargs1[k], key2 = v
+            key2 = jnp.where(jnp.array_equal(v[0], key2), jax.random.fold_in(key2, 1), key2)
+            kwargs2[k] = jnp.where(_same_inputs(x1, x2), v[0], key2)
+        elif isinstance(v, tuple) and len(v) == 2:
             kwargs1[k], kwargs2[k] = v
         elif k == "rng" and v is not None and x2 is not None:
             kwargs1[k] = v
@@ -413,14 +419,17 @@ def empirical_ntk_vp_fn(f, x1, x2, params, **apply_fn_kwargs):
     The NTK-vector product J(x1) (J(x2)^T v) without forming the kernel (Novak et al. 2022,
     "Fast finite width neural tangent kernel", §3.2): a vector-Jacobian product at ``x2``
     followed by a Jacobian-vector product at ``x1``. ``cotangents`` has the shape of
-    ``f(params, x2)``, the result that of ``f(params, x1)``; no axes are traced.
+    ``f(params, x2)``, the result that of ``f(params, x1)``; no axes are traced. ``apply_fn_kwargs``
+    are split between ``x1`` and ``x2`` as `split_kwargs` says (a pair, or ``rng``: the same key for
+    the same inputs, another for different ones), as in `empirical_ntk_fn` and neural-tangents.
     """
+    kw1, kw2 = split_kwargs(apply_fn_kwargs, x1, x2)
     x2 = x1 if x2 is None else x2
 
     def ntk_vp_fn(cotangents):
-        _, vjp = jax.vjp(lambda p: f(p, x2, **apply_fn_kwargs), params)
+        _, vjp = jax.vjp(lambda p: f(p, x2, **kw2), params)
         tangents, = vjp(cotangents)
-        return jax.jvp(lambda p: f(p, x1, **apply_fn_kwargs), (params,), (tangents,))[1]
+        return jax.jvp(lambda p: f(p, x1, **kw1), (params,), (tangents,))[1]
 
     return ntk_vp_fn
 

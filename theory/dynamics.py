@@ -200,7 +200,9 @@ def gradient_descent_mse(
       `predict_fn(t=None, fx_train_0=0., fx_test_0=None, k_test_train=None)`:
       `t` a scalar or array of times (None: infinity, computed by a linear
       solve); `fx_train_0` / `fx_test_0` the outputs at t = 0 (None: do not
-      predict that set); `k_test_train` `(M, N)`, needed for test predictions.
+      predict that set); `k_test_train` `(M, N)`, needed for test predictions
+      and read only with `fx_test_0` (as in neural-tangents, whose tests pass it
+      with `fx_test_0=None` for train predictions).
       Returns `fx_train_t`, `fx_test_t` or both as a tuple (whichever initial
       outputs were given), each with leading axes `t.shape`.
     """
@@ -321,6 +323,21 @@ def _test_kwargs(where: str, train: dict, test: dict):
     return td, tt
 
 
+def _check_train_kwargs_repeated(where: str, train: dict, given: dict) -> None:
+    """With ``x_test=None`` nothing uses `predict_fn`'s ``kernel_fn`` keywords; neural-tangents drops
+    them. Accepted only as a repeat of the train-train kernel's (what its own tests pass), refused
+    by name otherwise, since they would change nothing."""
+    for name, value in given.items():
+        same = name in train and (value is train[name] or _same_value(train[name], value) or (
+            _is_arrays(value) and _is_arrays(train[name])
+            and jax.tree.structure(value) == jax.tree.structure(train[name])
+            and all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(value), jax.tree.leaves(train[name])))))
+        if not same:
+            raise arguments.argument_error(where, name, "absent when x_test is None (kernel_fn's keyword arguments "
+                                           "here are for the test kernels, which are not computed), or the "
+                                           "train-train kernel's own value", value)
+
+
 def _same_value(a, b) -> bool:
     try:
         return bool(a == b)
@@ -422,6 +439,8 @@ def gradient_descent_mse_ensemble(
             if x_shape[1:] != np.shape(x_train)[1:]:
                 raise arguments.argument_error(predict_where, "x_test", f"inputs of shape (M, *{np.shape(x_train)[1:]}) "
                                                "like x_train", f"shape {x_shape}")
+        else:  # no test kernels: keywords could only repeat the train kernel's (neural-tangents' tests pass those)
+            _check_train_kwargs_repeated(predict_where, kernel_fn_train_train_kwargs, kernel_fn_test_test_kwargs)
         needed = tuple(g for g in ("nngp", "ntk") if g in parsed.names or (g == "nngp" and compute_cov))
         found = train_kernels(needed)
         raw_train = {g: found[g][0] for g in needed}

@@ -84,7 +84,8 @@ def gradient_descent(
       `t`: a non-negative scalar or array of finite times, in any order.
       `fx_train_or_state_0`: outputs at t = 0 on the train set (None: zeros,
       and train outputs are not returned) or an `ODEState` (then an `ODEState`
-      is returned, and `fx_test_0` must be inside it). Returns like
+      is returned, and `fx_test_0` must be inside it). `k_test_train` is read
+      only with `fx_test_0`, as in `gradient_descent_mse`. Returns like
       `gradient_descent_mse`'s `predict_fn`, with leading axes `t.shape`.
 
     Raises:

@@ -140,10 +140,13 @@ def gp_inference(k_train_train, y_train, diag_reg=0.0, diag_reg_absolute_scale=F
       `predict_fn(get=None, k_test_train=None, k_test_test=None)`. `get`:
       "nngp", "ntk", "ntkgp" or a tuple of them (None: ("nngp", "ntk")).
       `k_test_train`: `(M, N)` test-train kernel(s), or None for the train set
-      (whose posterior is exactly `N(y_train, 0)`). `k_test_test`: `(M, M)`
-      kernel(s) to also get the covariance (NNGP for "nngp" and "ntk", NTK for
-      "ntkgp"); for the "ntk" covariance both kernels must hold `.nngp` and
-      `.ntk`. A string `get` gives one value; a tuple gives a `Gaussians`
+      without regularization: exactly `N(y_train, 0)`, whatever `diag_reg`, as in
+      neural-tangents (for the regularized train-set posterior pass
+      `k_test_train=k_train_train`). `k_test_test`: `(M, M)` kernel(s) to also get
+      the covariance (NNGP for "nngp" and "ntk", NTK for "ntkgp"); for the "ntk"
+      covariance both kernels must hold `.nngp` and `.ntk`. With
+      `k_test_train=None` it only asks for that (zero) covariance: any value but
+      None, its entries unused, as in neural-tangents. A string `get` gives one value; a tuple gives a `Gaussians`
       named tuple. Each value is the mean, or `Gaussian(mean, covariance)`
       when `k_test_test` is given.
 

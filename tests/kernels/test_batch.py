@@ -216,6 +216,8 @@ def test_progress_bar_and_errors(capsys):
         batch(net("mlp"), TILE, progress=False)(np.full(X1, np.nan))
     with pytest.raises(ValueError, match="batch_size"):
         batch(net("mlp"), -1)
+    with pytest.raises(ValueError, match="argument `fingerprint` must be None without path"):  # not ignored
+        batch(net("mlp"), TILE, fingerprint="my-model v3")
 
 
 def test_four_simulated_devices_equal_one():

@@ -108,6 +108,13 @@ def test_kernel_fn_of_a_kernel_and_batch():
     assert batch(net, 2, progress=False)(Y1, None, "cov2", diagonal_batch=False) is None  # as neural-tangents
 
 
+def test_batch_takes_numpys_false():
+    """As kernel_fn does (batch once tested ``is False`` and failed with a TypeError on it)."""
+    expected = MLP[2](Y1, None, "cov1", diagonal_batch=False)
+    got = batch(MLP[2], 2, progress=False)(Y1, None, "cov1", diagonal_batch=np.False_)
+    np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-10)
+
+
 def test_refusals_name_the_argument():
     kernel_fn = MLP[2]
     with pytest.raises(TypeError, match="diagonal_batch"):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from kernels import stax
-from kernels.empirical import empirical_kernel_fn, monte_carlo_kernel_fn
+from kernels.empirical import empirical_kernel_fn, empirical_ntk_vp_fn, monte_carlo_kernel_fn
 
 N1, N2 = 3, 3  # equal sizes, so that a wrong in_axes still runs (and must then give a wrong kernel)
 
@@ -136,3 +136,36 @@ def test_monte_carlo_refuses_a_user_rng():
     kernel_fn = monte_carlo_kernel_fn(init_fn, apply_fn, jax.random.PRNGKey(1), 1)
     with pytest.raises(ValueError, match="argument `rng`"):
         kernel_fn(jnp.ones((2, 6)), None, "nngp", rng=jax.random.PRNGKey(0))
+
+
+def test_ntk_vector_products_split_rng_as_the_kernel_does():
+    """``empirical_ntk_vp_fn(f, x1, x2, params, rng=key)(v)`` of a Dropout network is the kernel's
+    ``Theta(x1, x2) v`` with the keys split between ``x1`` and ``x2`` (as neural-tangents splits them);
+    one key for both sides (what it did before) gives another product."""
+    init_fn, apply_fn, _ = stax.serial(stax.Dense(8), stax.Dropout(RATE), stax.Dense(3))
+    k = jax.random.split(jax.random.PRNGKey(2), 4)
+    x1, x2, v = jax.random.normal(k[0], (2, 5)), jax.random.normal(k[1], (3, 5)), jax.random.normal(k[2], (3, 3))
+    _, params = init_fn(k[3], x1.shape)
+    rng = jax.random.PRNGKey(5)
+    theta = empirical_kernel_fn(apply_fn, trace_axes=())(x1, x2, "ntk", params, rng=rng)  # (N1, N2, 3, 3)
+    expected = jnp.einsum("abij,bj->ai", theta, v)
+    got = empirical_ntk_vp_fn(apply_fn, x1, x2, params, rng=rng)(v)
+    np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-12)
+    _, vjp = jax.vjp(lambda p: apply_fn(p, x2, rng=rng), params)
+    one_key = jax.jvp(lambda p: apply_fn(p, x1, rng=rng), (params,), vjp(v))[1]
+    assert not np.allclose(one_key, expected, rtol=1e-3)
+
+
+def test_a_pair_of_keys_is_read_as_neural_tangents_reads_it():
+    """``rng=(k1, k2)``: equal keys on different inputs become ``k1, fold_in(k2, 1)`` (the single key's
+    split); on the same inputs ``k2`` is replaced by ``k1``."""
+    init_fn, apply_fn, _ = stax.serial(stax.Dense(8), stax.Dropout(RATE), stax.Dense(3))
+    k = jax.random.split(jax.random.PRNGKey(6), 4)
+    x1, x2 = jax.random.normal(k[0], (2, 5)), jax.random.normal(k[1], (3, 5))
+    _, params = init_fn(k[2], x1.shape)
+    kernel_fn = empirical_kernel_fn(apply_fn)
+    one = kernel_fn(x1, x2, "ntk", params, rng=k[3])
+    np.testing.assert_allclose(kernel_fn(x1, x2, "ntk", params, rng=(k[3], k[3])), one, rtol=1e-12)
+    same = kernel_fn(x1, jnp.array(x1), "ntk", params, rng=(k[3], jax.random.PRNGKey(9)))
+    np.testing.assert_allclose(same, kernel_fn(x1, None, "ntk", params, rng=k[3]), rtol=1e-12)
+    assert not np.allclose(kernel_fn(x1, x2, "ntk", params, rng=(k[3], jax.random.PRNGKey(9))), one, rtol=1e-3)

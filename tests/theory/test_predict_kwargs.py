@@ -46,3 +46,20 @@ def test_other_keywords_must_agree():
     predict_fn = predict.gradient_descent_mse_ensemble(kernel_fn, x, jnp.ones((3, 1)), diag_reg=1e-2, block_size=0)
     with pytest.raises(ValueError, match=r"argument `block_size` must be the same value"):
         predict_fn(None, x, "nngp", block_size=1)
+
+
+def test_keywords_without_x_test_only_repeat_the_train_kernels():
+    """They are for the test kernels; with ``x_test=None`` none is computed (neural-tangents drops them).
+    A repeat of the train-train kernel's keywords is accepted (neural-tangents' own tests pass those),
+    anything else is refused by name rather than ignored."""
+    k1, k2 = jax.random.split(jax.random.PRNGKey(1))
+    x, pattern = jax.random.normal(k1, (3, 4, 2)), _graphs(k2, 3)
+    _, _, kernel_fn = stax.serial(stax.Dense(2), stax.Aggregate(), stax.Relu(), stax.GlobalAvgPool(), stax.Dense(1))
+    predict_fn = predict.gradient_descent_mse_ensemble(kernel_fn, x, jnp.ones((3, 1)), diag_reg=1e-2,
+                                                       pattern=(pattern, pattern))
+    plain = predict_fn(1., None, "ntk")
+    np.testing.assert_array_equal(predict_fn(1., None, "ntk", pattern=(pattern, jnp.array(pattern))), plain)
+    with pytest.raises(ValueError, match=r"argument `pattern` must be absent when x_test is None"):
+        predict_fn(1., None, "ntk", pattern=(pattern, 2 * pattern))
+    with pytest.raises(ValueError, match=r"argument `diagonal_spatial` must be absent when x_test is None"):
+        predict_fn(1., None, "ntk", diagonal_spatial=True)
