@@ -363,26 +363,28 @@ class KernelFn:
         """
         where = f"{self.name}: kernel_fn"
         request = parse_get(get, GET_NAMES + FIELD_NAMES, where, default=GET_NAMES)
+        pattern = keywords.pop("pattern", None)
+        p1, p2 = (None, None) if pattern is None else pattern
+
+        def own(p):  # the graphs of one batch paired with themselves
+            return None if p is None else (p, None)
         if isinstance(x1, Kernel):
             if x1.diagonal_batch:
                 raise argument_error(where, "diagonal_batch", "True or None for a Kernel computed with "
                                      "diagonal_batch=True (it holds only each example's own covariance; recompute "
                                      "it with diagonal_batch=False)", diagonal_batch)
-            main = self(batch_diagonal_kernel(x1), x2, None, **keywords)
+            main = self(batch_diagonal_kernel(x1), x2, None, pattern=pattern, **keywords)
             if diagonal_batch:
                 return map_branches(lambda path, k: request.pack({n: getattr(k, n) for n in request.names},
                                                                  whole=k), main)
-            self_pairs = [batch_pairs_kernel(x1, x1.cov1)] + ([] if x1.x1_is_x2 else
-                                                              [batch_pairs_kernel(x1, x1.cov2)])
-            covs = [self(k, None, "nngp", **keywords) for k in self_pairs]
+            self_pairs = [(batch_pairs_kernel(x1, x1.cov1, x1.mask1), p1)] + ([] if x1.x1_is_x2 else [
+                (batch_pairs_kernel(x1, x1.cov2, x1.mask2_or_mask1), p2)])
+            covs = [self(k, None, "nngp", pattern=own(p), **keywords) for k, p in self_pairs]
         else:
-            pattern = keywords.pop("pattern", None)
             main = self(x1, x2, None, pattern=pattern, **keywords)
-            p1, p2 = (None, None) if pattern is None else pattern
-            covs = [None if x2 is None else self(x1, None, "nngp", pattern=None if p1 is None else (p1, None),
-                                                   **keywords)]
+            covs = [None if x2 is None else self(x1, None, "nngp", pattern=own(p1), **keywords)]
             if x2 is not None:
-                covs.append(self(x2, None, "nngp", pattern=None if p2 is None else (p2, None), **keywords))
+                covs.append(self(x2, None, "nngp", pattern=own(p2), **keywords))
 
         def result(path, k):
             own = [branch_at(c, path) for c in covs]
@@ -428,11 +430,13 @@ def batch_diagonal_kernel(k: Kernel) -> Kernel:
                      diagonal_batch=True)
 
 
-def batch_pairs_kernel(k: Kernel, cov: jax.Array) -> Kernel:
+def batch_pairs_kernel(k: Kernel, cov: jax.Array, mask: Optional[jax.Array] = None) -> Kernel:
     """The public `Kernel` of one batch with itself whose ``nngp`` is ``cov`` ``(N, N, ...)``, the full-batch
-    ``cov1`` or ``cov2`` of ``k``; its ``ntk`` is zero (only ``nngp`` is read from what a network makes of it)."""
+    ``cov1`` or ``cov2`` of ``k``, and whose masks are that batch's ``mask``; its ``ntk`` is zero (only
+    ``nngp`` is read from what a network makes of it)."""
     own = batch_diagonal(cov)
-    return k.replace(nngp=cov, ntk=jnp.zeros_like(cov), cov1=own, cov2=own, x1_is_x2=True, diagonal_batch=True)
+    return k.replace(nngp=cov, ntk=jnp.zeros_like(cov), cov1=own, cov2=own, x1_is_x2=True, diagonal_batch=True,
+                     mask1=mask, mask2=None)
 
 
 def _finish(k: Kernel, diagonal_spatial: bool, neural_tangents_axis_order: bool) -> Kernel:

@@ -124,3 +124,32 @@ def test_refusals_name_the_argument():
     with pytest.raises(ValueError, match="diagonal_batch"):
         batch(MLP_HEAD[2], 2, progress=False)(kernel_fn(Y1, Y2, None, diagonal_batch=False))
     assert isinstance(kernel_fn(Y1, None, None, diagonal_batch=False), Kernel)
+
+
+def test_a_full_batch_kernel_continues_through_masks_and_graphs():
+    """``kernel_fn(Kernel)`` of a Kernel computed with ``diagonal_batch=False`` equals the whole network's
+    ``diagonal_batch=False`` kernel (itself checked against neural-tangents above) when its inputs were
+    masked (the batch-pair kernels must carry that batch's masks; they failed on a shape) and when the
+    second network is a graph network (each batch's covariance takes that batch's graphs; refused before).
+    Found by differential fuzzing against neural-tangents 0.6.5, whose values these are."""
+    rs = np.random.RandomState(0)
+    x1, x2 = rs.randn(4, 5, 2), rs.randn(2, 5, 2)
+    x1[0, 3:], x1[2, 4:], x2[1, 2:] = 7.5, 7.5, 7.5
+    first = stax.serial(stax.Dense(2))
+    for second in (stax.GlobalAvgPool(), stax.serial(stax.LayerNorm(axis=(1, -1)), stax.Relu())):
+        chained = second[2](first[2](x1, x2, None, diagonal_batch=False, mask_constant=7.5))
+        direct = stax.serial(first, second)[2](x1, x2, None, diagonal_batch=False, mask_constant=7.5)
+        for field in ("nngp", "cov1", "cov2"):
+            np.testing.assert_allclose(getattr(chained, field), getattr(direct, field), rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(stax.serial(first, stax.GlobalAvgPool())[2](x1, x2, "nngp", mask_constant=7.5)[0],
+                               [-0.905767, -0.650332], atol=1e-6)  # neural-tangents 0.6.5's numbers
+
+    rs = np.random.RandomState(0)
+    y1, y2 = rs.randn(4, 3, 2), rs.randn(2, 3, 2)
+    p1, p2 = (rs.rand(4, 3, 3) < 0.5).astype(float), (rs.rand(2, 3, 3) < 0.5).astype(float)
+    first, second = stax.serial(stax.Dense(3)), stax.serial(stax.Aggregate(), stax.Relu(), stax.GlobalAvgPool())
+    chained = second[2](first[2](y1, y2, None, diagonal_batch=False), pattern=(p1, p2))
+    direct = stax.serial(first, second)[2](y1, y2, None, diagonal_batch=False, pattern=(p1, p2))
+    for field in ("nngp", "cov1", "cov2"):
+        np.testing.assert_allclose(getattr(chained, field), getattr(direct, field), rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(direct.nngp[0, 0], 1.393934, atol=1e-6)  # neural-tangents 0.6.5's number
