@@ -221,11 +221,11 @@ def empirical_kernel_fn(f, trace_axes=(-1,), diagonal_axes=(), vmap_axes=None, i
                                                     for a, ax in zip(ls, flat_axes)]))
         return jax.vmap(one, in_axes=tuple(flat_axes))(*leaves)
 
-    def blocks(block, x1, kw1, x2, kw2, diagonal_batch, p):
+    def blocks(block, x1, kw1, x2, kw2, diagonal_batch, p, per_example_ok=True):
         """``block((xa, kwa), (xb, kwb))`` (the kernel of two batches) over all of ``x1 x x2``: per
         example (pair) under ``vmap`` (``p``: the position of the outputs' batch axis in the
-        kernel), by chunks of ``batch_size`` along axis 0, or at once."""
-        if axes is not None:
+        kernel; not with ``per_example_ok=False``), by chunks of ``batch_size`` along axis 0, or at once."""
+        if axes is not None and per_example_ok:
             if diagonal_batch:  # (N, *K), K[p] = 1
                 res = per_example(block, side(x1, kw1), side(x2, kw2))
                 return jnp.moveaxis(jnp.squeeze(res, axis=1 + p), 0, p)
@@ -278,9 +278,10 @@ def empirical_kernel_fn(f, trace_axes=(-1,), diagonal_axes=(), vmap_axes=None, i
             return lambda p_, x_: g(p_, x_, kw), x
 
         out = {}
-        if "nngp" in names:
+        if "nngp" in names:  # from whole batches, vmap_axes or not, as in neural-tangents: the same
+            # outputs either way, except where a stochastic layer (Dropout) draws its masks per call
             out["nngp"] = blocks(lambda a, c: _pair(g(params, *a)[..., None], g(params, *c)[..., None], letters),
-                                 x1, kw1, x2, kw2, b in diagonal, p)
+                                 x1, kw1, x2, kw2, b in diagonal, p, per_example_ok=False)
         if "ntk" in names:
             out["ntk"] = blocks(lambda a, c: _ntk_block(method, *h(a), *h(c), params, letters, counts, switches),
                                 x1, kw1, x2, kw2, b in diagonal, p)
