@@ -117,12 +117,9 @@ def _balanced(cov12, var1, var2):
 def _angle(cov12, var1, var2, stabilize: bool = False):
     """(theta, sqrt(var1 var2 - cov12^2)) with theta the angle between u and v; ``stabilize``:
     computed on `_balanced` arguments, so that products of large variances do not overflow."""
-    if not stabilize:
-        s = _safe_sqrt(_sine_squared(cov12, var1, var2))
-        return arctan2(s, cov12), s
-    c, v1, v2, g = _balanced(cov12, var1, var2)
+    c, v1, v2, g = _balanced(cov12, var1, var2) if stabilize else (cov12, var1, var2, None)
     s = _safe_sqrt(_sine_squared(c, v1, v2))
-    return arctan2(s, c), s * g
+    return arctan2(s, c), s if g is None else s * g
 
 
 def abrelu_dual(a: float, b: float, stabilize: bool = False) -> Dual:
@@ -175,7 +172,8 @@ def erf_dual(a: float, b: float, c: float) -> Dual:
     def dual(cov12, var1, var2):
         d1, d2 = 1 + 2 * b ** 2 * var1, 1 + 2 * b ** 2 * var2
         num = 2 * b ** 2 * cov12
-        det = jnp.where(jnp.isfinite(d1 * d2), d1 * d2 - num ** 2, jnp.nan)  # overflow: reported, not wrong
+        product = d1 * d2
+        det = jnp.where(jnp.isfinite(product), product - num ** 2, jnp.nan)  # overflow: reported, not wrong
         nngp = a ** 2 * (2 / jnp.pi) * arctan2(num, _safe_sqrt(det)) + c ** 2
         dot = 4 * a ** 2 * b ** 2 / jnp.pi / jnp.sqrt(det)
         return nngp, dot

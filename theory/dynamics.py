@@ -328,20 +328,20 @@ def _check_train_kwargs_repeated(where: str, train: dict, given: dict) -> None:
     them. Accepted only as a repeat of the train-train kernel's (what its own tests pass), refused
     by name otherwise, since they would change nothing."""
     for name, value in given.items():
-        same = name in train and (value is train[name] or _same_value(train[name], value) or (
-            _is_arrays(value) and _is_arrays(train[name])
-            and jax.tree.structure(value) == jax.tree.structure(train[name])
-            and all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(value), jax.tree.leaves(train[name])))))
-        if not same:
+        if not (name in train and (value is train[name] or _same_value(train[name], value))):
             raise arguments.argument_error(where, name, "absent when x_test is None (kernel_fn's keyword arguments "
                                            "here are for the test kernels, which are not computed), or the "
                                            "train-train kernel's own value", value)
 
 
 def _same_value(a, b) -> bool:
+    """Whether ``a`` equals ``b``: by ``==``, or, for pytrees of arrays, leaf by leaf."""
+    if _is_arrays(a) and _is_arrays(b):
+        return jax.tree.structure(a) == jax.tree.structure(b) and all(
+            np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
     try:
         return bool(a == b)
-    except (TypeError, ValueError):  # arrays of several entries, or values without ==
+    except (TypeError, ValueError):  # values without ==
         return False
 
 

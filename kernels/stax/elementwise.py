@@ -18,6 +18,7 @@ import numpy as np
 from jax.scipy.special import erf
 
 from kernels import duals
+from kernels.checks import argument_error
 from kernels.kernel import Kernel, position_variances
 from kernels.stax import masking
 from kernels.stax.layer import Requires, describe, leaf
@@ -65,15 +66,15 @@ def _activation(name: str, fn, dual: duals.Dual, mean: Optional[duals.Mean]):
 def ABRelu(a: float, b: float, do_stabilize: bool = False):
     """``a x`` for ``x < 0``, ``b x`` for ``x >= 0`` (arc-cosine kernel, Cho & Saul 2009).
     ``do_stabilize``: as in `Relu`."""
-    return _activation(describe("ABRelu", a=a, b=b, **_stabilized(do_stabilize)),
+    return _activation(describe("ABRelu", a=a, b=b, **_stabilized("ABRelu", do_stabilize)),
                        lambda x: jnp.where(x < 0, a * x, b * x),
                        duals.abrelu_dual(a, b, do_stabilize), duals.abrelu_mean(a, b))
 
 
-def _stabilized(do_stabilize) -> dict:
-    """The ``do_stabilize`` argument for a layer's name, when it is on."""
+def _stabilized(layer_name: str, do_stabilize) -> dict:
+    """The ``do_stabilize`` argument for a layer's name, when it is on (checked: a bool)."""
     if not isinstance(do_stabilize, (bool, np.bool_)):
-        raise TypeError(f"do_stabilize must be True or False; received {do_stabilize!r}")
+        raise argument_error(f"{layer_name}()", "do_stabilize", "True or False", do_stabilize, TypeError)
     return {"do_stabilize": True} if do_stabilize else {}
 
 
@@ -83,20 +84,20 @@ def Relu(do_stabilize: bool = False):
     right where products of variances overflow (variances above 1.8e19: a deep network at
     ``W_std = 2``, or ``W_std = 1e10``); the results are otherwise the same to the bit, and deep
     networks compile about 2.5x slower. Without it such kernels raise an error naming the layer."""
-    return _activation(describe("Relu", **_stabilized(do_stabilize)), jax.nn.relu,
+    return _activation(describe("Relu", **_stabilized("Relu", do_stabilize)), jax.nn.relu,
                        duals.abrelu_dual(0., 1., do_stabilize), duals.abrelu_mean(0., 1.))
 
 
 def LeakyRelu(alpha: float, do_stabilize: bool = False):
     """``alpha x`` for ``x < 0``, ``x`` otherwise. ``do_stabilize``: as in `Relu`."""
-    return _activation(describe("LeakyRelu", alpha=alpha, **_stabilized(do_stabilize)),
+    return _activation(describe("LeakyRelu", alpha=alpha, **_stabilized("LeakyRelu", do_stabilize)),
                        lambda x: jnp.where(x < 0, alpha * x, x),
                        duals.abrelu_dual(alpha, 1., do_stabilize), duals.abrelu_mean(alpha, 1.))
 
 
 def Abs(do_stabilize: bool = False):
     """``|x|``. ``do_stabilize``: as in `Relu`."""
-    return _activation(describe("Abs", **_stabilized(do_stabilize)), jnp.abs,
+    return _activation(describe("Abs", **_stabilized("Abs", do_stabilize)), jnp.abs,
                        duals.abrelu_dual(-1., 1., do_stabilize), duals.abrelu_mean(-1., 1.))
 
 

@@ -11,7 +11,7 @@ spaced entries of it).
 
 Used by ``test_nt_examples.py`` (widekit's side against the stored numbers of neural-tangents' side)
 and by ``experiments/benchmarks/nt_examples/run.py`` (both sides live); ``numbers`` and ``differences``
-read and compare what two runs printed.
+read and compare what two runs printed, ``on_import_lines`` makes and checks the port.
 """
 import re
 import runpy
@@ -21,6 +21,14 @@ import numpy as np
 
 MAX_DUMPED = 4096  # entries printed of one array
 NUMBER = re.compile(r"[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?|nan|inf")
+IMPORT_LINE = re.compile(r"^\s*(import|from)\s")
+
+
+def on_import_lines(source: str, old: str, new: str) -> str:
+    """``source`` with the package name ``old`` replaced by ``new`` on its import lines only: the port
+    (``neural_tangents`` -> ``widekit``) and, the other way, its check."""
+    return "".join(re.sub(rf"\b{old}\b", new, line) if IMPORT_LINE.match(line) else line
+                   for line in source.splitlines(keepends=True))
 
 
 def numbers(text: str) -> list:

@@ -13,7 +13,6 @@ pytest-xdist runs them on both cores).
 import hashlib
 import json
 import os
-import re
 import subprocess
 import sys
 
@@ -25,7 +24,6 @@ from tests.nt_examples import harness
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REFERENCE = os.path.join(os.path.dirname(HERE), "data", "nt_examples_reference.npz")
-IMPORT_LINE = re.compile(r"^\s*(import|from)\s")
 TOLERANCE = 1e-4  # float32 programs (issue 14)
 
 with np.load(REFERENCE) as _data:
@@ -60,18 +58,12 @@ def check_against_reference(name: str) -> list:
     return ours
 
 
-def published_source(copy: str) -> str:
-    """The inverse of the port: ``widekit`` back to ``neural_tangents`` on import lines only."""
-    return "".join(re.sub(r"\bwidekit\b", "neural_tangents", line) if IMPORT_LINE.match(line) else line
-                   for line in copy.splitlines(keepends=True))
-
-
 @pytest.mark.parametrize("name", sorted(n for n, e in META["programs"].items() if e["source_sha256"]))
 def test_copy_differs_from_the_published_source_in_import_lines_only(name):
     with open(os.path.join(HERE, "examples", name + ".py")) as f:
         copy = f.read()
-    assert "neural_tangents" not in "".join(line for line in copy.splitlines() if IMPORT_LINE.match(line))
-    digest = hashlib.sha256(published_source(copy).encode()).hexdigest()
+    assert "neural_tangents" not in "".join(line for line in copy.splitlines() if harness.IMPORT_LINE.match(line))
+    digest = hashlib.sha256(harness.on_import_lines(copy, "widekit", "neural_tangents").encode()).hexdigest()
     assert digest == META["programs"][name]["source_sha256"], \
         f"examples/{name}.py is not neural-tangents' {name} with its import lines changed"
 

@@ -64,7 +64,6 @@ MODULES = ("util",)  # imported by the programs, copied with them
 NT_VARIANTS = {"doc_empirical_15": ("NtkImplementation.STRUCTURED_DERIVATIVES",
                                     "NtkImplementation.JACOBIAN_CONTRACTION")}
 DRIVERS = {"imdb_dummy": "from examples import imdb\nimdb.main(use_dummy_data=True)\n"}  # ours, not copied
-IMPORT_LINE = re.compile(r"^\s*(import|from)\s")
 DOCTEST_IMPORTS = ("import jax\nimport jax.numpy as jnp\nimport numpy as np\nfrom jax import random\n"
                    "import neural_tangents as nt\nfrom neural_tangents import stax\n")
 HEADER = ("# From neural-tangents 0.6.5, {origin}.\n# Copyright 2019 Google LLC. Licensed under the Apache "
@@ -101,8 +100,7 @@ def snippets(sdist: str) -> dict:
 
 def widekit_copy(source: str) -> str:
     """``source`` with ``neural_tangents`` replaced by ``widekit`` on import lines only."""
-    return "".join(re.sub(r"\bneural_tangents\b", "widekit", line) if IMPORT_LINE.match(line) else line
-                   for line in source.splitlines(keepends=True))
+    return harness.on_import_lines(source, "neural_tangents", "widekit")
 
 
 def sources(sdist: str) -> dict:
